@@ -1,0 +1,197 @@
+//! Wiring: builds the policy source, the refresher, the gateway and the two
+//! listeners from a [`Config`], and tears them down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::client_ip::ClientIpResolver;
+use crate::config::{Config, SourceKind};
+use crate::gateway::{ConnService, Gateway};
+use crate::metrics::Metrics;
+use crate::policy::PolicyStore;
+use crate::proxy::Upstream;
+use crate::server::{serve, ListenerOptions};
+use crate::source::authing::AuthingSource;
+use crate::source::file::FileSource;
+use crate::source::refresh::Refresher;
+use crate::source::Source;
+
+/// A running gateway.
+pub struct App {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    reload: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The policy in force (for embedding and tests).
+    pub policy: Arc<PolicyStore>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+}
+
+/// Builds the configured policy source.
+pub fn build_source(
+    cfg: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(Source, Option<std::time::Duration>)> {
+    Ok(match cfg.policy.source {
+        SourceKind::File => {
+            let f = cfg
+                .policy
+                .file
+                .as_ref()
+                .context("policy.source = \"file\" needs [policy.file]")?;
+            (
+                Source::File(FileSource::new(f.path.clone(), f.whitelist_path.clone())),
+                Some(f.poll_interval),
+            )
+        }
+        SourceKind::Authing => {
+            let a = cfg
+                .policy
+                .authing
+                .as_ref()
+                .context("policy.source = \"authing\" needs [policy.authing]")?;
+            (
+                Source::Authing(Box::new(AuthingSource::new(a, metrics.clone())?)),
+                None,
+            )
+        }
+    })
+}
+
+impl App {
+    /// Loads the first policy, binds both listeners and starts serving.
+    ///
+    /// A `file` source that yields no policy (and no snapshot) is a start-up
+    /// error: it is almost always a mistake in the deployment. An `authing`
+    /// source that cannot be reached is not: the gateway starts unready and
+    /// keeps retrying, so a brief API outage does not crash-loop the pod.
+    pub async fn start(cfg: Config) -> anyhow::Result<App> {
+        let metrics = Metrics::new();
+        let policy = Arc::new(PolicyStore::new());
+        let reload = Arc::new(Notify::new());
+        let (source, poll) = build_source(&cfg, &metrics)?;
+        let source_kind = cfg.policy.source;
+        let mut refresher = Refresher::new(
+            source,
+            policy.clone(),
+            metrics.clone(),
+            cfg.policy.snapshot_path.clone(),
+            cfg.policy.refresh_interval,
+            poll,
+            reload.clone(),
+        );
+        if let Err(e) = refresher.initial().await {
+            match source_kind {
+                SourceKind::File => return Err(e.context("no policy could be loaded")),
+                SourceKind::Authing => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "no policy in force yet; not ready, retrying in the background"
+                ),
+            }
+        }
+
+        let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?)?;
+        let gateway = Arc::new(Gateway {
+            upstream,
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+            client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone()),
+            max_body_bytes: cfg.server.max_body_bytes,
+        });
+        let proxy_listener = TcpListener::bind(cfg.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+        let admin_listener = TcpListener::bind(cfg.server.admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin)", cfg.server.admin_listen))?;
+        let proxy_addr = proxy_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let draining = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+
+        let conns = metrics.connections.clone();
+        let opts = ListenerOptions {
+            header_read_timeout: cfg.server.header_read_timeout,
+            shutdown_grace: cfg.server.shutdown_grace,
+            name: "proxy",
+        };
+        tasks.push(tokio::spawn(serve(
+            proxy_listener,
+            opts.clone(),
+            shutdown_rx.clone(),
+            move |open| if open { conns.inc() } else { conns.dec() },
+            move |peer| TowerToHyperService::new(ConnService::new(gateway.clone(), peer)),
+        )));
+
+        let admin = Arc::new(Admin {
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+            draining: draining.clone(),
+        });
+        tasks.push(tokio::spawn(serve(
+            admin_listener,
+            ListenerOptions {
+                name: "admin",
+                ..opts
+            },
+            shutdown_rx.clone(),
+            |_| {},
+            move |_peer| {
+                let admin = admin.clone();
+                hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { admin.handle(req).await }
+                })
+            },
+        )));
+        tasks.push(tokio::spawn(refresher.run(shutdown_rx)));
+        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = ?source_kind, "poolgate listening");
+        Ok(App {
+            proxy_addr,
+            admin_addr,
+            shutdown,
+            draining,
+            reload,
+            tasks,
+            policy,
+            metrics,
+        })
+    }
+
+    /// The proxy listener's address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Asks the refresher to fetch the policy now (what SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.notify_one();
+    }
+
+    /// Stops accepting, drains in-flight requests (up to the grace period) and returns.
+    pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

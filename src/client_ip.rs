@@ -1,0 +1,201 @@
+//! Client IP resolution behind trusted proxies.
+//!
+//! The socket peer is the client unless it is a trusted proxy; then the
+//! forwarding headers are walked from the right, past trusted hops, and the
+//! first untrusted address is the client (nginx's `real_ip_recursive`). The
+//! left-most entries are whatever the client wrote, so they are never believed
+//! on their own. `X-Forwarded-For` is read when present, else `Forwarded`.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// Resolves the client address of a request.
+#[derive(Debug, Clone, Default)]
+pub struct ClientIpResolver {
+    trusted: Vec<IpNet>,
+}
+
+impl ClientIpResolver {
+    /// A resolver that believes forwarding headers from `trusted` peers only.
+    pub fn new(trusted: Vec<IpNet>) -> Self {
+        ClientIpResolver { trusted }
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    #[inline]
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        !self.trusted.is_empty() && self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client address of a request that arrived from `peer`.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut current = peer;
+        if headers.contains_key("x-forwarded-for") {
+            // Several header lines form one list, in order.
+            let lines: Vec<&[u8]> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect();
+            for line in lines.iter().rev() {
+                for entry in line.rsplit(|&b| b == b',') {
+                    if !self.is_trusted(current) {
+                        return current;
+                    }
+                    match std::str::from_utf8(entry).ok().and_then(parse_xff_entry) {
+                        Some(ip) => current = ip,
+                        None => return current,
+                    }
+                }
+            }
+            return current;
+        }
+        let lines: Vec<&[u8]> = headers
+            .get_all("forwarded")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        for line in lines.iter().rev() {
+            for element in line.rsplit(|&b| b == b',') {
+                if !self.is_trusted(current) {
+                    return current;
+                }
+                match std::str::from_utf8(element).ok().and_then(forwarded_for) {
+                    Some(ip) => current = ip,
+                    None => return current,
+                }
+            }
+        }
+        current
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are IPv4 clients.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly `[v6]:port` or `v4:port`.
+fn parse_xff_entry(s: &str) -> Option<IpAddr> {
+    parse_node(s.trim().trim_matches('"'))
+}
+
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inner, _) = rest.split_once(']')?;
+        return inner
+            .parse::<Ipv6Addr>()
+            .ok()
+            .map(|v| canonical(IpAddr::V6(v)));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    if port.bytes().all(|b| b.is_ascii_digit()) {
+        return host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4);
+    }
+    None
+}
+
+/// The `for=` of one `Forwarded` element (RFC 7239); `unknown` and obfuscated
+/// identifiers are not addresses.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        parse_node(v.trim().trim_matches('"'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn r() -> ClientIpResolver {
+        ClientIpResolver::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ])
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_ignores_headers() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
+        assert_eq!(r().resolve(ip("8.8.8.8"), &h), ip("8.8.8.8"));
+    }
+
+    #[test]
+    fn rightmost_untrusted_wins() {
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 5.5.5.5, 10.1.1.1")]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("5.5.5.5"));
+    }
+
+    #[test]
+    fn multiple_header_lines_are_one_list() {
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "5.5.5.5, 10.2.2.2"),
+        ]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("5.5.5.5"));
+    }
+
+    #[test]
+    fn garbage_stops_the_walk() {
+        let h = headers(&[("x-forwarded-for", "5.5.5.5, garbage")]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn all_trusted_gives_leftmost_trusted() {
+        let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("10.9.9.9"));
+    }
+
+    #[test]
+    fn forwarded_header() {
+        let h = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::1]:4711\";proto=https",
+        )]);
+        assert_eq!(r().resolve(ip("::1"), &h), ip("2001:db8::1"));
+        let h = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn mapped_v4_and_ports() {
+        assert_eq!(canonical(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
+        let h = headers(&[("x-forwarded-for", "1.2.3.4:5678")]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("1.2.3.4"));
+    }
+}

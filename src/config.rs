@@ -1,0 +1,450 @@
+//! Configuration: the TOML file, environment overrides and validation.
+//!
+//! Everything that can be wrong with a configuration is reported here, once,
+//! at start-up, with the offending key named; the rest of the gateway works on
+//! a [`Config`] that is known to be coherent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use http::Uri;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Environment variable that carries the Authing user pool secret by default.
+pub const DEFAULT_SECRET_ENV: &str = "POOLGATE_AUTHING_SECRET";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and client-facing limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The login service poolgate protects.
+    pub upstream: UpstreamConfig,
+    /// Where the pool policy comes from and how it is kept fresh.
+    pub policy: PolicyConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Listeners and client-facing limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (metrics, health, policy). Loopback by default.
+    pub admin_listen: SocketAddr,
+    /// Largest request body forwarded to the upstream; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Time a client has to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Peers (CIDRs) whose `X-Forwarded-For`/`Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 9090).into(),
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(15),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The login service poolgate protects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL: `http://host:port` or `https://host:port`, optionally with a path prefix.
+    pub url: String,
+    /// TCP (and TLS) connect timeout.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time the upstream has to send response headers; past it the client gets 504.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Most idle keep-alive connections kept to the upstream.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// Forward the client's `Host` header (true) or use the upstream's authority (false).
+    #[serde(default = "default_true")]
+    pub preserve_host: bool,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_pool_max_idle() -> usize {
+    256
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Where the pool policy comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `file` or `authing`.
+    pub source: SourceKind,
+    /// How often the source is fetched again.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Where the last good policy is persisted (no secrets are written). Unset: no snapshot.
+    #[serde(default)]
+    pub snapshot_path: Option<PathBuf>,
+    /// Settings of the `file` source.
+    #[serde(default)]
+    pub file: Option<FileSourceConfig>,
+    /// Settings of the `authing` source.
+    #[serde(default)]
+    pub authing: Option<AuthingSourceConfig>,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The kind of policy source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A local pool-detail JSON file.
+    File,
+    /// Authing's management API.
+    Authing,
+}
+
+/// Settings of the `file` policy source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// The pool-detail JSON (envelope or bare object).
+    pub path: PathBuf,
+    /// Optional whitelist entries (see README, "Whitelist file").
+    #[serde(default)]
+    pub whitelist_path: Option<PathBuf>,
+    /// How often the files' metadata is checked for a change.
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Settings of the `authing` policy source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthingSourceConfig {
+    /// API base, e.g. `https://core.authing.cn`.
+    #[serde(default = "default_api_base")]
+    pub api_base: String,
+    /// The user pool id.
+    pub user_pool_id: String,
+    /// Name of the environment variable holding the pool secret.
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+    /// Timeout of each management API call.
+    #[serde(default = "default_api_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Renew the management token when less than this remains before it expires.
+    #[serde(default = "default_token_margin", with = "humantime_serde")]
+    pub token_renew_before: Duration,
+    /// The pool secret, filled from `secret_env` at load time; never read from the TOML.
+    #[serde(skip)]
+    pub secret: Option<Secret>,
+}
+
+fn default_api_base() -> String {
+    "https://core.authing.cn".to_string()
+}
+fn default_secret_env() -> String {
+    DEFAULT_SECRET_ENV.to_string()
+}
+fn default_api_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_token_margin() -> Duration {
+    // The official SDKs renew when under an hour remains.
+    Duration::from_secs(3600)
+}
+
+/// A secret string whose `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `poolgate=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("unknown log format {other:?} (expected \"text\" or \"json\")"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, overrides from the process environment, and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut cfg = Config::parse(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        // Relative pool paths are relative to the config file, so the sample
+        // config works from any working directory.
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no environment, no validation).
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(f) = self.policy.file.as_mut() {
+            fix(&mut f.path);
+            if let Some(w) = f.whitelist_path.as_mut() {
+                fix(w);
+            }
+        }
+        if let Some(s) = self.policy.snapshot_path.as_mut() {
+            fix(s);
+        }
+    }
+
+    /// Applies `POOLGATE_*` overrides; `env` looks a variable up (the process
+    /// environment in production, a map in tests).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = env("POOLGATE_LISTEN") {
+            self.server.listen = v.parse().context("POOLGATE_LISTEN is not an address")?;
+        }
+        if let Some(v) = env("POOLGATE_ADMIN_LISTEN") {
+            self.server.admin_listen = v
+                .parse()
+                .context("POOLGATE_ADMIN_LISTEN is not an address")?;
+        }
+        if let Some(v) = env("POOLGATE_UPSTREAM_URL") {
+            self.upstream.url = v;
+        }
+        if let Some(v) = env("POOLGATE_LOG_FORMAT") {
+            self.log.format = v.parse().context("POOLGATE_LOG_FORMAT")?;
+        }
+        if let Some(v) = env("POOLGATE_POOL_FILE") {
+            if let Some(f) = self.policy.file.as_mut() {
+                f.path = v.into();
+            }
+        }
+        if let Some(a) = self.policy.authing.as_mut() {
+            if let Some(v) = env("POOLGATE_AUTHING_API_BASE") {
+                a.api_base = v;
+            }
+            if let Some(v) = env("POOLGATE_AUTHING_USER_POOL_ID") {
+                a.user_pool_id = v;
+            }
+            a.secret = env(&a.secret_env).filter(|s| !s.is_empty()).map(Secret);
+        }
+        Ok(())
+    }
+
+    /// Checks the coherence of the whole configuration.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.upstream_uri()?;
+        if self.server.max_body_bytes == 0 {
+            bail!("server.max_body_bytes must be greater than 0");
+        }
+        if self.policy.refresh_interval < Duration::from_secs(1) {
+            bail!("policy.refresh_interval must be at least 1s");
+        }
+        if self.server.listen == self.server.admin_listen {
+            bail!("server.listen and server.admin_listen must differ");
+        }
+        match self.policy.source {
+            SourceKind::File => {
+                if self.policy.file.is_none() {
+                    bail!("policy.source = \"file\" needs a [policy.file] section with `path`");
+                }
+            }
+            SourceKind::Authing => {
+                let Some(a) = &self.policy.authing else {
+                    bail!("policy.source = \"authing\" needs a [policy.authing] section");
+                };
+                if a.user_pool_id.trim().is_empty() {
+                    bail!("policy.authing.user_pool_id is empty");
+                }
+                parse_base_uri(&a.api_base).context("policy.authing.api_base")?;
+                if a.secret.is_none() {
+                    bail!(
+                        "the Authing pool secret is missing: set the environment variable {}",
+                        a.secret_env
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream base URL, parsed.
+    pub fn upstream_uri(&self) -> anyhow::Result<Uri> {
+        parse_base_uri(&self.upstream.url).context("upstream.url")
+    }
+}
+
+/// Parses an `http(s)://host[:port][/prefix]` base URL.
+pub fn parse_base_uri(s: &str) -> anyhow::Result<Uri> {
+    let uri: Uri = s.parse().with_context(|| format!("{s:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => bail!("{s:?} must start with http:// or https://"),
+    }
+    if uri.authority().is_none() {
+        bail!("{s:?} has no host");
+    }
+    if uri.query().is_some() {
+        bail!("{s:?} must not carry a query string");
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+        [upstream]
+        url = "http://127.0.0.1:3000"
+        [policy]
+        source = "file"
+        [policy.file]
+        path = "pool.json"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = Config::parse(MIN).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.server.admin_listen.ip().to_string(), "127.0.0.1");
+        assert_eq!(cfg.policy.refresh_interval, Duration::from_secs(60));
+        assert_eq!(cfg.upstream.request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!("{MIN}\n[log]\nfromat = \"json\"\n");
+        let err = format!("{:#}", Config::parse(&text).unwrap_err());
+        assert!(err.contains("fromat"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_and_secret() {
+        let text = r#"
+            [upstream]
+            url = "http://127.0.0.1:3000"
+            [policy]
+            source = "authing"
+            [policy.authing]
+            user_pool_id = "pool1"
+        "#;
+        let mut cfg = Config::parse(text).unwrap();
+        cfg.apply_env(|_| None).unwrap();
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(err.contains("POOLGATE_AUTHING_SECRET"), "{err}");
+        cfg.apply_env(|k| match k {
+            "POOLGATE_AUTHING_SECRET" => Some("s3cr3t".into()),
+            "POOLGATE_LISTEN" => Some("127.0.0.1:18080".into()),
+            _ => None,
+        })
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.server.listen.port(), 18080);
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_upstream_is_named() {
+        let text = MIN.replace("http://127.0.0.1:3000", "ftp://x");
+        let cfg = Config::parse(&text).unwrap();
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(err.contains("upstream.url"), "{err}");
+    }
+}

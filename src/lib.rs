@@ -1,0 +1,37 @@
+//! poolgate: a reverse-proxy security gateway that enforces an Authing user
+//! pool's security policy in front of a login service.
+//!
+//! Request path (see README, "Architecture"): [`server`] accepts, [`gateway`]
+//! classifies ([`classify`]), resolves the client ([`client_ip`]), judges
+//! against the [`policy`] in force and forwards through [`proxy`]. The policy is
+//! fetched by [`source`] and swapped lock-free; [`admin`] and [`metrics`]
+//! observe it all.
+
+pub mod admin;
+pub mod app;
+pub mod classify;
+pub mod client_ip;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod response;
+pub mod server;
+pub mod source;
+
+pub use app::App;
+pub use config::Config;
+
+/// An error and its causes on one line: hyper's top-level messages alone are vague.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics. One registry per gateway instance (not the global
+//! default), so several instances can live in one process, as the tests do.
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric poolgate exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `poolgate_requests_total{route, method, outcome}`.
+    pub requests: IntCounterVec,
+    /// `poolgate_upstream_duration_seconds{route}`: time to the upstream's response headers.
+    pub upstream_duration: HistogramVec,
+    /// `poolgate_inflight_requests`.
+    pub inflight: IntGauge,
+    /// `poolgate_rejections_total{reason}`: requests poolgate answered itself, by reason.
+    pub rejections: IntCounterVec,
+    /// `poolgate_policy_reloads_total{result}`: applied, unchanged, invalid.
+    pub policy_reloads: IntCounterVec,
+    /// `poolgate_policy_fetch_failures_total{source, reason}`.
+    pub policy_fetch_failures: IntCounterVec,
+    /// `poolgate_policy_last_success_timestamp_seconds`.
+    pub policy_last_success: IntGauge,
+    /// `poolgate_policy_info{version, source}`: 1 for the policy in force.
+    pub policy_info: IntGaugeVec,
+    /// `poolgate_policy_ready`: 1 once a policy is in force.
+    pub policy_ready: IntGauge,
+    /// `poolgate_policy_fetch_duration_seconds`.
+    pub policy_fetch_duration: Histogram,
+    /// `poolgate_management_token_renewals_total{result}`.
+    pub token_renewals: IntCounterVec,
+    /// `poolgate_policy_snapshot_writes_total{result}`.
+    pub snapshot_writes: IntCounterVec,
+    /// `poolgate_connections_open`.
+    pub connections: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = &registry;
+        Metrics {
+            requests: counter_vec(
+                r,
+                "poolgate_requests_total",
+                "Requests handled, by route class, method and outcome.",
+                &["route", "method", "outcome"],
+            ),
+            upstream_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "poolgate_upstream_duration_seconds",
+                        "Time from forwarding a request to the upstream's response headers.",
+                    )
+                    .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
+                    &["route"],
+                )
+                .expect("valid metric");
+                register(r, h)
+            },
+            inflight: register(
+                r,
+                IntGauge::new("poolgate_inflight_requests", "Requests being handled now.")
+                    .expect("valid metric"),
+            ),
+            rejections: counter_vec(
+                r,
+                "poolgate_rejections_total",
+                "Requests answered by poolgate instead of the upstream, by reason.",
+                &["reason"],
+            ),
+            policy_reloads: counter_vec(
+                r,
+                "poolgate_policy_reloads_total",
+                "Policy fetches that succeeded, by result: applied, unchanged, invalid.",
+                &["result"],
+            ),
+            policy_fetch_failures: counter_vec(
+                r,
+                "poolgate_policy_fetch_failures_total",
+                "Policy fetches that failed, by source and reason.",
+                &["source", "reason"],
+            ),
+            policy_last_success: register(
+                r,
+                IntGauge::new(
+                    "poolgate_policy_last_success_timestamp_seconds",
+                    "Unix time of the last successful policy fetch.",
+                )
+                .expect("valid metric"),
+            ),
+            policy_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("poolgate_policy_info", "The policy in force (value 1)."),
+                    &["version", "source"],
+                )
+                .expect("valid metric");
+                register(r, g)
+            },
+            policy_ready: register(
+                r,
+                IntGauge::new("poolgate_policy_ready", "1 once a policy is in force.")
+                    .expect("valid metric"),
+            ),
+            policy_fetch_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "poolgate_policy_fetch_duration_seconds",
+                        "Time a policy fetch took, successful or not.",
+                    )
+                    .buckets(exponential_buckets(0.005, 2.0, 12).unwrap_or_default()),
+                )
+                .expect("valid metric"),
+            ),
+            token_renewals: counter_vec(
+                r,
+                "poolgate_management_token_renewals_total",
+                "Management token requests to Authing, by result.",
+                &["result"],
+            ),
+            snapshot_writes: counter_vec(
+                r,
+                "poolgate_policy_snapshot_writes_total",
+                "Writes of the last-good-policy snapshot, by result.",
+                &["result"],
+            ),
+            connections: register(
+                r,
+                IntGauge::new("poolgate_connections_open", "Client connections open now.")
+                    .expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    /// Renders the registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on metric-family inconsistencies, which
+        // registration already ruled out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Marks `version` from `source` as the policy in force.
+    pub fn set_policy(&self, version: &str, source: &str) {
+        self.policy_info.reset();
+        self.policy_info
+            .with_label_values(&[version, source])
+            .set(1);
+        self.policy_ready.set(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    // Names are static and unique within this fresh registry.
+    r.register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}

@@ -1,0 +1,238 @@
+//! Forwarding to the upstream: a pooled keep-alive hyper client, hop-by-hop
+//! header handling, `X-Forwarded-*`, body limits, timeouts, and the mapping of
+//! upstream failures to 502/504.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+/// The body sent upstream: the client's, streamed under a size limit, or one
+/// poolgate buffered (the guards read some bodies before forwarding).
+pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+
+/// Why forwarding failed.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// The upstream could not be connected to, or broke the connection.
+    Unavailable(String),
+    /// The upstream did not answer within the request timeout.
+    Timeout,
+    /// The client's body grew past the limit while streaming.
+    BodyTooLarge,
+    /// The client's body stream failed (the client went away).
+    ClientBody(String),
+}
+
+/// The upstream login service.
+pub struct Upstream {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    request_timeout: Duration,
+    preserve_host: bool,
+    host_value: HeaderValue,
+}
+
+impl Upstream {
+    /// A pooled client for the configured upstream.
+    pub fn new(cfg: &UpstreamConfig, uri: &Uri) -> anyhow::Result<Upstream> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+        Ok(Upstream {
+            client,
+            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            host_value: HeaderValue::from_str(authority.as_str())?,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            request_timeout: cfg.request_timeout,
+            preserve_host: cfg.preserve_host,
+        })
+    }
+
+    /// Forwards `req` (already stripped of nothing) from client `peer`.
+    pub async fn forward(
+        &self,
+        req: Request<UpstreamBody>,
+        peer: IpAddr,
+        peer_trusted: bool,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let req = self.prepare(req, peer, peer_trusted);
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
+            Ok(Err(e)) => Err(classify_error(&e)),
+        }
+    }
+
+    fn prepare(
+        &self,
+        req: Request<UpstreamBody>,
+        peer: IpAddr,
+        peer_trusted: bool,
+    ) -> Request<UpstreamBody> {
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let pq = if self.base_path.is_empty() {
+            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes()))
+        } else {
+            PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{}", self.base_path, pq)))
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.scheme.clone());
+        uri.authority = Some(self.authority.clone());
+        uri.path_and_query = pq.ok();
+        if let Ok(u) = Uri::from_parts(uri) {
+            parts.uri = u;
+        }
+        // The upstream speaks HTTP/1.1 whatever the client spoke.
+        parts.version = Version::HTTP_11;
+        let h = &mut parts.headers;
+        strip_hop_by_hop(h);
+        match (&client_host, self.preserve_host) {
+            (Some(v), true) => {
+                h.insert(header::HOST, v.clone());
+            }
+            _ => {
+                h.insert(header::HOST, self.host_value.clone());
+            }
+        }
+        append_xff(h, peer);
+        // Only a trusted proxy may tell us the original scheme and host.
+        if !peer_trusted || !h.contains_key(X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !peer_trusted || !h.contains_key(X_FORWARDED_HOST) {
+            match client_host {
+                Some(v) => {
+                    h.insert(X_FORWARDED_HOST, v);
+                }
+                None => {
+                    h.remove(X_FORWARDED_HOST);
+                }
+            }
+        }
+        Request::from_parts(parts, body)
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends the peer to `X-Forwarded-For`, folding existing lines into one.
+fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
+    let mut value = String::new();
+    for v in h.get_all(X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                value.push_str(s);
+                value.push_str(", ");
+            }
+        }
+    }
+    use std::fmt::Write;
+    let _ = write!(value, "{peer}");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+/// `Transfer-Encoding` is left to hyper, which re-frames the body itself.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        if let Ok(list) = conn.to_str() {
+            let named: Vec<HeaderName> = list
+                .split(',')
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for n in named {
+                h.remove(n);
+            }
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::TRANSFER_ENCODING);
+}
+
+fn classify_error(e: &hyper_util::client::legacy::Error) -> ForwardError {
+    use std::error::Error;
+    let mut cur: Option<&(dyn Error + 'static)> = e.source();
+    while let Some(c) = cur {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return ForwardError::BodyTooLarge;
+        }
+        if let Some(he) = c.downcast_ref::<hyper::Error>() {
+            if he.is_body_write_aborted() || he.is_user() {
+                // A failure of the body we were streaming from the client.
+                if let Some(src) = he.source() {
+                    if src.is::<http_body_util::LengthLimitError>() {
+                        return ForwardError::BodyTooLarge;
+                    }
+                    if src.downcast_ref::<hyper::Error>().is_some() {
+                        return ForwardError::ClientBody(crate::error_chain(he));
+                    }
+                }
+            }
+        }
+        cur = c.source();
+    }
+    ForwardError::Unavailable(crate::error_chain(e))
+}
