@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::store::GuardState;
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -21,6 +22,8 @@ pub struct Admin {
     pub metrics: Metrics,
     /// Set when shutdown starts, so load balancers stop sending traffic first.
     pub draining: Arc<AtomicBool>,
+    /// The guards' counters, for inspection and unblocking.
+    pub state: Arc<GuardState>,
 }
 
 impl Admin {
@@ -29,10 +32,14 @@ impl Admin {
         &self,
         req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = req.uri().path();
+        if path == "/counters" || path == "/unblock" {
+            return Ok(self.counters(&req));
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
         }
-        Ok(match req.uri().path() {
+        Ok(match path {
             "/metrics" => {
                 let mut r = text(StatusCode::OK, &self.metrics.render());
                 r.headers_mut().insert(
@@ -64,6 +71,78 @@ impl Admin {
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         })
+    }
+}
+
+impl Admin {
+    /// `GET /counters?ip=...|account=...` shows, `POST /unblock?...` clears.
+    fn counters(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let unblock = req.uri().path() == "/unblock";
+        let want = if unblock { Method::POST } else { Method::GET };
+        if req.method() != want {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        }
+        let query = req.uri().query().unwrap_or("");
+        let param = |name: &str| {
+            query.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name)
+                    .then(|| crate::classify::percent_decode(&v.replace('+', " ")).ok())
+                    .flatten()
+                    .and_then(|b| String::from_utf8(b).ok())
+            })
+        };
+        let policy = self.policy.current();
+        let window =
+            |f: fn(&crate::policy::CompiledPolicy) -> Option<crate::policy::WindowLimit>| {
+                policy
+                    .as_ref()
+                    .and_then(|p| f(p))
+                    .map_or(std::time::Duration::from_secs(1), |l| l.window)
+            };
+        let (subject, body) = if let Some(ip) = param("ip") {
+            let Ok(ip) = ip.trim().parse::<std::net::IpAddr>() else {
+                return text(StatusCode::BAD_REQUEST, "ip is not an IP address\n");
+            };
+            let key = self.state.client_key(crate::client_ip::canonical(ip));
+            if unblock {
+                self.state.login_ip.clear(key);
+                self.state.register_ip.clear(key);
+            }
+            (
+                format!("ip {ip}"),
+                serde_json::json!({
+                    "ip": ip.to_string(),
+                    "login_failures": self.state.login_ip.show(key, window(|p| p.login_fail)),
+                    "registrations": self.state.register_ip.show(key, window(|p| p.register_limit)),
+                }),
+            )
+        } else if let Some(account) = param("account") {
+            let id = crate::extract::identify(&account, crate::classify::IdKind::Auto);
+            let key = self.state.account_key(&id.value);
+            if unblock {
+                self.state.account.clear(key);
+            }
+            (
+                format!("account {}", id.value),
+                serde_json::json!({
+                    "account": id.value,
+                    "password_failures": self.state.account.show(key, window(|p| p.password_fail)),
+                }),
+            )
+        } else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "give ?ip=ADDRESS or ?account=IDENTIFIER\n",
+            );
+        };
+        if unblock {
+            tracing::info!(%subject, "counters cleared by the admin API");
+        }
+        json(
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&body).unwrap_or_default(),
+        )
     }
 }
 

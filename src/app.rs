@@ -12,9 +12,10 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::classify::{default_graphql_ops, default_routes, RouteTable};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Config, SourceKind};
-use crate::gateway::{ConnService, Gateway};
+use crate::gateway::{ConnService, Gateway, GuardSettings};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::proxy::Upstream;
@@ -23,6 +24,7 @@ use crate::source::authing::AuthingSource;
 use crate::source::file::FileSource;
 use crate::source::refresh::Refresher;
 use crate::source::Source;
+use crate::store::GuardState;
 
 /// A running gateway.
 pub struct App {
@@ -69,6 +71,17 @@ pub fn build_source(
     })
 }
 
+/// The route table: the built-in Authing routes (unless replaced) plus `[[routes]]`.
+pub fn route_table(cfg: &Config) -> anyhow::Result<RouteTable> {
+    let mut routes = if cfg.guards.replace_default_routes {
+        Vec::new()
+    } else {
+        default_routes()
+    };
+    routes.extend(cfg.routes.iter().cloned());
+    RouteTable::new(routes, default_graphql_ops()).context("[[routes]]")
+}
+
 impl App {
     /// Loads the first policy, binds both listeners and starts serving.
     ///
@@ -102,12 +115,22 @@ impl App {
         }
 
         let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?)?;
+        let routes = route_table(&cfg)?;
+        let state = Arc::new(GuardState::new(&cfg.guards, &cfg.rate_limit));
         let gateway = Arc::new(Gateway {
             upstream,
             policy: policy.clone(),
             metrics: metrics.clone(),
             client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone()),
             max_body_bytes: cfg.server.max_body_bytes,
+            routes,
+            state: state.clone(),
+            settings: GuardSettings {
+                dry_run_all: cfg.guards.dry_run,
+                dry_run: cfg.guards.dry_run_guards.clone(),
+                inspect_body_bytes: cfg.guards.inspect_body_bytes,
+                inspect_response_bytes: cfg.guards.inspect_response_bytes,
+            },
         });
         let proxy_listener = TcpListener::bind(cfg.server.listen)
             .await
@@ -140,6 +163,7 @@ impl App {
             policy: policy.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
+            state: state.clone(),
         });
         tasks.push(tokio::spawn(serve(
             admin_listener,
@@ -156,6 +180,12 @@ impl App {
                     async move { admin.handle(req).await }
                 })
             },
+        )));
+        tasks.push(tokio::spawn(state.run_sweeper(
+            policy.clone(),
+            metrics.clone(),
+            cfg.guards.sweep_interval,
+            shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(refresher.run(shutdown_rx)));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = ?source_kind, "poolgate listening");

@@ -30,6 +30,114 @@ pub struct Config {
     /// Log output.
     #[serde(default)]
     pub log: LogConfig,
+    /// Enforcement settings that are not part of the pool policy.
+    #[serde(default)]
+    pub guards: GuardsConfig,
+    /// Per-IP rate limits by route class.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Extra routes for a team's own login service (see README, "Route table").
+    #[serde(default)]
+    pub routes: Vec<crate::classify::Route>,
+}
+
+/// Enforcement settings that are not part of the pool policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardsConfig {
+    /// Shadow mode for every guard: log and count what would be rejected, forward anyway.
+    pub dry_run: bool,
+    /// Shadow mode for the named guards only (see README for the names).
+    pub dry_run_guards: Vec<String>,
+    /// Largest guarded request body read; larger ones get 413.
+    pub inspect_body_bytes: usize,
+    /// Largest login/registration answer read to learn its outcome.
+    pub inspect_response_bytes: usize,
+    /// Hard cap on keys tracked by each counter.
+    pub max_tracked_keys: usize,
+    /// IPv6 clients are counted by this prefix length.
+    pub ipv6_prefix: u8,
+    /// How long an issued captcha stays valid.
+    #[serde(with = "humantime_serde")]
+    pub captcha_ttl: Duration,
+    /// Most captchas outstanding at once.
+    pub max_captchas: usize,
+    /// How often expired counters and captchas are evicted.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Use only `[[routes]]` from this file, not the built-in Authing table.
+    pub replace_default_routes: bool,
+}
+
+impl Default for GuardsConfig {
+    fn default() -> Self {
+        GuardsConfig {
+            dry_run: false,
+            dry_run_guards: Vec::new(),
+            inspect_body_bytes: 64 * 1024,
+            inspect_response_bytes: 256 * 1024,
+            max_tracked_keys: 1_000_000,
+            ipv6_prefix: 64,
+            captcha_ttl: Duration::from_secs(120),
+            max_captchas: 100_000,
+            sweep_interval: Duration::from_secs(10),
+            replace_default_routes: false,
+        }
+    }
+}
+
+/// Per-IP rate limits by route class; `per_second = 0` turns a class off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Logins.
+    pub login: Rate,
+    /// Registrations.
+    pub register: Rate,
+    /// Password set/reset.
+    pub password: Rate,
+    /// Captcha fetches.
+    pub captcha: Rate,
+    /// Everything else (off by default).
+    pub other: Rate,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            login: Rate {
+                per_second: 10,
+                burst: 30,
+            },
+            register: Rate {
+                per_second: 2,
+                burst: 10,
+            },
+            password: Rate {
+                per_second: 2,
+                burst: 10,
+            },
+            captcha: Rate {
+                per_second: 5,
+                burst: 20,
+            },
+            other: Rate {
+                per_second: 0,
+                burst: 0,
+            },
+        }
+    }
+}
+
+/// A GCRA rate: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per second sustained; 0 disables the limit.
+    pub per_second: u32,
+    /// Requests allowed at once (at least `per_second`... or 1).
+    #[serde(default)]
+    pub burst: u32,
 }
 
 /// Listeners and client-facing limits.
@@ -335,6 +443,20 @@ impl Config {
         }
         if self.policy.refresh_interval < Duration::from_secs(1) {
             bail!("policy.refresh_interval must be at least 1s");
+        }
+        if self.guards.ipv6_prefix > 128 {
+            bail!("guards.ipv6_prefix must be between 0 and 128");
+        }
+        if self.guards.max_tracked_keys == 0 || self.guards.max_captchas == 0 {
+            bail!("guards.max_tracked_keys and guards.max_captchas must be greater than 0");
+        }
+        for g in &self.guards.dry_run_guards {
+            if !crate::guards::GUARD_NAMES.contains(&g.as_str()) {
+                bail!(
+                    "guards.dry_run_guards: unknown guard {g:?} (known: {})",
+                    crate::guards::GUARD_NAMES.join(", ")
+                );
+            }
         }
         if self.server.listen == self.server.admin_listen {
             bail!("server.listen and server.admin_listen must differ");

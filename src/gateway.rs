@@ -1,26 +1,38 @@
-//! The request path: classify, (guards), forward, account.
+//! The request path: classify, judge, forward, learn the outcome.
 //!
-//! `Gateway` holds what every request shares; `ConnService` is the per
-//! connection `tower::Service` hyper drives, carrying the socket peer.
+//! `Gateway` holds what every request shares; `ConnService` is the
+//! per-connection `tower::Service` hyper drives, carrying the socket peer.
+//! Decisions are made by the pure functions of [`crate::guards`]; this module
+//! does the I/O around them: reading bodies, consulting counters, forwarding.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Limited};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::classify::{classify_path, RouteClass};
+use crate::classify::{Class, Flavor, Route, RouteKind, RouteTable};
 use crate::client_ip::ClientIpResolver;
+use crate::extract::{self, ExtractError, Facts, Password};
+use crate::guards::outcome::{self, Outcome};
+use crate::guards::{self, cors, LoginGate, Rejection};
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
-use crate::proxy::{ForwardError, Upstream};
-use crate::response::{envelope, RespBody};
+use crate::policy::{CompiledPolicy, PolicyStore};
+use crate::proxy::{ForwardError, Upstream, UpstreamBody};
+use crate::response::{self, Replay, RespBody};
+use crate::store::counters::{Permit, Reserve};
+use crate::store::GuardState;
+
+/// Cookie that binds a v2 captcha to the browser that fetched it.
+pub const CAPTCHA_COOKIE: &str = "poolgate_captcha";
 
 /// Shared state of the request path.
 pub struct Gateway {
@@ -34,6 +46,31 @@ pub struct Gateway {
     pub client_ip: ClientIpResolver,
     /// Largest request body forwarded.
     pub max_body_bytes: u64,
+    /// The route table.
+    pub routes: RouteTable,
+    /// Counters, captchas, rate limits.
+    pub state: Arc<GuardState>,
+    /// Dry-run settings and body limits.
+    pub settings: GuardSettings,
+}
+
+/// Guard settings from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct GuardSettings {
+    /// Shadow mode for every guard.
+    pub dry_run_all: bool,
+    /// Shadow mode for these guards.
+    pub dry_run: Vec<String>,
+    /// Largest guarded request body read.
+    pub inspect_body_bytes: usize,
+    /// Largest upstream answer read to judge a login or registration.
+    pub inspect_response_bytes: usize,
+}
+
+impl GuardSettings {
+    fn shadow(&self, guard: &str) -> bool {
+        self.dry_run_all || self.dry_run.iter().any(|g| g == guard)
+    }
 }
 
 /// The per-connection service.
@@ -89,125 +126,654 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// What a request is about, for logs.
+struct Ctx<'a> {
+    client_ip: IpAddr,
+    key: u128,
+    method: &'a Method,
+    path: &'a str,
+    flavor: Flavor,
+    allow_origin: Option<HeaderValue>,
+}
+
+/// The result of the request path: the answer, its route label and outcome label.
+type Handled = (Response<RespBody>, &'static str, &'static str);
+
 impl Gateway {
     /// Handles one request end to end.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
         self.metrics.inflight.inc();
         let _inflight = InflightGuard(&self.metrics.inflight);
-        let route = classify_path(req.uri().path());
         let method = method_label(req.method());
-        let (resp, outcome) = self.handle_inner(req, peer, route).await;
+        let (resp, route, outcome) = self.handle_inner(req, peer).await;
         self.metrics
             .requests
-            .with_label_values(&[route.as_str(), method, outcome])
+            .with_label_values(&[route, method, outcome])
             .inc();
         resp
     }
 
-    async fn handle_inner(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        route: RouteClass,
-    ) -> (Response<RespBody>, &'static str) {
+    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Handled {
         let peer_ip = crate::client_ip::canonical(peer.ip());
-        if !self.policy.is_ready() {
-            // Fail closed: without a policy nothing can be judged.
-            return self.reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                503,
-                "poolgate has no policy in force yet",
-                "policy_not_ready",
-                &req,
-                peer_ip,
-            );
+        let client_ip = self.client_ip.resolve(peer_ip, req.headers());
+        let policy = match self.policy.current() {
+            Some(p) => p,
+            None => {
+                // Fail closed: without a policy nothing can be judged.
+                tracing::warn!(%client_ip, method = %req.method(), path = req.uri().path(), reason = "policy_not_ready", "request rejected");
+                self.metrics
+                    .rejections
+                    .with_label_values(&["policy_not_ready"])
+                    .inc();
+                let r = response::envelope(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    503,
+                    "poolgate has no policy in force yet",
+                );
+                return (r, "other", "rejected");
+            }
+        };
+        let key = self.state.client_key(client_ip);
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let class = self.routes.classify(&method, &path);
+        let (route, flavor) = match class {
+            Class::Route(r) | Class::WrongMethod(r) => (Some(r), r.flavor),
+            _ => (None, Flavor::V2),
+        };
+        let mut ctx = Ctx {
+            client_ip,
+            key,
+            method: &method,
+            path: &path,
+            flavor,
+            allow_origin: None,
+        };
+        let label = route.map_or("other", |r| r.kind.as_str());
+
+        // CORS first: preflights never reach a limit or the upstream.
+        match cors::check(&policy, req.headers()) {
+            cors::Cors::Denied(rej) => {
+                if let Some(r) = self.reject(rej, &ctx) {
+                    return (r, label, "rejected");
+                }
+                // Dry run: carry on as if allowed, but echo nothing.
+            }
+            cors::Cors::Allowed(origin) => ctx.allow_origin = Some(origin),
+            cors::Cors::NoOrigin => {}
+        }
+        if cors::is_preflight(&method, req.headers()) {
+            let mut resp = response::json(StatusCode::NO_CONTENT, &serde_json::Value::Null);
+            *resp.body_mut() = Either::Right(Full::new(Bytes::new()));
+            resp.headers_mut().remove(header::CONTENT_TYPE);
+            if let Some(o) = &ctx.allow_origin {
+                cors::preflight_headers(o, req.headers(), resp.headers_mut());
+            }
+            return (resp, label, "preflight");
+        }
+
+        match class {
+            Class::Ambiguous(why) => {
+                let rej = Rejection::http(
+                    "body",
+                    "ambiguous_path",
+                    StatusCode::BAD_REQUEST,
+                    format!("request path is ambiguous: {why}"),
+                );
+                if let Some(r) = self.reject(rej, &ctx) {
+                    return (r, label, "rejected");
+                }
+            }
+            Class::WrongMethod(r) => {
+                let rej = Rejection::http(
+                    "body",
+                    "method_not_allowed",
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{} only accepts {}", r.path, r.method),
+                );
+                if let Some(resp) = self.reject(rej, &ctx) {
+                    return (resp, label, "rejected");
+                }
+            }
+            _ => {}
         }
         if let Some(len) = content_length(&req) {
             if len > self.max_body_bytes {
-                return self.reject(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    413,
-                    "request body too large",
+                let rej = Rejection::http(
+                    "body",
                     "body_too_large",
-                    &req,
-                    peer_ip,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
                 );
+                // Not shadowable: the upstream would get a body over the limit.
+                return (self.refuse(rej, &ctx), label, "rejected");
             }
         }
-        let client_ip = self.client_ip.resolve(peer_ip, req.headers());
-        let trusted = self.client_ip.is_trusted(peer_ip);
-        let (parts, body) = req.into_parts();
-        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
-        let up_req = Request::from_parts(parts, Either::Left(Limited::new(body, limit)));
-        let started = Instant::now();
-        let method = up_req.method().clone();
-        let path = up_req.uri().path().to_string();
-        let result = self.upstream.forward(up_req, peer_ip, trusted).await;
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[route.as_str()])
-            .observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(resp) => (resp.map(Either::Left), "forwarded"),
-            Err(e) => {
-                let (status, code, message, outcome) = match &e {
-                    ForwardError::Timeout => (
-                        StatusCode::GATEWAY_TIMEOUT,
-                        504,
-                        "upstream timed out",
-                        "upstream_timeout",
-                    ),
-                    ForwardError::Unavailable(_) => (
-                        StatusCode::BAD_GATEWAY,
-                        502,
-                        "upstream unavailable",
-                        "upstream_error",
-                    ),
-                    ForwardError::BodyTooLarge => (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        413,
-                        "request body too large",
-                        "body_too_large",
-                    ),
-                    ForwardError::ClientBody(_) => (
-                        StatusCode::BAD_REQUEST,
-                        400,
-                        "request body could not be read",
-                        "client_body_error",
-                    ),
-                };
-                let detail = match &e {
-                    ForwardError::Unavailable(d) | ForwardError::ClientBody(d) => d.as_str(),
-                    _ => "",
-                };
-                tracing::warn!(
-                    %client_ip, %method, %path, route = route.as_str(),
-                    reason = outcome, status = status.as_u16(), error = detail,
-                    "request failed"
-                );
-                self.metrics.rejections.with_label_values(&[outcome]).inc();
-                (envelope(status, code, message), outcome)
+
+        let kind = match class {
+            Class::Route(r) => r.kind,
+            _ => RouteKind::Other,
+        };
+        if let Err(wait) = self.state.rate.check(kind, key) {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let rej = Rejection::http(
+                "rate_limit",
+                kind.as_str(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
+            )
+            .retry_after(std::time::Duration::from_secs(secs.max(1)));
+            if let Some(r) = self.reject(rej, &ctx) {
+                return (r, label, "rejected");
             }
+        }
+
+        let (resp, outcome) = match (class, kind) {
+            (Class::Route(_), RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
+                self.captcha(kind, &ctx)
+            }
+            (
+                Class::Route(r),
+                RouteKind::Login | RouteKind::Register | RouteKind::Password | RouteKind::Graphql,
+            ) => self.guarded(req, r, &policy, peer_ip, &ctx).await,
+            _ => self.forward_stream(req, peer_ip, label, &ctx).await,
+        };
+        (self.with_cors(resp, &ctx), label, outcome)
+    }
+
+    /// Logs and counts a rejection; returns the answer, or `None` in dry run.
+    fn reject(&self, rej: Rejection, ctx: &Ctx<'_>) -> Option<Response<RespBody>> {
+        if self.settings.shadow(rej.guard) {
+            tracing::info!(
+                client_ip = %ctx.client_ip, method = %ctx.method, path = ctx.path,
+                guard = rej.guard, reason = rej.reason, code = rej.code,
+                "dry run: would reject"
+            );
+            self.metrics
+                .guard_decisions
+                .with_label_values(&[rej.guard, "shadow_reject", rej.reason])
+                .inc();
+            return None;
+        }
+        Some(self.refuse(rej, ctx))
+    }
+
+    /// Logs, counts and answers a rejection (no dry run).
+    fn refuse(&self, rej: Rejection, ctx: &Ctx<'_>) -> Response<RespBody> {
+        tracing::warn!(
+            client_ip = %ctx.client_ip, method = %ctx.method, path = ctx.path,
+            guard = rej.guard, reason = rej.reason, code = rej.code, status = rej.status.as_u16(),
+            "request rejected"
+        );
+        self.metrics
+            .guard_decisions
+            .with_label_values(&[rej.guard, "reject", rej.reason])
+            .inc();
+        self.metrics
+            .rejections
+            .with_label_values(&[rej.reason])
+            .inc();
+        let mut resp = response::error(ctx.flavor, rej.status, rej.code, &rej.message);
+        if let Some(wait) = rej.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        self.with_cors(resp, ctx)
+    }
+
+    fn with_cors(&self, mut resp: Response<RespBody>, ctx: &Ctx<'_>) -> Response<RespBody> {
+        if let Some(o) = &ctx.allow_origin {
+            cors::add_allow_origin(o, resp.headers_mut());
+        }
+        resp
+    }
+
+    /// Issues a captcha (v2: SVG image + cookie; v3: JSON with token).
+    fn captcha(&self, kind: RouteKind, ctx: &Ctx<'_>) -> (Response<RespBody>, &'static str) {
+        let Some((token, svg)) = self.state.captcha.issue(ctx.key) else {
+            let rej = Rejection::http(
+                "captcha",
+                "captcha_store_full",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many captchas outstanding, try again later",
+            )
+            .retry_after(std::time::Duration::from_secs(5));
+            return (self.refuse(rej, ctx), "rejected");
+        };
+        self.metrics.captchas_issued.inc();
+        let resp = if kind == RouteKind::CaptchaV3 {
+            response::json(
+                StatusCode::OK,
+                &serde_json::json!({"statusCode": 200, "message": "", "apiCode": 200,
+                    "data": {"captchaCodeSvg": svg, "captchaToken": token}}),
+            )
+        } else {
+            let mut r = Response::new(Either::Right(Full::new(Bytes::from(svg))));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            let cookie =
+                format!("{CAPTCHA_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600");
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                h.insert(header::SET_COOKIE, v);
+            }
+            r
+        };
+        (resp, "captcha_issued")
+    }
+
+    /// Forwards an unguarded request, streaming its body.
+    async fn forward_stream(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        label: &'static str,
+        ctx: &Ctx<'_>,
+    ) -> (Response<RespBody>, &'static str) {
+        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let req = req.map(|b| Either::Left(Limited::new(b, limit)));
+        match self.forward(req, peer, label, ctx).await {
+            Ok(resp) => (resp.map(|b| Either::Left(Replay::new(b))), "forwarded"),
+            Err(r) => r,
         }
     }
 
-    fn reject(
+    async fn forward(
         &self,
-        status: StatusCode,
-        code: i64,
-        message: &str,
-        reason: &'static str,
-        req: &Request<Incoming>,
-        peer: std::net::IpAddr,
-    ) -> (Response<RespBody>, &'static str) {
-        tracing::warn!(
-            client_ip = %self.client_ip.resolve(peer, req.headers()),
-            method = %req.method(), path = req.uri().path(),
-            reason, status = status.as_u16(), "request rejected"
-        );
-        self.metrics.rejections.with_label_values(&[reason]).inc();
-        (envelope(status, code, message), "rejected")
+        req: Request<UpstreamBody>,
+        peer: IpAddr,
+        label: &'static str,
+        ctx: &Ctx<'_>,
+    ) -> Result<Response<Incoming>, (Response<RespBody>, &'static str)> {
+        let started = Instant::now();
+        let trusted = self.client_ip.is_trusted(peer);
+        let result = self.upstream.forward(req, peer, trusted).await;
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[label])
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            let (status, message, outcome) = match &e {
+                ForwardError::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream timed out",
+                    "upstream_timeout",
+                ),
+                ForwardError::Unavailable(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream unavailable",
+                    "upstream_error",
+                ),
+                ForwardError::BodyTooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                    "body_too_large",
+                ),
+                ForwardError::ClientBody(_) => (
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read",
+                    "client_body_error",
+                ),
+            };
+            let detail = match &e {
+                ForwardError::Unavailable(d) | ForwardError::ClientBody(d) => d.as_str(),
+                _ => "",
+            };
+            tracing::warn!(
+                client_ip = %ctx.client_ip, method = %ctx.method, path = ctx.path, route = label,
+                reason = outcome, status = status.as_u16(), error = detail,
+                "request failed"
+            );
+            self.metrics.rejections.with_label_values(&[outcome]).inc();
+            (
+                response::envelope(status, i64::from(status.as_u16()), message),
+                outcome,
+            )
+        })
     }
+
+    /// A login, registration, password or GraphQL request: read, judge, forward, learn.
+    async fn guarded(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        policy: &CompiledPolicy,
+        peer: IpAddr,
+        ctx: &Ctx<'_>,
+    ) -> (Response<RespBody>, &'static str) {
+        let label = route.kind.as_str();
+        let (mut parts, body) = req.into_parts();
+        let body_kind = extract::body_kind(
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            parts
+                .headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let bytes = match Limited::new(body, self.settings.inspect_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let rej = if e.is::<http_body_util::LengthLimitError>() {
+                    Rejection::http(
+                        "body",
+                        "body_too_large",
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large for a guarded route",
+                    )
+                } else {
+                    Rejection::http(
+                        "body",
+                        "client_body_error",
+                        StatusCode::BAD_REQUEST,
+                        "request body could not be read",
+                    )
+                };
+                // The body is gone: even in dry run there is nothing left to forward.
+                return (self.refuse(rej, ctx), "rejected");
+            }
+        };
+        let judged = body_kind
+            .and_then(|k| extract::parse_body(k, &bytes))
+            .and_then(|v| {
+                if route.kind == RouteKind::Graphql {
+                    extract::graphql(&v, self.routes.graphql_ops())
+                        .map(|c| c.map(|c| (c.op.kind, c.facts)))
+                } else {
+                    Ok(Some((route.kind, extract::facts(&v, &route.fields))))
+                }
+            });
+        let (kind, facts) = match judged {
+            Ok(Some(kf)) => kf,
+            Ok(None) => (RouteKind::Other, Facts::default()),
+            Err(e) => {
+                let (status, reason) = match e {
+                    ExtractError::ContentType(_) => (
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_content_type",
+                    ),
+                    ExtractError::Compressed => {
+                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "compressed_body")
+                    }
+                    ExtractError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
+                    ExtractError::Graphql(_) => (StatusCode::BAD_REQUEST, "ambiguous_graphql"),
+                };
+                if let Some(r) =
+                    self.reject(Rejection::http("body", reason, status, e.to_string()), ctx)
+                {
+                    return (r, "rejected");
+                }
+                (RouteKind::Other, Facts::default())
+            }
+        };
+        if matches!(facts.password, Some(Password::Encrypted)) {
+            self.metrics.encrypted_passwords.inc();
+        }
+
+        // Judge. Permits are held until the upstream answers.
+        let mut ip_permit: Option<Permit> = None;
+        let mut account_permit: Option<Permit> = None;
+        let mut register_permit: Option<Permit> = None;
+        match kind {
+            RouteKind::Login => match self.login(policy, &parts.headers, &facts, ctx) {
+                Ok((ip, acct)) => {
+                    ip_permit = ip;
+                    account_permit = acct;
+                }
+                Err(r) => return (*r, "rejected"),
+            },
+            RouteKind::Register => {
+                if let Err(rej) = guards::registration(policy, &facts) {
+                    if let Some(r) = self.reject(rej, ctx) {
+                        return (r, "rejected");
+                    }
+                }
+                if let Some(limit) = policy.register_limit {
+                    match self.state.register_ip.try_reserve(ctx.key, limit, false) {
+                        Reserve::Granted(p) => register_permit = Some(p),
+                        Reserve::Denied { retry_after } => {
+                            let rej = Rejection::business(
+                                "register_limit",
+                                "too_frequent",
+                                2100,
+                                "注册过于频繁，请稍候再试",
+                            )
+                            .retry_after(retry_after);
+                            if let Some(r) = self.reject(rej, ctx) {
+                                return (r, "rejected");
+                            }
+                            if let Reserve::Granted(p) =
+                                self.state.register_ip.try_reserve(ctx.key, limit, true)
+                            {
+                                register_permit = Some(p);
+                            }
+                        }
+                        Reserve::Full => {
+                            // Fail closed: a registration we cannot count is refused.
+                            let rej = Rejection::business(
+                                "register_limit",
+                                "store_full",
+                                2100,
+                                "注册过于频繁，请稍候再试",
+                            )
+                            .retry_after(std::time::Duration::from_secs(10));
+                            if let Some(r) = self.reject(rej, ctx) {
+                                return (r, "rejected");
+                            }
+                        }
+                    }
+                }
+            }
+            RouteKind::Password => {
+                if let Err(rej) =
+                    guards::password_strength(&policy.password_rule, facts.password.as_ref())
+                {
+                    if let Some(r) = self.reject(rej, ctx) {
+                        return (r, "rejected");
+                    }
+                }
+            }
+            _ => {}
+        }
+
+        // Forward the body we read. Outcomes are read from an uncompressed answer.
+        let learn = ip_permit.is_some() || account_permit.is_some() || register_permit.is_some();
+        if learn {
+            parts.headers.remove(header::ACCEPT_ENCODING);
+        }
+        let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+        let resp = match self.forward(req, peer, label, ctx).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        if !learn {
+            return (resp.map(|b| Either::Left(Replay::new(b))), "forwarded");
+        }
+        let (resp, verdict) = self.read_outcome(resp).await;
+        if kind == RouteKind::Login {
+            self.metrics
+                .login_outcomes
+                .with_label_values(&[verdict.as_str()])
+                .inc();
+        }
+        settle(
+            ip_permit,
+            matches!(verdict, Outcome::WrongPassword | Outcome::Failed),
+        );
+        settle(account_permit, verdict == Outcome::WrongPassword);
+        settle(register_permit, verdict == Outcome::Success);
+        (resp, "forwarded")
+    }
+
+    /// The login checks: per-IP failures, per-account wrong passwords, captcha.
+    fn login(
+        &self,
+        policy: &CompiledPolicy,
+        headers: &http::HeaderMap,
+        facts: &Facts,
+        ctx: &Ctx<'_>,
+    ) -> Result<LoginPermits, Box<Response<RespBody>>> {
+        let full = std::time::Duration::from_secs(1);
+        let reserve = |c: &Arc<crate::store::counters::WindowCounter>, key, limit, force| match c
+            .try_reserve(key, limit, force)
+        {
+            Reserve::Granted(p) => (Some(p), None),
+            Reserve::Denied { retry_after } => (None, Some(retry_after)),
+            // A client we cannot count must solve a captcha (fail safe, not a lockout).
+            Reserve::Full => (None, Some(full)),
+        };
+        let (mut ip_permit, ip_over) = match policy.login_fail {
+            Some(l) => reserve(&self.state.login_ip, ctx.key, l, false),
+            None => (None, None),
+        };
+        let account = facts
+            .identifier
+            .as_ref()
+            .filter(|_| facts.password.is_some())
+            .map(|id| self.state.account_key(&id.value));
+        let (mut acct_permit, acct_over) = match (policy.password_fail, account) {
+            (Some(l), Some(k)) => reserve(&self.state.account, k, l, false),
+            _ => (None, None),
+        };
+        let token = facts
+            .captcha_token
+            .clone()
+            .or_else(|| captcha_cookie(headers));
+        let sent = facts.captcha_code.is_some();
+        let force = match guards::login_gate(policy, ip_over, acct_over, sent) {
+            LoginGate::Forward => false,
+            LoginGate::VerifyCaptcha => {
+                let code = facts.captcha_code.as_deref().unwrap_or("");
+                let checked = match token.as_deref() {
+                    Some(t) => self.state.captcha.verify(t, ctx.key, code),
+                    None => Err(crate::captcha::Rejected::Unknown),
+                };
+                match checked {
+                    Ok(()) => {
+                        let guard = if ip_over.is_some() {
+                            "login_fail"
+                        } else {
+                            "password_fail"
+                        };
+                        self.metrics
+                            .guard_decisions
+                            .with_label_values(&[guard, "allow_captcha", "captcha_solved"])
+                            .inc();
+                        true
+                    }
+                    Err(why) => {
+                        if let Some(r) = self.reject(guards::captcha_failed(why.as_str()), ctx) {
+                            return Err(Box::new(r));
+                        }
+                        true
+                    }
+                }
+            }
+            LoginGate::Reject(rej) => {
+                if let Some(r) = self.reject(rej, ctx) {
+                    return Err(Box::new(r));
+                }
+                true
+            }
+        };
+        if force {
+            // A solved captcha (or a dry run) lets the attempt through; it still counts.
+            if let (Some(l), None) = (policy.login_fail, &ip_permit) {
+                ip_permit = reserve(&self.state.login_ip, ctx.key, l, true).0;
+            }
+            if let (Some(l), Some(k), None) = (policy.password_fail, account, &acct_permit) {
+                acct_permit = reserve(&self.state.account, k, l, true).0;
+            }
+        }
+        Ok((ip_permit, acct_permit))
+    }
+
+    /// Reads the upstream's answer (up to the limit) to learn the outcome, and
+    /// gives the client the same bytes.
+    async fn read_outcome(&self, resp: Response<Incoming>) -> (Response<RespBody>, Outcome) {
+        let (parts, mut body) = resp.into_parts();
+        let compressed = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if compressed {
+            let verdict = outcome::judge(parts.status, None);
+            return (
+                Response::from_parts(parts, Either::Left(Replay::new(body))),
+                verdict,
+            );
+        }
+        let mut buf = bytes::BytesMut::new();
+        let mut ended = false;
+        while buf.len() <= self.settings.inspect_response_bytes {
+            match body.frame().await {
+                // Login answers carry no trailers; any other frame is skipped.
+                Some(Ok(frame)) => {
+                    if let Ok(d) = frame.into_data() {
+                        buf.extend_from_slice(&d);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "upstream answer broke off while being read");
+                    return (
+                        response::envelope(
+                            StatusCode::BAD_GATEWAY,
+                            502,
+                            "upstream answer broke off",
+                        ),
+                        Outcome::Unknown,
+                    );
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let bytes = buf.freeze();
+        let verdict = outcome::judge(parts.status, ended.then_some(&bytes[..]));
+        let body = if ended {
+            Either::Right(Full::new(bytes))
+        } else {
+            // Larger than we read: replay what we read, stream the rest.
+            Either::Left(Replay::with_prefix(bytes, Some(body)))
+        };
+        (Response::from_parts(parts, body), verdict)
+    }
+}
+
+/// The per-IP and per-account slots a forwarded login holds.
+type LoginPermits = (Option<Permit>, Option<Permit>);
+
+fn settle(p: Option<Permit>, commit: bool) {
+    if let Some(p) = p {
+        if commit {
+            p.commit();
+        } else {
+            p.release();
+        }
+    }
+}
+
+fn captcha_cookie(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == CAPTCHA_COOKIE).then(|| v.trim().to_string())
+        })
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {

@@ -9,17 +9,21 @@
 
 pub mod admin;
 pub mod app;
+pub mod captcha;
 pub mod classify;
 pub mod client_ip;
 pub mod config;
 pub mod demo;
+pub mod extract;
 pub mod gateway;
+pub mod guards;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod response;
 pub mod server;
 pub mod source;
+pub mod store;
 
 pub use app::App;
 pub use config::Config;

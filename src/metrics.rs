@@ -36,6 +36,19 @@ pub struct Metrics {
     pub snapshot_writes: IntCounterVec,
     /// `poolgate_connections_open`.
     pub connections: IntGauge,
+    /// `poolgate_guard_decisions_total{guard, decision, reason}`: decision is
+    /// `reject`, `shadow_reject` (dry run) or `allow_captcha` (a solved captcha let a login through).
+    pub guard_decisions: IntCounterVec,
+    /// `poolgate_login_outcomes_total{outcome}`: what the upstream said about forwarded logins.
+    pub login_outcomes: IntCounterVec,
+    /// `poolgate_tracked_keys{counter}`: keys each counter holds now.
+    pub tracked_keys: IntGaugeVec,
+    /// `poolgate_captchas_outstanding`: captchas issued and not yet used or expired.
+    pub captchas_outstanding: IntGauge,
+    /// `poolgate_captchas_issued_total`.
+    pub captchas_issued: prometheus::IntCounter,
+    /// `poolgate_encrypted_passwords_total`: clear-text checks skipped because the password was encrypted.
+    pub encrypted_passwords: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -133,6 +146,47 @@ impl Metrics {
                 r,
                 IntGauge::new("poolgate_connections_open", "Client connections open now.")
                     .expect("valid metric"),
+            ),
+            guard_decisions: counter_vec(
+                r,
+                "poolgate_guard_decisions_total",
+                "Guard decisions that stopped (or in dry run would have stopped) a request.",
+                &["guard", "decision", "reason"],
+            ),
+            login_outcomes: counter_vec(
+                r,
+                "poolgate_login_outcomes_total",
+                "Forwarded logins by the upstream's verdict.",
+                &["outcome"],
+            ),
+            tracked_keys: {
+                let g = IntGaugeVec::new(
+                    Opts::new("poolgate_tracked_keys", "Keys tracked by each counter."),
+                    &["counter"],
+                )
+                .expect("valid metric");
+                register(r, g)
+            },
+            captchas_outstanding: register(
+                r,
+                IntGauge::new(
+                    "poolgate_captchas_outstanding",
+                    "Captchas issued and not yet used or expired.",
+                )
+                .expect("valid metric"),
+            ),
+            captchas_issued: register(
+                r,
+                prometheus::IntCounter::new("poolgate_captchas_issued_total", "Captchas issued.")
+                    .expect("valid metric"),
+            ),
+            encrypted_passwords: register(
+                r,
+                prometheus::IntCounter::new(
+                    "poolgate_encrypted_passwords_total",
+                    "Password checks skipped because the client encrypted the password.",
+                )
+                .expect("valid metric"),
             ),
             registry,
         }
