@@ -38,6 +38,8 @@ pub struct App {
     pub policy: Arc<PolicyStore>,
     /// The metrics registry.
     pub metrics: Metrics,
+    /// The guards' counters and captchas (for embedding, admin tooling and tests).
+    pub guard_state: Arc<GuardState>,
 }
 
 /// Builds the configured policy source.
@@ -181,7 +183,7 @@ impl App {
                 })
             },
         )));
-        tasks.push(tokio::spawn(state.run_sweeper(
+        tasks.push(tokio::spawn(state.clone().run_sweeper(
             policy.clone(),
             metrics.clone(),
             cfg.guards.sweep_interval,
@@ -198,6 +200,7 @@ impl App {
             tasks,
             policy,
             metrics,
+            guard_state: state,
         })
     }
 
