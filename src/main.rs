@@ -178,7 +178,19 @@ async fn check(cfg: &Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("the {} source failed: {e}", source.name()))?;
     let p = CompiledPolicy::compile(&doc.pool, &doc.whitelist, source.name())
         .map_err(|e| anyhow::anyhow!("the pool document is not a valid policy: {e}"))?;
+    let routes = poolgate::app::route_table(cfg)?;
     println!("config      ok");
+    println!(
+        "routes      {} judged ({} from [[routes]]), {} GraphQL mutations",
+        routes.routes().count(),
+        cfg.routes.len(),
+        routes.graphql_ops().len()
+    );
+    if cfg.guards.dry_run {
+        println!("dry run     all guards (nothing is rejected)");
+    } else if !cfg.guards.dry_run_guards.is_empty() {
+        println!("dry run     {}", cfg.guards.dry_run_guards.join(", "));
+    }
     println!("upstream    {}", cfg.upstream.url);
     println!(
         "listen      {} (admin {})",
