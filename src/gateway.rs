@@ -254,16 +254,9 @@ impl Gateway {
             Class::Route(r) => r.kind,
             _ => RouteKind::Other,
         };
-        if let Err(wait) = self.state.rate.check(kind, key) {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let rej = Rejection::http(
-                "rate_limit",
-                kind.as_str(),
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests",
-            )
-            .retry_after(std::time::Duration::from_secs(secs.max(1)));
-            if let Some(r) = self.reject(rej, &ctx) {
+        // GraphQL is limited by the operation it turns out to be (see `guarded`).
+        if kind != RouteKind::Graphql {
+            if let Some(r) = self.rate_limit(kind, &ctx) {
                 return (r, label, "rejected");
             }
         }
@@ -279,6 +272,20 @@ impl Gateway {
             _ => self.forward_stream(req, peer_ip, label, &ctx).await,
         };
         (self.with_cors(resp, &ctx), label, outcome)
+    }
+
+    /// The per-client rate limit of `kind`: the 429 answer when over it.
+    fn rate_limit(&self, kind: RouteKind, ctx: &Ctx<'_>) -> Option<Response<RespBody>> {
+        let wait = self.state.rate.check(kind, ctx.key).err()?;
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let rej = Rejection::http(
+            "rate_limit",
+            kind.as_str(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests",
+        )
+        .retry_after(std::time::Duration::from_secs(secs.max(1)));
+        self.reject(rej, ctx)
     }
 
     /// Logs and counts a rejection; returns the answer, or `None` in dry run.
@@ -515,6 +522,11 @@ impl Gateway {
                 (RouteKind::Other, Facts::default())
             }
         };
+        if route.kind == RouteKind::Graphql {
+            if let Some(r) = self.rate_limit(kind, ctx) {
+                return (r, "rejected");
+            }
+        }
         if matches!(facts.password, Some(Password::Encrypted)) {
             self.metrics.encrypted_passwords.inc();
         }
