@@ -73,7 +73,7 @@ fn sample_config_with_demo_upstream() {
         )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("poolgate starts");
     let mut gw = Gateway(child);
