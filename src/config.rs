@@ -458,7 +458,7 @@ impl Config {
                 );
             }
         }
-        if self.server.listen == self.server.admin_listen {
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bail!("server.listen and server.admin_listen must differ");
         }
         match self.policy.source {
