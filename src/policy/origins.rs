@@ -56,6 +56,15 @@ pub struct SkippedOrigin {
 
 impl OriginMatcher {
     /// Compiles the newline-separated list; returns the matcher and the lines it skipped.
+    ///
+    /// ```
+    /// use poolgate::policy::origins::OriginMatcher;
+    /// let (m, skipped) = OriginMatcher::compile("https://app.sample.com\nhttps://*.sample.com\nhttps://x.io?a=1");
+    /// assert!(m.allows("https://app.sample.com"));
+    /// assert!(m.allows("https://eu.sample.com"));
+    /// assert!(!m.allows("https://sample.com.evil.io"));
+    /// assert_eq!(skipped.len(), 1); // a line with a query is ignored as a whole
+    /// ```
     pub fn compile(list: &str) -> (OriginMatcher, Vec<SkippedOrigin>) {
         let mut m = OriginMatcher::default();
         let mut skipped = Vec::new();
