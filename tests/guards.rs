@@ -695,3 +695,33 @@ async fn untrusted_peers_cannot_choose_their_key() {
     assert_eq!(up.count(LOGIN), 2);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn custom_routes_for_a_teams_own_service() {
+    let extra = r#"
+[[routes]]
+path = "/auth/Login/"
+kind = "login"
+identifier = [{ pointer = "/user/email", kind = "email" }]
+password = "/user/password"
+captcha_code = "/captcha"
+"#;
+    let (up, app, _d) = start(json!({"loginPasswordFailCheck": check(1, 60)}), extra).await;
+    let gw = app.proxy_addr();
+    let body = json!({"user": {"email": "Dev@Team.io", "password": "nope"}}).to_string();
+    let (_, _, b) = post(gw, "/auth/login", &body, &[]).await;
+    assert_eq!(
+        b["code"], 200,
+        "the fake answers 200 on unknown paths: a success, not counted"
+    );
+    // The fake upstream answers success on /auth/login, so count via a wrong password
+    // on the built-in route for the same account: both share the account key.
+    post(gw, LOGIN, &wrong("dev@team.io"), &[]).await;
+    let (_, _, b) = post(gw, "/AUTH/LOGIN", &body, &[]).await;
+    assert_eq!(
+        b["code"], 2000,
+        "the custom route is judged with the account's count"
+    );
+    assert_eq!(up.count("/auth/login") + up.count("/AUTH/LOGIN"), 1);
+    app.shutdown().await;
+}
