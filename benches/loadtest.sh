@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Side-by-side load test: poolgate vs nginx (proxy_pass + keepalive + limit_req)
+# vs the upstream directly, on loopback, with the same load generator (wrk).
+#
+#   benches/loadtest.sh            # throughput/latency, ~4 min
+#   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
+#
+# Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000).
+# Targets are interleaved round by round so machine noise hits all alike.
+# Everything listens on 127.0.0.1 and is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MODE=${1:-throughput}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+KEYS=${KEYS:-1000000}
+UP=18181 NGX=18182 PG=18180 ADMIN=18190
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return
+  echo "installing $2 ..." >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q "$2" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$2" >/dev/null; }
+  else
+    echo "$1 is missing: apt-get install $2" >&2; exit 1
+  fi
+}
+need nginx nginx
+need wrk wrk
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for c in upstream reference; do
+    [ -f "$work/$c.pid" ] && kill "$(cat "$work/$c.pid")" 2>/dev/null || true
+  done
+  sleep 0.3
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "building poolgate (release) ..." >&2
+cargo build --release -q --bin poolgate
+
+# The upstream: nginx answering like Authing, fast and constant.
+cat >"$work/upstream.conf" <<EOF
+worker_processes 1;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    default_type application/json;
+    location = /api/v2/login/account {
+      if (\$http_x_wrong) { return 200 '{"code":2333,"message":"wrong password","data":null}'; }
+      return 200 '{"code":200,"message":"ok","data":{"token":"t"}}';
+    }
+    location / { return 200 '{"code":200,"message":"ok","data":null}'; }
+  }
+}
+EOF
+
+# The reference: what a team would otherwise deploy.
+cat >"$work/reference.conf" <<EOF
+worker_processes auto;
+pid $work/reference.pid;
+error_log $work/reference-error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  limit_req_zone \$binary_remote_addr zone=perip:10m rate=1000000r/s;
+  upstream login { server 127.0.0.1:$UP; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      limit_req zone=perip burst=1000000 nodelay;
+      proxy_pass http://login;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+
+# poolgate: every check on, limits high enough never to trip on the honest traffic.
+cat >"$work/pool.json" <<EOF
+{"code":200,"message":"ok","data":{
+ "loginFailCheck":{"enabled":true,"limit":3,"timeInterval":${WINDOW:-300}},
+ "loginPasswordFailCheck":{"enabled":true,"limit":3,"timeInterval":300},
+ "frequentRegisterCheck":{"enabled":true,"limit":1000000000,"timeInterval":300},
+ "loginFailStrategy":"captcha","allowedOrigins":"https://app.sample.com\nhttps://*.sample.com",
+ "registerDisabled":false,"passwordStrength":3,
+ "whitelist":{"phoneEnabled":false,"emailEnabled":false,"usernameEnabled":false}}}
+EOF
+cat >"$work/poolgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PG"
+admin_listen = "127.0.0.1:$ADMIN"
+trusted_proxies = ["127.0.0.1/32"]
+[upstream]
+url = "http://127.0.0.1:$UP"
+[policy]
+source = "file"
+[policy.file]
+path = "pool.json"
+[guards]
+max_tracked_keys = 2000000
+sweep_interval = "2s"
+[rate_limit]
+login = { per_second = 100000000, burst = 100000000 }
+[log]
+level = "error"
+EOF
+
+nginx -c "$work/upstream.conf" -p "$work" 2>/dev/null
+nginx -c "$work/reference.conf" -p "$work" 2>/dev/null
+./target/release/poolgate --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
+pg_pid=$!
+pids+=("$pg_pid")
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { echo "poolgate did not start:"; cat "$work/poolgate.log"; exit 1; }
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$pg_pid/status"; }
+
+if [ "$MODE" = memory ]; then
+  cat >"$work/keys.lua" <<EOF
+local n = 0
+wrk.method = "POST"
+wrk.body = '{"account":"bob@example.com","password":"Secr3t!x"}'
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  if n >= $KEYS then wrk.thread:stop() end
+  n = n + 1
+  local ip = string.format("100.%d.%d.%d", 64 + math.floor(n / 65536) % 64, math.floor(n / 256) % 256, n % 256)
+  return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip })
+end
+EOF
+  base=$(rss_kb)
+  echo "baseline RSS: ${base} kB"
+  # wrk runs for its whole duration even after the script stops issuing requests:
+  # give it enough time at ~10k req/s, the slowest rate seen here.
+  wrk -t1 -c"$CONNECTIONS" -d"$(( KEYS / 10000 + 5 ))s" -s "$work/keys.lua" "http://127.0.0.1:$PG/api/v2/login/account" >"$work/keys.out"
+  sleep 3
+  keys=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -F' ' '/^poolgate_tracked_keys\{counter="login_ip"\}/ {print $2}')
+  full=$(rss_kb)
+  if [ "${keys:-0}" -gt 0 ]; then per_key=$(( (full - base) * 1024 / keys )); else per_key="?"; fi
+  echo "after ${keys:-0} tracked client keys: RSS ${full} kB, ${per_key} bytes per key (all per-key state: counters and rate limiter)"
+  echo "waiting for the window (${WINDOW:-300}s) to pass and the sweeper to evict ..."
+  sleep $(( ${WINDOW:-300} + 5 ))
+  keys_after=$(curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -F' ' '/^poolgate_tracked_keys\{counter="login_ip"\}/ {print $2}')
+  echo "after expiry: ${keys_after:-?} keys, RSS $(rss_kb) kB (baseline ${base} kB)"
+  exit 0
+fi
+
+# Honest clients rotate over 65,536 addresses and accounts: in-flight attempts
+# count against the per-IP and per-account limits, so one address with more
+# than `limit` logins in flight would (rightly) be asked for a captcha.
+cat >"$work/login.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Origin"] = "https://app.sample.com"
+local n = 0
+function request()
+  n = n + 1
+  local ip = string.format("198.51.%d.%d", math.floor(n / 256) % 256, n % 256)
+  local body = string.format('{"account":"user%d@example.com","password":"Secr3t!x"}', n % 65536)
+  return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip }, body)
+end
+EOF
+# The same, with one request in ten from a client poolgate has captcha-gated
+# (nginx forwards it like the rest).
+cat >"$work/mix.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local n = 0
+function request()
+  n = n + 1
+  local ip = string.format("198.51.%d.%d", math.floor(n / 256) % 256, n % 256)
+  if n % 10 == 0 then ip = "203.0.113.66" end
+  local body = string.format('{"account":"user%d@example.com","password":"Secr3t!x"}', n % 65536)
+  return wrk.format(nil, nil, { ["X-Forwarded-For"] = ip }, body)
+end
+EOF
+# Gate 203.0.113.66: four wrong passwords (the pool allows 3).
+for _ in 1 2 3 4; do
+  curl -s -o /dev/null -X POST "http://127.0.0.1:$PG/api/v2/login/account" -H 'content-type: application/json' \
+    -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
+done
+
+to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
+  awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+declare -A RPS P50 P99
+targets=(direct nginx poolgate)
+port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; esac; }
+run() { # scenario target
+  local scenario=$1 target=$2 url script=()
+  url="http://127.0.0.1:$(port_of "$target")"
+  case $scenario in
+    get) url="$url/api/ping" ;;
+    login) url="$url/api/v2/login/account"; script=(-s "$work/login.lua") ;;
+    mix) url="$url/api/v2/login/account"; script=(-s "$work/mix.lua") ;;
+  esac
+  local out
+  out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
+  RPS[$scenario.$target]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
+  P50[$scenario.$target]+="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") "
+  P99[$scenario.$target]+="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") "
+}
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS threads=2 ($(nproc) cores)"
+for r in $(seq "$ROUNDS"); do
+  for scenario in get login mix; do
+    # Rotate the order each round.
+    order=("${targets[@]:$(( r % 3 ))}" "${targets[@]:0:$(( r % 3 ))}")
+    for t in "${order[@]}"; do run "$scenario" "$t"; done
+  done
+  echo "round $r done" >&2
+done
+
+printf '\n%-8s %-9s %12s %10s %10s\n' scenario target "req/s" "p50 ms" "p99 ms"
+for scenario in get login mix; do
+  for t in "${targets[@]}"; do
+    printf '%-8s %-9s %12.0f %10.3f %10.3f\n' "$scenario" "$t" \
+      "$(median "${RPS[$scenario.$t]}")" "$(median "${P50[$scenario.$t]}")" "$(median "${P99[$scenario.$t]}")"
+  done
+  pg=$(median "${RPS[$scenario.poolgate]}"); ng=$(median "${RPS[$scenario.nginx]}"); di=$(median "${RPS[$scenario.direct]}")
+  awk -v pg="$pg" -v ng="$ng" -v di="$di" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v p99ng="$(median "${P99[$scenario.nginx]}")" -v s="$scenario" \
+    'BEGIN { printf "%-8s ratios: poolgate/nginx req/s %.2f, p99 %.2f; poolgate/direct req/s %.2f\n", s, pg/ng, p99pg/p99ng, pg/di }'
+done
