@@ -144,27 +144,6 @@ impl WindowCounter {
         })
     }
 
-    /// Counts one event for `key` without a reservation.
-    pub fn add(&self, key: Key, window: Duration) {
-        let now = self.now();
-        if !self.map.contains_key(&key) && self.len() >= self.max_keys {
-            return;
-        }
-        let mut inserted = false;
-        let mut e = self.map.entry(key).or_insert_with(|| {
-            inserted = true;
-            Entry {
-                window_start: now,
-                ..Entry::default()
-            }
-        });
-        if inserted {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
-        roll(&mut e, now, window_secs(window));
-        e.count = e.count.saturating_add(1);
-    }
-
     fn settle(&self, key: Key, commit: bool) {
         if let Some(mut e) = self.map.get_mut(&key) {
             e.inflight = e.inflight.saturating_sub(1);
