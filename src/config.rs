@@ -135,7 +135,7 @@ impl Default for RateLimitConfig {
 pub struct Rate {
     /// Requests per second sustained; 0 disables the limit.
     pub per_second: u32,
-    /// Requests allowed at once (at least `per_second`... or 1).
+    /// Requests allowed at once; 0 or unset means `per_second`.
     #[serde(default)]
     pub burst: u32,
 }
@@ -444,6 +444,35 @@ impl Config {
         if self.policy.refresh_interval < Duration::from_secs(1) {
             bail!("policy.refresh_interval must be at least 1s");
         }
+        let positive = [
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.request_timeout", self.upstream.request_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("guards.captcha_ttl", self.guards.captcha_ttl),
+            ("guards.sweep_interval", self.guards.sweep_interval),
+        ];
+        for (name, d) in positive
+            .into_iter()
+            .chain(
+                self.policy
+                    .file
+                    .as_ref()
+                    .map(|f| ("policy.file.poll_interval", f.poll_interval)),
+            )
+            .chain(
+                self.policy
+                    .authing
+                    .as_ref()
+                    .map(|a| ("policy.authing.timeout", a.timeout)),
+            )
+        {
+            if d.is_zero() {
+                bail!("{name} must be greater than 0");
+            }
+        }
         if self.guards.ipv6_prefix > 128 {
             bail!("guards.ipv6_prefix must be between 0 and 128");
         }
@@ -560,6 +589,14 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.server.listen.port(), 18080);
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn zero_durations_are_refused() {
+        let text = format!("{MIN}\n[guards]\nsweep_interval = \"0s\"\n");
+        let cfg = Config::parse(&text).unwrap();
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(err.contains("guards.sweep_interval"), "{err}");
     }
 
     #[test]

@@ -42,9 +42,12 @@ fn from_code(code: i64) -> Outcome {
 
 /// Judges an answer from its status and (uncompressed) body, if read.
 pub fn judge(status: StatusCode, body: Option<&[u8]>) -> Outcome {
-    if status.is_server_error() {
+    // A 5xx, or an answer we could not read (compressed, too large), has no
+    // verdict: it must not lock anyone out.
+    let Some(body) = body.filter(|_| !status.is_server_error()) else {
         return Outcome::Unknown;
-    }
+    };
+    let body = Some(body);
     let parsed: Option<Value> = body.and_then(|b| serde_json::from_slice(b).ok());
     let Some(v) = parsed else {
         // Not JSON: only the status can tell.

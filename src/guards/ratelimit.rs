@@ -21,7 +21,8 @@ pub struct RateLimits {
 
 fn limiter(r: Rate) -> Option<DefaultKeyedRateLimiter<u128>> {
     let per_second = NonZeroU32::new(r.per_second)?;
-    let burst = NonZeroU32::new(r.burst.max(1)).unwrap_or(per_second);
+    // An unset burst means one second's worth, not a burst of one.
+    let burst = NonZeroU32::new(r.burst).unwrap_or(per_second);
     Some(RateLimiter::keyed(
         Quota::per_second(per_second).allow_burst(burst),
     ))
