@@ -110,4 +110,20 @@ mod tests {
             "other is off by default"
         );
     }
+
+    #[test]
+    fn unset_burst_is_one_seconds_worth() {
+        let cfg = RateLimitConfig {
+            register: Rate {
+                per_second: 3,
+                burst: 0,
+            },
+            ..RateLimitConfig::default()
+        };
+        let r = RateLimits::new(&cfg);
+        for _ in 0..3 {
+            assert!(r.check(RouteKind::Register, 1).is_ok());
+        }
+        assert!(r.check(RouteKind::Register, 1).is_err());
+    }
 }
