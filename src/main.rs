@@ -28,7 +28,7 @@ struct Cli {
     log_format: Option<LogFormat>,
     /// Also start the built-in demo login service on the upstream address
     /// (loopback only), for trying poolgate out.
-    #[arg(long)]
+    #[arg(long, global = true)]
     demo_upstream: bool,
     #[command(subcommand)]
     command: Option<Command>,

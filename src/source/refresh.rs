@@ -101,7 +101,11 @@ impl Refresher {
         match self.refresh_inner().await {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(source = self.source.name(), error = %e, "policy refresh failed; keeping the policy in force");
+                if self.store.is_ready() {
+                    tracing::error!(source = self.source.name(), error = %e, "policy refresh failed; keeping the policy in force");
+                } else {
+                    tracing::error!(source = self.source.name(), error = %e, "policy refresh failed; still no policy in force (not ready)");
+                }
                 Outcome::Failed
             }
         }
