@@ -1,177 +1,392 @@
-//! The binary: `check` exit codes and messages, start-up errors, SIGTERM
-//! drain with a request in flight, and no secret in the logs.
+//! The `poolgate` binary as a process: `check` exit codes and messages, a
+//! broken pool stopping the start, SIGTERM draining an in-flight request,
+//! SIGHUP reloading, and logs (debug, text and JSON) free of secrets and tokens.
 
-mod support;
+mod common;
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::*;
+use common::*;
+use http::StatusCode;
 
-fn poolgate(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_poolgate"))
-        .args(args)
-        .env_remove("POOLGATE_AUTHING_SECRET")
-        .output()
-        .expect("runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Writes `pool.json` (raw bytes, if given) and `poolgate.toml` (file source,
+/// relative pool path, ports 0, `extra` appended) into `dir`; returns the config path.
+fn file_setup(dir: &Path, pool: Option<&[u8]>, upstream: &str, extra: &str) -> PathBuf {
+    if let Some(p) = pool {
+        std::fs::write(dir.join("pool.json"), p).unwrap();
+    }
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "15s"
+
+[upstream]
+url = "http://{upstream}"
+
+[policy]
+source = "file"
+
+[policy.file]
+path = "pool.json"
+{extra}"#
     );
-    (out.status.code().unwrap_or(-1), text)
+    write_file(dir, "poolgate.toml", &cfg)
 }
 
-/// Writes a config and its pool file into a fresh folder under `root`.
-fn write_config(root: &std::path::Path, pool: &[u8], toml_extra: &str) -> String {
-    let dir = tempfile::tempdir_in(root).unwrap().keep();
-    let dir = dir.as_path();
-    std::fs::write(dir.join("pool.json"), pool).unwrap();
-    let cfg = format!(
-        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[policy]\nsource = \"file\"\n[policy.file]\npath = \"pool.json\"\n{toml_extra}"
-    );
-    let p = dir.join("poolgate.toml");
-    std::fs::write(&p, cfg).unwrap();
+fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-#[test]
-fn check_accepts_the_sample_and_names_each_problem() {
-    let (code, out) = poolgate(&["check", "--config", "config/poolgate.toml"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("version") && out.contains("loginFailCheck          5 per 5m"),
-        "{out}"
-    );
-
-    let dir = tempfile::tempdir().unwrap();
-    let good = std::fs::read("tests/fixtures/pool-detail-response.json").unwrap();
-    let cases: Vec<(String, &str)> = vec![
-        (
-            write_config(dir.path(), &good, "[log]\nfromat = 1\n"),
-            "fromat",
-        ),
-        (
-            write_config(dir.path(), &good, "[server\n"),
-            "invalid config file",
-        ),
-        (write_config(dir.path(), b"{not json", ""), "pool.json"),
-        (
-            write_config(dir.path(), br#"{"passwordStrength": 4}"#, ""),
-            "customPasswordStrength.regex",
-        ),
-        (
-            "/nonexistent/poolgate.toml".to_string(),
-            "cannot read config file",
-        ),
-    ];
-    for (path, needle) in cases {
-        let (code, out) = poolgate(&["check", "--config", &path]);
-        assert_ne!(code, 0, "{needle}: {out}");
-        assert!(out.contains(needle), "expected {needle:?} in: {out}");
+/// Asserts a failed `check`: exit `code`, nothing on stdout, every needle on stderr.
+fn assert_failed(out: &(i32, String, String), code: i32, needles: &[&str]) {
+    let (got, stdout, stderr) = out;
+    assert_eq!(*got, code, "exit code; stderr:\n{stderr}");
+    assert_eq!(stdout, "", "nothing printed on stdout when check fails");
+    for n in needles {
+        assert!(stderr.contains(n), "{n:?} not in stderr:\n{stderr}");
     }
-    let missing = write_config(dir.path(), &good, "");
-    std::fs::remove_file(std::path::Path::new(&missing).with_file_name("pool.json")).unwrap();
-    let (code, out) = poolgate(&["check", "--config", &missing]);
-    assert_ne!(code, 0);
-    assert!(
-        out.contains("cannot read") && out.contains("pool.json"),
-        "{out}"
-    );
-    // The authing source without its secret.
-    let authing = dir.path().join("authing.toml");
-    std::fs::write(&authing, "[upstream]\nurl = \"http://127.0.0.1:9\"\n[policy]\nsource = \"authing\"\n[policy.authing]\nuser_pool_id = \"p\"\n").unwrap();
-    let (code, out) = poolgate(&["check", "--config", authing.to_str().unwrap()]);
-    assert_ne!(code, 0);
-    assert!(out.contains("POOLGATE_AUTHING_SECRET"), "{out}");
 }
 
-#[test]
-fn a_broken_pool_file_stops_the_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        b"{\"loginFailCheck\": 5}",
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+#[tokio::test]
+async fn check_accepts_a_good_config_and_prints_the_policy_version() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(
+            dir.path(),
+            Some(fixture_text().as_bytes()),
+            "127.0.0.1:9",
+            "",
+        );
+        // The version the running gateway computes for the same pool file.
+        let app = poolgate::App::start(file_config(
+            &dir.path().join("pool.json"),
+            unused_addr(),
+            "",
+        ))
+        .await
+        .unwrap();
+        let expected = version(&app).unwrap();
+        app.shutdown().await;
+
+        let (code, stdout, stderr) = run_binary(&["check", "--config", &s(&cfg)], &[]).await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        for want in [
+            "config      ok".to_string(),
+            "source      file".to_string(),
+            format!("version     {expected}"),
+            format!("pool        测试 ({FIXTURE_POOL_ID})"),
+            "loginFailCheck          50 per 50m".to_string(),
+            "frequentRegisterCheck   off".to_string(),
+            "registerDisabled        false".to_string(),
+        ] {
+            assert!(lines.contains(&want.as_str()), "{want:?} not in:\n{stdout}");
+        }
+        for secret in [FIXTURE_SECRET, FIXTURE_JWT_SECRET] {
+            assert!(!stdout.contains(secret) && !stderr.contains(secret));
+        }
+
+        // The shipped sample configuration passes too.
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/poolgate.toml");
+        let (code, stdout, stderr) = run_binary(&["check", "--config", &s(&sample)], &[]).await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.lines().any(|l| l == "config      ok"), "{stdout}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_malformed_toml() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(
+            dir.path(),
+            Some(fixture_text().as_bytes()),
+            "127.0.0.1:9",
+            "[server\n",
+        );
+        let out = run_binary(&["check", "--config", &s(&cfg)], &[]).await;
+        assert_failed(
+            &out,
+            2,
+            &["invalid config file", &s(&cfg), "TOML parse error"],
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_an_unknown_key_by_name() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(
+            dir.path(),
+            Some(fixture_text().as_bytes()),
+            "127.0.0.1:9",
+            "[log]\nfromat = \"json\"\n",
+        );
+        let out = run_binary(&["check", "--config", &s(&cfg)], &[]).await;
+        assert_failed(&out, 2, &["invalid config file", "unknown field `fromat`"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_missing_pool_file() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(dir.path(), None, "127.0.0.1:9", "");
+        let out = run_binary(&["check", "--config", &s(&cfg)], &[]).await;
+        let pool = s(&dir.path().join("pool.json"));
+        assert_failed(&out, 1, &["the file source failed", "cannot read", &pool]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_pool_file_that_is_not_json() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(
+            dir.path(),
+            Some(b"{\"loginFailCheck\": {,}"),
+            "127.0.0.1:9",
+            "",
+        );
+        let out = run_binary(&["check", "--config", &s(&cfg)], &[]).await;
+        let pool = s(&dir.path().join("pool.json"));
+        assert_failed(&out, 1, &[&pool, "not a pool-detail document", "line 1"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn check_rejects_a_pool_that_is_not_a_valid_policy_and_a_missing_secret() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(dir.path(), Some(br#"{"passwordStrength": 4}"#), "127.0.0.1:9", "");
+        let out = run_binary(&["check", "--config", &s(&cfg)], &[]).await;
+        assert_failed(&out, 1, &["not a valid policy", "customPasswordStrength.regex"]);
+
+        let authing = write_file(
+            dir.path(),
+            "authing.toml",
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[policy]\nsource = \"authing\"\n[policy.authing]\nuser_pool_id = \"p\"\n",
+        );
+        let out = run_binary(&["check", "--config", &s(&authing)], &[]).await;
+        assert_failed(&out, 2, &["POOLGATE_AUTHING_SECRET"]);
+    })
+    .await;
+}
+
+fn authing_setup(dir: &Path, api: std::net::SocketAddr, upstream: std::net::SocketAddr) -> PathBuf {
+    let cfg = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "15s"
+
+[upstream]
+url = "http://{upstream}"
+
+[policy]
+source = "authing"
+refresh_interval = "60s"
+
+[policy.authing]
+api_base = "http://{api}"
+user_pool_id = "{FIXTURE_POOL_ID}"
+timeout = "5s"
+
+[log]
+level = "debug"
+"#
     );
-    let (code, out) = poolgate(&["--config", &cfg]);
-    assert_ne!(code, 0);
-    assert!(
-        out.contains("no policy could be loaded") && out.contains("pool.json"),
-        "{out}"
-    );
+    write_file(dir, "poolgate.toml", &cfg)
+}
+
+#[tokio::test]
+async fn check_fetches_through_the_authing_api() {
+    bounded("test", LIMIT, async {
+        let api = FakeAuthing::start(fixture_pool()).await;
+        let dir = tempdir();
+        let cfg = authing_setup(dir.path(), api.addr, unused_addr());
+        let (code, stdout, stderr) = run_binary(
+            &["check", "--config", &s(&cfg)],
+            &[("POOLGATE_AUTHING_SECRET", SECRET)],
+        )
+        .await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.lines().any(|l| l == "source      authing"),
+            "{stdout}"
+        );
+        assert_eq!(api.tokens_issued(), 1);
+        assert_eq!(api.detail_ok(), 1);
+        let mut secrets = vec![
+            SECRET.to_string(),
+            FIXTURE_SECRET.into(),
+            FIXTURE_JWT_SECRET.into(),
+        ];
+        secrets.extend(api.issued_tokens());
+        for secret in &secrets {
+            assert!(!stdout.contains(secret.as_str()), "{secret} on stdout");
+            assert!(!stderr.contains(secret.as_str()), "{secret} on stderr");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_pool_file_stops_the_start() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(dir.path(), Some(b"{not json"), "127.0.0.1:9", "");
+        let (code, _, stderr) = run_binary(&["--config", &s(&cfg)], &[]).await;
+        assert_eq!(code, 1, "{stderr}");
+        let pool = s(&dir.path().join("pool.json"));
+        for needle in [
+            "no policy could be loaded",
+            pool.as_str(),
+            "not a pool-detail document",
+        ] {
+            assert!(stderr.contains(needle), "{needle:?} not in:\n{stderr}");
+        }
+        assert!(!stderr.contains("poolgate listening"), "{stderr}");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_and_logs_hold_no_secret() {
-    let up = Upstream::start().await;
-    let api = Authing::start(fixture_pool()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free(), free());
-    let cfg = dir.path().join("poolgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"5s\"\n[upstream]\nurl = \"http://{}\"\n[policy]\nsource = \"authing\"\n[policy.authing]\napi_base = \"http://{}\"\nuser_pool_id = \"pool1\"\n[log]\nlevel = \"debug\"\n",
-            up.addr, api.addr
-        ),
-    )
-    .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_poolgate"))
-        .args(["--config", cfg.to_str().unwrap(), "--log-format", "json"])
-        .env("POOLGATE_AUTHING_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(eventually(20, || std::net::TcpStream::connect(admin).is_ok()).await);
-    assert!(
-        eventually(10, || api
-            .tokens_issued
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0)
-        .await
-    );
-    up.set_mode(Mode::Delay(1000));
-    let inflight = tokio::spawn(async move { post(listen, "/slow", "{}", &[]).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let (status, _, body) = inflight.await.unwrap();
-    assert_eq!(
-        status,
-        http::StatusCode::OK,
-        "the in-flight request finished: {body}"
-    );
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(out.status.success(), "exit {:?}", out.status);
-    assert!(started.elapsed() < Duration::from_secs(5));
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(logs.contains("obtained a management token"), "{logs}");
-    for secret in [
-        SECRET,
-        "mgmt-token-",
-        "eb512df21f41133ea02fdad4efeb296c",
-        "4ff2dc0761edd4df77c11ba32db89ca1",
-    ] {
-        assert!(!logs.contains(secret), "{secret} in the logs");
-    }
+async fn sigterm_lets_the_in_flight_request_finish_and_exits_0() {
+    bounded("test", LIMIT, async {
+        let up = FakeUpstream::start().await;
+        let dir = tempdir();
+        let cfg = file_setup(
+            dir.path(),
+            Some(fixture_text().as_bytes()),
+            &up.addr.to_string(),
+            "",
+        );
+        let mut proc = Proc::spawn(&["--config", &s(&cfg), "--log-format", "json"], &[]);
+        let (gw, admin) = proc.listening().await;
+        assert_eq!(readyz(admin).await, StatusCode::OK);
+        assert_eq!(get(gw, "/before").await.status, StatusCode::OK);
+
+        up.set_mode(UpMode::Delay(Duration::from_secs(1)));
+        let in_flight =
+            tokio::spawn(
+                async move { send(build("POST", gw, "/echo/slow", &[], "in flight")).await },
+            );
+        wait_for(
+            "the slow request at the upstream",
+            Duration::from_secs(10),
+            || up.arrived("/echo/slow") == 1,
+        )
+        .await;
+        proc.signal("TERM");
+        let signalled = Instant::now();
+        let reply = bounded("the in-flight request", Duration::from_secs(20), in_flight)
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED);
+        assert_eq!(reply.body, "in flight");
+        let status = proc.wait_exit(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(0), "stderr:\n{}", proc.stderr());
+        let took = signalled.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "exited {took:?} after SIGTERM: drained, not cut off by the 15s grace"
+        );
+        let logs = proc.stderr();
+        assert!(logs.contains("SIGTERM: draining"), "{logs}");
+        assert!(logs.contains("\"stopped\""), "{logs}");
+    })
+    .await;
 }
 
-fn free() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_hold_no_secret_or_token_in_text_or_json() {
+    bounded("test", LIMIT, async {
+        for format in ["text", "json"] {
+            let up = FakeUpstream::start().await;
+            let api = FakeAuthing::start(fixture_pool()).await;
+            let dir = tempdir();
+            let cfg = authing_setup(dir.path(), api.addr, up.addr);
+            let mut proc = Proc::spawn(
+                &["--config", &s(&cfg), "--log-format", format],
+                &[("POOLGATE_AUTHING_SECRET", SECRET)],
+            );
+            let (gw, admin) = proc.listening().await;
+            assert_eq!(readyz(admin).await, StatusCode::OK, "{format}");
+            let reply = send(build(
+                "POST",
+                gw,
+                "/api/v2/login/account",
+                &[("content-type", "application/json")],
+                r#"{"account":"a@example.com","password":"hunter2"}"#,
+            ))
+            .await;
+            assert_eq!(reply.status, StatusCode::OK, "{format}: {}", reply.text());
+
+            // SIGHUP fetches now (the interval is a minute).
+            let detail = api.detail_requests();
+            proc.signal("HUP");
+            wait_for("SIGHUP fetched the pool", Duration::from_secs(15), || {
+                api.detail_requests() > detail
+            })
+            .await;
+            // A revoked token is refused, replaced, and logged about.
+            let ok = api.detail_ok();
+            api.revoke_tokens();
+            proc.signal("HUP");
+            wait_for(
+                "a second token and a fetch with it",
+                Duration::from_secs(15),
+                || api.tokens_issued() == 2 && api.detail_ok() > ok,
+            )
+            .await;
+            assert_eq!(api.refused(), ["detail: revoked token"], "{format}");
+
+            proc.signal("TERM");
+            let status = proc.wait_exit(Duration::from_secs(20)).await;
+            assert_eq!(status.code(), Some(0), "{format}");
+            let logs = format!("{}\n{}", proc.stdout(), proc.stderr());
+            let debug = if format == "json" {
+                "\"level\":\"DEBUG\""
+            } else {
+                " DEBUG "
+            };
+            for needle in [
+                debug,
+                "obtained a management token",
+                "reload requested",
+                "management token refused",
+            ] {
+                assert!(
+                    logs.contains(needle),
+                    "{format}: {needle:?} not logged:\n{logs}"
+                );
+            }
+            let mut secrets = vec![
+                SECRET.to_string(),
+                FIXTURE_SECRET.to_string(),
+                FIXTURE_JWT_SECRET.to_string(),
+            ];
+            let tokens = api.issued_tokens();
+            assert_eq!(tokens.len(), 2);
+            secrets.extend(tokens);
+            for secret in &secrets {
+                assert!(
+                    !logs.contains(secret.as_str()),
+                    "{format}: {secret} in the logs"
+                );
+            }
+        }
+    })
+    .await;
 }
