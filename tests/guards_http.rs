@@ -1,0 +1,775 @@
+//! Request-level guards end to end: CORS from `allowedOrigins`, per-client
+//! rate limits, route classification (spellings of a guarded path), bodies the
+//! guards cannot read, GraphQL documents, dry run, and the metrics rejections
+//! leave behind. Every refused request is checked not to have reached the
+//! fake upstream.
+
+mod guards_common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use guards_common::*;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const ORIGINS: &str = "https://app.sample.com\nhttps://*.sample.com";
+
+fn v2_err(code: i64, message: &str) -> Value {
+    json!({"code": code, "message": message, "apiCode": code, "data": null})
+}
+
+async fn preflight(addr: std::net::SocketAddr, path: &str, origin: &str) -> Resp {
+    send(
+        addr,
+        request(
+            Method::OPTIONS,
+            path,
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            Bytes::new(),
+        ),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// CORS
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cors_preflights_are_answered_here() {
+    let s = Setup::new(json!({"allowedOrigins": ORIGINS})).start().await;
+    for (path, origin) in [
+        (LOGIN, "https://x.sample.com"),
+        (LOGIN, "https://app.sample.com"),
+        ("/api/v2/users/me", "https://x.sample.com"),
+    ] {
+        let r = preflight(s.gw(), path, origin).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{path} {origin}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(origin));
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        assert_eq!(
+            r.header("access-control-allow-headers"),
+            Some("content-type")
+        );
+        assert!(r
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("POST")));
+        assert!(r.varies_on_origin(), "{:?}", r.headers);
+        assert!(r.body.is_empty());
+    }
+    // A preflight from a refused origin is refused, with no CORS headers.
+    let r = preflight(s.gw(), LOGIN, "https://evil.com").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(s.up.total(), 0, "preflights never reach the upstream");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_refuses_other_origins_and_look_alikes() {
+    let s = Setup::new(json!({"allowedOrigins": ORIGINS})).start().await;
+    let forbidden = v2_err(403, "origin not allowed");
+    for evil in [
+        "https://evil.com",
+        "https://sample.com.evil.com",
+        "http://app.sample.com",
+        "https://app.sample.com:444",
+        "https://a.b.sample.com",
+        "https://sample.com",
+        "https://xsample.com",
+        "null",
+        "https://app.sample.com.",
+    ] {
+        for path in [LOGIN, "/api/v2/users/me"] {
+            let r = post_json(s.gw(), path, &login_body("a", "right"), &[("origin", evil)]).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{evil} on {path}");
+            assert_eq!(r.json(), forbidden, "{evil} on {path}");
+            assert!(r.header("access-control-allow-origin").is_none());
+        }
+    }
+    // A GET is refused too, and v3 gets its own shape.
+    let r = get(
+        s.gw(),
+        "/api/v2/users/me",
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post_json(
+        s.gw(),
+        SIGNIN,
+        &json!({"passwordPayload": {"email": "a@x.com", "password": "right"}}),
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"statusCode": 403, "message": "origin not allowed", "apiCode": 403, "data": null})
+    );
+    assert_eq!(s.up.total(), 0, "refused origins never reach the upstream");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_headers_on_forwarded_answers_and_on_rejections() {
+    let s = Setup::new(json!({"allowedOrigins": ORIGINS, "loginFailCheck": check(1, 60)}))
+        .start()
+        .await;
+    let origin = [("origin", "https://app.sample.com")];
+    // Forwarded (guarded and unguarded).
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &origin).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.sample.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert!(r.varies_on_origin());
+    let r = get(
+        s.gw(),
+        "/api/v2/users/me",
+        &[("origin", "https://eu.sample.com")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://eu.sample.com")
+    );
+    assert!(r.varies_on_origin());
+    assert_eq!(s.up.total(), 2);
+    // A rejection carries them too.
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &origin).await;
+    assert_eq!(r.json(), captcha_required_v2());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.sample.com")
+    );
+    assert!(r.varies_on_origin());
+    assert_eq!(
+        r.header_all("vary")
+            .iter()
+            .filter(|v| v.contains("Origin"))
+            .count(),
+        1
+    );
+    // And a body rejection.
+    let r = post_raw(
+        s.gw(),
+        REGISTER,
+        "{oops",
+        &[("content-type", "application/json"), origin[0]],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.sample.com")
+    );
+    // No Origin: no CORS headers.
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &[]).await;
+    assert_eq!(r.json(), captcha_required_v2());
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(s.up.total(), 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_allowed_origins_allow_any_origin() {
+    let s = Setup::new(json!({"allowedOrigins": ""})).start().await;
+    let r = post_json(
+        s.gw(),
+        LOGIN,
+        &login_body("a", "right"),
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    assert_eq!(r.json(), login_ok_v2());
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://evil.com")
+    );
+    let r = preflight(s.gw(), LOGIN, "https://anything.example").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://anything.example")
+    );
+    assert_eq!(s.up.total(), 1);
+    s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Rate limits
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn rate_limit_answers_429_and_does_not_count_preflights() {
+    let s = Setup::new(json!({"allowedOrigins": ORIGINS}))
+        .trusted()
+        .toml("[rate_limit]\nlogin = { per_second = 1, burst = 3 }")
+        .start()
+        .await;
+    // The 4th login is refused only if all four arrive within a second (the
+    // bucket refills one per second): a run that was too slow on a loaded
+    // machine is retried as a new client.
+    let mut checked = false;
+    for attempt in 0..6 {
+        let ip = format!("203.0.113.{}", 100 + attempt);
+        let h = [("x-forwarded-for", ip.as_str())];
+        // Preflights first: they must not use up the burst.
+        for _ in 0..6 {
+            let r = send(
+                s.gw(),
+                request(
+                    Method::OPTIONS,
+                    LOGIN,
+                    &[
+                        ("origin", "https://app.sample.com"),
+                        ("access-control-request-method", "POST"),
+                        h[0],
+                    ],
+                    Bytes::new(),
+                ),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+        }
+        let before = s.up.count(LOGIN);
+        let started = Instant::now();
+        for i in 0..3 {
+            let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &h).await;
+            assert_eq!(
+                r.json(),
+                wrong_password_v2(),
+                "login {i} is within the burst"
+            );
+        }
+        let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &h).await;
+        if started.elapsed() >= Duration::from_millis(900) {
+            continue;
+        }
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.json(), v2_err(429, "too many requests"));
+        let retry = r.retry_after().expect("Retry-After");
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        assert_eq!(s.up.count(LOGIN), before + 3, "the 429 was not forwarded");
+        checked = true;
+        break;
+    }
+    assert!(checked, "no attempt ran 4 logins within 900ms");
+    // Other route classes have their own buckets.
+    let r = get(
+        s.gw(),
+        "/api/v2/users/me",
+        &[("x-forwarded-for", "203.0.113.100")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = metrics(s.admin()).await;
+    assert!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="reject",guard="rate_limit",reason="login"}"#
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Classification and bodies
+// ---------------------------------------------------------------------------
+
+const SPELLINGS: [&str; 6] = [
+    "/api/v2/login/account/",
+    "//api/v2/login/account",
+    "/API/V2/LOGIN/ACCOUNT",
+    "/api/v2/%6Cogin/account",
+    "/api/v2/x/../login/account",
+    "/api/v2/login/account;x=1",
+];
+
+#[tokio::test]
+async fn every_spelling_of_the_login_path_is_a_login() {
+    let s = Setup::new(json!({"loginFailCheck": check(7, 60)}))
+        .start()
+        .await;
+    // Each spelling is forwarded as is and counted as a failed login.
+    for p in SPELLINGS {
+        let r = post_json(s.gw(), p, &login_body("a", "wrong"), &[]).await;
+        assert_eq!(r.json(), wrong_password_v2(), "{p}");
+        assert_eq!(s.up.count(p), 1, "{p} reaches the upstream as sent");
+    }
+    let r = wrong_login(s.gw(), "a", None).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    // Seven failures: every spelling now needs a captcha.
+    for p in SPELLINGS.iter().chain(&[LOGIN]) {
+        let r = post_json(s.gw(), p, &login_body("a", "wrong"), &[]).await;
+        assert_eq!(r.json(), captcha_required_v2(), "{p} is judged as a login");
+    }
+    assert_eq!(s.up.count_route(LOGIN), 7);
+    assert_eq!(s.up.total(), 7);
+    let (_, c) = admin_get(s.admin(), "/counters?ip=127.0.0.1").await;
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["login_failures"]["count"], 7);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreadable_paths_and_wrong_methods_are_refused() {
+    let s = Setup::new(json!({"loginFailCheck": check(1, 60)}))
+        .start()
+        .await;
+    let r = post_json(s.gw(), "/api/v2/login/%zz", &login_body("a", "wrong"), &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.json(),
+        v2_err(400, "request path is ambiguous: invalid percent-encoding")
+    );
+    let r = post_json(
+        s.gw(),
+        "/api/v2/login/%2561ccount",
+        &login_body("a", "wrong"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "double encoding");
+    let r = post_json(
+        s.gw(),
+        "/api/v2/login/%00account",
+        &login_body("a", "wrong"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "control character");
+    let r = get(s.gw(), LOGIN, &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        r.json(),
+        v2_err(405, "/api/v2/login/account only accepts POST")
+    );
+    let r = send(
+        s.gw(),
+        request(Method::PUT, "/API/v2/login/account/", &[], "{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(s.up.total(), 0);
+    // None of that counted as a login failure.
+    assert_eq!(
+        wrong_login(s.gw(), "a", None).await.json(),
+        wrong_password_v2()
+    );
+    assert_eq!(s.up.total(), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn guarded_bodies_that_cannot_be_read_are_refused() {
+    let s = Setup::new(json!({"loginFailCheck": check(5, 60), "passwordStrength": 3}))
+        .toml("[guards]\ninspect_body_bytes = 1024")
+        .start()
+        .await;
+    let json_ct = ("content-type", "application/json");
+    for path in [LOGIN, REGISTER, SIGNIN] {
+        let r = post_raw(s.gw(), path, "{\"account\": \"a\", ", &[json_ct]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.json()["apiCode"], 400, "{path}");
+        let r = post_raw(s.gw(), path, "{}", &[json_ct, ("content-encoding", "gzip")]).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}");
+        let r = post_raw(
+            s.gw(),
+            path,
+            "--x\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\nabc\r\n--x--\r\n",
+            &[("content-type", "multipart/form-data; boundary=x")],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}");
+        let r = post_raw(s.gw(), path, "account=a", &[("content-type", "text/plain")]).await;
+        assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}");
+        let big = json!({"email": "a@x.com", "account": "a", "password": "x".repeat(1100)});
+        let r = post_json(s.gw(), path, &big, &[]).await;
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        assert_eq!(r.json()["apiCode"], 413, "{path}");
+    }
+    // A repeated form field is ambiguous.
+    let r = post_raw(
+        s.gw(),
+        LOGIN,
+        "account=a&password=x&password=y",
+        &[("content-type", "application/x-www-form-urlencoded")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(s.up.total(), 0, "nothing unjudged was forwarded");
+    // A body just under the limit is read and judged.
+    let ok = json!({"email": "a@x.com", "password": format!("a1!{}", "x".repeat(900))});
+    let r = post_json(s.gw(), REGISTER, &ok, &[]).await;
+    assert_eq!(r.json()["code"], 200);
+    // Unguarded routes are not limited by inspect_body_bytes.
+    let r = post_raw(s.gw(), "/api/v2/upload", vec![b'x'; 50_000], &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.up.total(), 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn form_encoded_logins_are_judged_like_json() {
+    let s = Setup::new(json!({"loginPasswordFailCheck": check(2, 60)}))
+        .start()
+        .await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    // Two wrong passwords for Frank, sent as a form (the account is percent-encoded).
+    for body in [
+        "account=Frank%40Example.com&password=wrong",
+        "password=nope&account=frank%40example.com",
+    ] {
+        let r = post_raw(s.gw(), LOGIN, body, &[form]).await;
+        assert_eq!(r.json(), wrong_password_v2());
+    }
+    // Counted for the account: JSON and form logins for it now need a captcha.
+    let r = post_json(
+        s.gw(),
+        LOGIN,
+        &login_body("frank@example.com", "right"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json(), captcha_required_v2());
+    let r = post_raw(
+        s.gw(),
+        LOGIN,
+        "account=frank%40example.com&password=right",
+        &[form],
+    )
+    .await;
+    assert_eq!(r.json(), captcha_required_v2());
+    // A form login for someone else is fine.
+    let r = post_raw(s.gw(), LOGIN, "account=gina&password=right", &[form]).await;
+    assert_eq!(r.json(), login_ok_v2());
+    assert_eq!(s.up.count(LOGIN), 3);
+    s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// GraphQL
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn graphql_documents_the_guards_cannot_judge_are_refused() {
+    let s = Setup::new(json!({"loginFailCheck": check(1, 60)}))
+        .start()
+        .await;
+    let input = json!({"email": "a@x.com", "password": "wrong"});
+    let two = json!({
+        "query": "mutation m($i: LoginByEmailInput!) { a: loginByEmail(input: $i) { id } b: loginByEmail(input: $i) { id } }",
+        "variables": {"i": input}
+    });
+    let r = post_json(s.gw(), GRAPHQL, &two, &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let e = r.json();
+    assert_eq!(e["data"], Value::Null);
+    assert_eq!(e["errors"][0]["message"]["code"], 400);
+    let mixed = json!({
+        "query": "mutation m($i: LoginByEmailInput!, $r: RegisterByEmailInput!) { loginByEmail(input: $i) { id } registerByEmail(input: $r) { id } }",
+        "variables": {"i": input, "r": input}
+    });
+    assert_eq!(
+        post_json(s.gw(), GRAPHQL, &mixed, &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let inline = json!({"query": "mutation { loginByEmail(input: {email: \"a@x.com\", password: \"wrong\"}) { id } }"});
+    assert_eq!(
+        post_json(s.gw(), GRAPHQL, &inline, &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let no_vars =
+        json!({"query": "mutation m($i: LoginByEmailInput!) { loginByEmail(input: $i) { id } }"});
+    assert_eq!(
+        post_json(s.gw(), GRAPHQL, &no_vars, &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Split across a batch.
+    let batch = json!([
+        {"query": "mutation m($i: LoginByEmailInput!) { loginByEmail(input: $i) { id } }", "variables": {"i": input}},
+        {"query": "mutation m($i: LoginByEmailInput!) { loginByEmail(input: $i) { id } }", "variables": {"i": input}}
+    ]);
+    assert_eq!(
+        post_json(s.gw(), GRAPHQL, &batch, &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(s.up.total(), 0);
+    // A plain query is forwarded unjudged.
+    let r = post_json(
+        s.gw(),
+        GRAPHQL,
+        &json!({"query": "query { user(id: \"1\") { id } }"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"data": {"user": null}}));
+    assert_eq!(s.up.count(GRAPHQL), 1);
+    // The name inside a string or a comment is not an operation.
+    let decoy = json!({"query": "query { search(q: \"loginByEmail(input: $i)\") { id } } # loginByEmail(input: $i)\n"});
+    let r = post_json(s.gw(), GRAPHQL, &decoy, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(s.up.count(GRAPHQL), 2);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn graphql_logins_count_toward_the_client_limit() {
+    let s = Setup::new(json!({"loginFailCheck": check(1, 60)}))
+        .start()
+        .await;
+    let gql = json!({
+        "query": "mutation login($input: LoginByEmailInput!) { loginByEmail(input: $input) { id } }",
+        "variables": {"input": {"email": "a@x.com", "password": "wrong"}}
+    });
+    let r = post_json(s.gw(), GRAPHQL, &gql, &[]).await;
+    assert_eq!(r.json()["errors"][0]["message"]["code"], 2333);
+    let r = post_json(s.gw(), GRAPHQL, &gql, &[]).await;
+    assert_eq!(
+        r.json(),
+        json!({"data": null, "errors": [{"message": {"code": 2000, "message": "账号异常，需要输入验证码"}, "extensions": {"code": 2000}}]})
+    );
+    // application/graphql bodies carry no variables: refused rather than guessed.
+    let r = post_raw(
+        s.gw(),
+        GRAPHQL,
+        "mutation { loginByEmail(input: $input) { id } }",
+        &[("content-type", "application/graphql")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // A v2 REST login from the same client is over the limit too.
+    assert_eq!(
+        wrong_login(s.gw(), "a@x.com", None).await.json(),
+        captcha_required_v2()
+    );
+    assert_eq!(s.up.total(), 1);
+    s.shutdown().await;
+}
+
+/// GraphQL ends a `#` comment at a line terminator, which is `\n` *or* `\r`
+/// (GraphQL spec, "Comments" / "LineTerminator"; graphql-js `readComment`
+/// stops at 0x000A and 0x000D). A login placed after `#...\r` is a real
+/// operation for the upstream and must be judged like any other.
+#[tokio::test]
+async fn graphql_comment_ended_by_carriage_return_does_not_hide_a_login() {
+    let s = Setup::new(json!({"loginFailCheck": check(1, 60)}))
+        .start()
+        .await;
+    assert_eq!(
+        wrong_login(s.gw(), "a@x.com", None).await.json(),
+        wrong_password_v2()
+    );
+    let hidden = json!({
+        "query": "mutation m($input: LoginByEmailInput!) { # note\rloginByEmail(input: $input) { id } }",
+        "variables": {"input": {"email": "a@x.com", "password": "wrong"}}
+    });
+    let r = post_json(s.gw(), GRAPHQL, &hidden, &[]).await;
+    assert_eq!(
+        s.up.count(GRAPHQL),
+        0,
+        "a login mutation after a CR-terminated comment reached the upstream unjudged: {}",
+        r.text()
+    );
+    assert_eq!(r.json()["errors"][0]["message"]["code"], 2000);
+    s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Dry run
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn dry_run_forwards_what_it_would_reject_and_counts_it() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "allowedOrigins": "https://app.sample.com",
+        "registerDisabled": true,
+    }))
+    .toml("[guards]\ndry_run = true")
+    .start()
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            wrong_login(s.gw(), "a", None).await.json(),
+            wrong_password_v2()
+        );
+    }
+    assert_eq!(s.up.count(LOGIN), 3);
+    let r = post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "a@x.com", "password": "abc12!"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["code"], 200);
+    let r = post_json(
+        s.gw(),
+        "/api/v2/users/me",
+        &json!({}),
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(s.up.total(), 5);
+    // Over-limit logins still count (the counter shows every forwarded failure).
+    let (_, c) = admin_get(s.admin(), "/counters?ip=127.0.0.1").await;
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["login_failures"]["count"], 3, "{c}");
+    let m = metrics(s.admin()).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="login_fail",reason="captcha_required"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="register_disabled",reason="register_disabled"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="cors",reason="origin_not_allowed"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("poolgate_guard_decisions_total{decision=\"reject\"")),
+        "nothing is rejected in dry run:\n{m}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_of_cors_only_still_enforces_login_limits() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "allowedOrigins": "https://app.sample.com",
+    }))
+    .toml("[guards]\ndry_run_guards = [\"cors\"]")
+    .start()
+    .await;
+    let evil = [("origin", "https://evil.com")];
+    let r = post_json(s.gw(), "/api/v2/users/me", &json!({}), &evil).await;
+    assert_eq!(r.status, StatusCode::OK, "cors is in dry run");
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &evil).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &evil).await;
+    assert_eq!(r.json(), captcha_required_v2(), "login_fail is enforced");
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(s.up.total(), 2);
+    let m = metrics(s.admin()).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="cors",reason="origin_not_allowed"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="reject",guard="login_fail",reason="captcha_required"}"#
+        ),
+        Some(1.0)
+    );
+    s.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn rejections_leave_metrics() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "allowedOrigins": "https://app.sample.com",
+        "frequentRegisterCheck": check(1, 60),
+        "passwordStrength": 1,
+    }))
+    .start()
+    .await;
+    wrong_login(s.gw(), "a", None).await;
+    wrong_login(s.gw(), "a", None).await;
+    post_json(
+        s.gw(),
+        "/api/x",
+        &json!({}),
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    post_raw(
+        s.gw(),
+        REGISTER,
+        "{",
+        &[("content-type", "application/json")],
+    )
+    .await;
+    post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "a@x.com", "password": "123"}),
+        &[],
+    )
+    .await;
+    post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "a@x.com", "password": "123456"}),
+        &[],
+    )
+    .await;
+    let r = post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "b@x.com", "password": "123456"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["code"], 2100);
+    assert_eq!(s.up.total(), 2);
+    let m = metrics(s.admin()).await;
+    for (guard, reason) in [
+        ("login_fail", "captcha_required"),
+        ("cors", "origin_not_allowed"),
+        ("body", "malformed_body"),
+        ("password_strength", "too_short"),
+        ("register_limit", "too_frequent"),
+    ] {
+        let d = format!(
+            r#"poolgate_guard_decisions_total{{decision="reject",guard="{guard}",reason="{reason}"}}"#
+        );
+        assert_eq!(sample(&m, &d), Some(1.0), "{d}\n{m}");
+        let r = format!(r#"poolgate_rejections_total{{reason="{reason}"}}"#);
+        assert_eq!(sample(&m, &r), Some(1.0), "{r}\n{m}");
+    }
+    assert!(sample(
+        &m,
+        r#"poolgate_login_outcomes_total{outcome="wrong_password"}"#
+    )
+    .is_some_and(|v| v == 1.0));
+    s.shutdown().await;
+}
