@@ -93,6 +93,13 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+fn unix_now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
 // ---------------------------------------------------------------------------
 // Fixture
 
@@ -472,6 +479,8 @@ struct AuthState {
     /// Calls refused because of a missing, unknown, revoked or expired token
     /// or a wrong pool header (not because of the mode).
     refused: Mutex<Vec<String>>,
+    /// For each accepted bearer token: seconds it had left when presented.
+    remaining: Mutex<Vec<f64>>,
 }
 
 /// A fake Authing management API on 127.0.0.1.
@@ -510,6 +519,7 @@ impl FakeAuthing {
             detail_ok: AtomicUsize::new(0),
             whitelist_requests: AtomicUsize::new(0),
             refused: Mutex::new(Vec::new()),
+            remaining: Mutex::new(Vec::new()),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -605,6 +615,17 @@ impl FakeAuthing {
     /// Why each call was refused for its credentials (not for the mode).
     pub fn refused(&self) -> Vec<String> {
         self.state.refused.lock().unwrap().clone()
+    }
+
+    /// The least lifetime (seconds) any accepted token had left when presented.
+    pub fn least_token_remaining(&self) -> Option<f64> {
+        self.state
+            .remaining
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .reduce(f64::min)
     }
 }
 
@@ -714,16 +735,20 @@ async fn authing_answer(req: Request<Incoming>, st: Arc<AuthState>) -> Response<
     let refusal = {
         let tokens = st.tokens.lock().unwrap();
         let presented = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+        let now = unix_now_f64();
         match presented.and_then(|p| tokens.iter().find(|t| t.0 == p)) {
             None => Some(format!("{endpoint}: unknown or missing token {auth:?}")),
             Some((_, _, false)) => Some(format!("{endpoint}: revoked token")),
-            Some((_, exp, true)) if *exp <= unix_now() => {
+            Some((_, exp, true)) if (*exp as f64) <= now => {
                 Some(format!("{endpoint}: expired token (exp {exp})"))
             }
             Some(_) if pool_header.as_deref() != Some(FIXTURE_POOL_ID) => Some(format!(
                 "{endpoint}: x-authing-userpool-id is {pool_header:?}"
             )),
-            Some(_) => None,
+            Some((_, exp, true)) => {
+                st.remaining.lock().unwrap().push(*exp as f64 - now);
+                None
+            }
         }
     };
     if let Some(why) = refusal {
@@ -787,7 +812,8 @@ poll_interval = "1h"
 }
 
 /// A config with the `authing` source at `api`, refreshing every second, with
-/// a 500 ms timeout per call. `authing_extra` goes into `[policy.authing]`.
+/// a 2 s timeout per call (ample on loopback, even on a loaded machine).
+/// `authing_extra` goes into `[policy.authing]`.
 pub fn authing_config(
     api: SocketAddr,
     upstream: SocketAddr,
@@ -816,7 +842,7 @@ refresh_interval = "1s"
 [policy.authing]
 api_base = "http://{api}"
 user_pool_id = "{FIXTURE_POOL_ID}"
-timeout = "500ms"
+timeout = "2s"
 {authing_extra}
 "#
     );
