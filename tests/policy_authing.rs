@@ -264,8 +264,12 @@ async fn an_api_down_at_start_without_snapshot_leaves_the_gateway_unready_until_
         let (status, _) = policy(admin).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         // Fail closed: nothing is forwarded without a policy.
-        assert_envelope(&get(gw, "/api/other").await, 503);
-        assert_envelope(
+        assert_envelope_exact(
+            &get(gw, "/api/other").await,
+            503,
+            "poolgate has no policy in force yet",
+        );
+        assert_envelope_exact(
             &post_json(
                 gw,
                 "/api/v2/login/account",
@@ -273,6 +277,7 @@ async fn an_api_down_at_start_without_snapshot_leaves_the_gateway_unready_until_
             )
             .await,
             503,
+            "poolgate has no policy in force yet",
         );
         assert_eq!(up.arrived_total(), 0);
         let m = metrics(admin).await;
@@ -365,7 +370,11 @@ async fn a_corrupt_snapshot_and_an_api_outage_leave_the_gateway_unready() {
             .expect("an outage is not a start error");
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
         assert_eq!(readyz(admin).await, StatusCode::SERVICE_UNAVAILABLE);
-        assert_envelope(&get(gw, "/blocked").await, 503);
+        assert_envelope_exact(
+            &get(gw, "/blocked").await,
+            503,
+            "poolgate has no policy in force yet",
+        );
         assert_eq!(up.arrived_total(), 0);
 
         api.set_mode(AuthMode::Normal);

@@ -430,7 +430,7 @@ async fn a_refused_upstream_gives_502() {
             .unwrap();
         let gw = app.proxy_addr();
         let reply = post_json(gw, "/api/other", "{}").await;
-        assert_envelope(&reply, 502);
+        assert_envelope_exact(&reply, 502, "upstream unavailable");
         // A guarded route (a v2 login) reports the same way.
         let reply = post_json(
             gw,
@@ -438,7 +438,7 @@ async fn a_refused_upstream_gives_502() {
             r#"{"account":"a@example.com","password":"x"}"#,
         )
         .await;
-        assert_envelope(&reply, 502);
+        assert_envelope_exact(&reply, 502, "upstream unavailable");
         let m = metrics(app.admin_addr()).await;
         assert_eq!(
             metric(
@@ -462,7 +462,7 @@ async fn a_slow_upstream_gives_504_after_the_request_timeout() {
         let started = Instant::now();
         let reply = post_json(gw, "/slow", r#"{"a":1}"#).await;
         let took = started.elapsed();
-        assert_envelope(&reply, 504);
+        assert_envelope_exact(&reply, 504, "upstream timed out");
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_millis(2500),
             "answered after {took:?}"
@@ -505,7 +505,7 @@ async fn an_upstream_that_resets_closes_or_answers_garbage_gives_502() {
         ] {
             r.up.set_mode(mode);
             let reply = post_json(gw, target, r#"{"n":1}"#).await;
-            assert_envelope(&reply, 502);
+            assert_envelope_exact(&reply, 502, "upstream unavailable");
             // Sent once, not retried: a login must never be sent twice.
             let seen = r.up.only(target);
             assert!(seen.complete, "{mode:?}");
@@ -528,7 +528,7 @@ async fn a_body_over_the_limit_with_content_length_gets_413_and_is_not_forwarded
         let r = rig(|c| c.server.max_body_bytes = 1000).await;
         let gw = r.app.proxy_addr();
         let reply = send(build("POST", gw, "/echo/over", &[], vec![b'x'; 1001])).await;
-        assert_envelope(&reply, 413);
+        assert_envelope_exact(&reply, 413, "request body too large");
         assert_eq!(r.up.complete_to("/echo/over").len(), 0);
         assert_eq!(
             r.up.arrived("/echo/over"),
@@ -575,7 +575,7 @@ async fn a_chunked_body_over_the_limit_gets_413_and_never_arrives_whole() {
         .await
         .expect("poolgate answers");
         let reply = read_reply(resp).await;
-        assert_envelope(&reply, 413);
+        assert_envelope_exact(&reply, 413, "request body too large");
         // The upstream may have seen the head; it must not have a whole request.
         wait_for_quiet().await;
         assert_eq!(r.up.complete_to("/echo/chunked-over").len(), 0);
@@ -601,4 +601,68 @@ async fn a_chunked_body_over_the_limit_gets_413_and_never_arrives_whole() {
 /// Gives in-flight upstream bookkeeping a moment to settle before asserting an absence.
 async fn wait_for_quiet() {
     tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_breaks_off_is_never_passed_off_as_complete() {
+    bounded("test", LIMIT, async {
+        let r = rig(|_| {}).await;
+        let gw = r.app.proxy_addr();
+        r.up.set_mode(UpMode::BreakBody);
+        // A login is read to learn its outcome: poolgate answers 502 itself.
+        let reply = post_json(
+            gw,
+            "/api/v2/login/account",
+            r#"{"account":"a@example.com","password":"x"}"#,
+        )
+        .await;
+        assert_envelope_exact(&reply, 502, "upstream answer broke off");
+        assert_eq!(r.up.complete_to("/api/v2/login/account").len(), 1);
+
+        // Anything else streams: the client gets the head, then a body that
+        // fails, never a short body that looks whole.
+        let resp = bounded(
+            "the head",
+            Duration::from_secs(30),
+            h1_client().request(build("GET", gw, "/streamed", &[], "")),
+        )
+        .await
+        .expect("the head arrives");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = bounded(
+            "the broken body",
+            Duration::from_secs(30),
+            resp.into_body().collect(),
+        )
+        .await;
+        assert!(
+            body.is_err(),
+            "a truncated body was delivered as complete: {:?}",
+            body.map(|b| b.to_bytes())
+        );
+        r.app.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_declared_oversized_body_gets_413_in_the_shape_of_the_api_called() {
+    bounded("test", LIMIT, async {
+        let r = rig(|c| c.server.max_body_bytes = 1000).await;
+        let gw = r.app.proxy_addr();
+        let big = format!(r#"{{"account":"a@example.com","password":"{}"}}"#, "x".repeat(1000));
+        let cases = [
+            ("/api/v2/login/account", json!({"code": 413, "message": "request body too large", "apiCode": 413, "data": null})),
+            ("/api/v3/signin", json!({"statusCode": 413, "message": "request body too large", "apiCode": 413, "data": null})),
+            ("/graphql/v2", json!({"data": null, "errors": [{"message": {"code": 413, "message": "request body too large"}, "extensions": {"code": 413}}]})),
+        ];
+        for (target, want) in cases {
+            let reply = post_json(gw, target, &big).await;
+            assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{target}");
+            assert_eq!(reply.json(), want, "{target}");
+            assert_eq!(r.up.arrived(target), 0, "{target}");
+        }
+        r.app.shutdown().await;
+    })
+    .await;
 }

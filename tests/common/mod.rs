@@ -27,7 +27,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -195,6 +196,9 @@ pub enum UpMode {
     Reset,
     /// Read the request, then write bytes that are not HTTP and close.
     Garbage,
+    /// Answer 200 with a chunked JSON body that breaks off after its first
+    /// bytes (the connection is aborted; the body never ends cleanly).
+    BreakBody,
 }
 
 struct UpState {
@@ -332,7 +336,7 @@ async fn upstream_answer(
     req: Request<Incoming>,
     state: Arc<UpState>,
     raw: Arc<Mutex<Option<std::net::TcpStream>>>,
-) -> Result<Response<Full<Bytes>>, std::io::Error> {
+) -> Result<Response<UpBody>, std::io::Error> {
     let method = req.method().to_string();
     let target = req
         .uri()
@@ -412,6 +416,28 @@ async fn upstream_answer(
             }
             return Err(std::io::Error::other("fake upstream: garbage"));
         }
+        UpMode::BreakBody => {
+            // The head and the first bytes go out (and are flushed while the
+            // body waits), then the body fails and hyper aborts the connection.
+            let frames = futures_util::stream::unfold(0u8, |step| async move {
+                match step {
+                    0 => {
+                        let part = Bytes::from_static(b"{\"code\":200,\"message\":\"ok\",\"da");
+                        Some((Ok(Frame::data(part)), 1))
+                    }
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let e = std::io::Error::other("fake upstream: body broke off");
+                        Some((Err(e), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let mut r = Response::new(StreamBody::new(Box::pin(frames)).boxed());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            return Ok(r);
+        }
     }
     let path = target.split('?').next().unwrap_or("");
     let mut resp = if path.split('/').any(|seg| seg == "echo") {
@@ -441,8 +467,11 @@ async fn upstream_answer(
     if let Some(s) = reply_status {
         *resp.status_mut() = s;
     }
-    Ok(resp)
+    Ok(resp.map(|b| b.map_err(|never| match never {}).boxed()))
 }
+
+/// The fake upstream's response body: whole, or one that breaks off.
+type UpBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 // ---------------------------------------------------------------------------
 // Fake Authing management API
@@ -990,29 +1019,19 @@ pub async fn post_json(addr: SocketAddr, target: &str, body: &str) -> Reply {
     .await
 }
 
-/// Asserts poolgate's own error envelope: `status`, JSON, `code` = status,
-/// a non-empty `message`, `data: null`, nothing else but `apiCode` (= code).
-pub fn assert_envelope(r: &Reply, status: u16) {
+/// Asserts poolgate's own v2 error envelope exactly as the README's failure
+/// table documents it: `status`, `application/json; charset=utf-8`, and
+/// `{"code": status, "message": message, "apiCode": status, "data": null}`.
+pub fn assert_envelope_exact(r: &Reply, status: u16, message: &str) {
     assert_eq!(r.status.as_u16(), status, "status; body {}", r.text());
-    let ct = r.header("content-type").unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "content-type {ct:?}");
-    let v = r.json();
-    let obj = v
-        .as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"));
-    assert_eq!(obj.get("code"), Some(&json!(status)), "{v}");
-    assert_eq!(obj.get("data"), Some(&Value::Null), "{v}");
-    let message = obj.get("message").and_then(|m| m.as_str()).unwrap_or("");
-    assert!(!message.is_empty(), "message: {v}");
-    for k in obj.keys() {
-        assert!(
-            ["code", "message", "data", "apiCode"].contains(&k.as_str()),
-            "unexpected key {k} in {v}"
-        );
-    }
-    if let Some(api) = obj.get("apiCode") {
-        assert_eq!(api, &json!(status), "{v}");
-    }
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(
+        r.json(),
+        json!({"code": status, "message": message, "apiCode": status, "data": null})
+    );
 }
 
 // ---------------------------------------------------------------------------
