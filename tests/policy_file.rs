@@ -379,3 +379,69 @@ async fn a_corrupt_snapshot_and_a_broken_pool_file_stop_the_start() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_whitelist_file_is_part_of_the_policy_and_is_watched_too() {
+    bounded("test", LIMIT, async {
+        let up = FakeUpstream::start().await;
+        let dir = tempdir();
+        let path = dir.path().join("pool.json");
+        let wl = dir.path().join("whitelist.json");
+        let mut pool = fixture_pool();
+        pool["whitelist"]["emailEnabled"] = json!(true);
+        write_pool(&path, &pool);
+        write_atomic(
+            &wl,
+            br#"{"email": ["Alice@Example.com", {"value": "bob@example.com"}]}"#,
+        );
+        let mut cfg = file_config(&path, up.addr, "");
+        let f = cfg.policy.file.as_mut().unwrap();
+        f.whitelist_path = Some(wl.clone());
+        f.poll_interval = Duration::from_millis(100);
+        let app = poolgate::App::start(cfg).await.unwrap();
+        let admin = app.admin_addr();
+        let (_, shown) = policy(admin).await;
+        assert_eq!(shown["whitelist"]["email"], json!({"entries": 2}));
+        let first = version(&app).unwrap();
+        let email = app
+            .policy
+            .current()
+            .unwrap()
+            .whitelist
+            .email
+            .clone()
+            .unwrap();
+        assert!(email.contains("alice@example.com") && email.contains("bob@example.com"));
+
+        // Only the whitelist file changes: polled in, new version.
+        write_atomic(&wl, br#"{"email": ["carol@example.com"]}"#);
+        wait_for(
+            "the whitelist change polled in",
+            Duration::from_secs(10),
+            || version(&app).is_some_and(|v| v != first),
+        )
+        .await;
+        let (_, shown) = policy(admin).await;
+        assert_eq!(shown["whitelist"]["email"], json!({"entries": 1}));
+        let second = version(&app).unwrap();
+
+        // A broken whitelist file keeps the last good policy.
+        write_atomic(&wl, b"{\"email\": 5}");
+        wait_for_async(
+            "the broken whitelist counted",
+            Duration::from_secs(10),
+            || async {
+                metric(
+                    &metrics(admin).await,
+                    "poolgate_policy_fetch_failures_total",
+                    &[("source", "file"), ("reason", "parse")],
+                ) == Some(1.0)
+            },
+        )
+        .await;
+        assert_eq!(version(&app), Some(second));
+        assert_eq!(readyz(admin).await, StatusCode::OK);
+        app.shutdown().await;
+    })
+    .await;
+}
