@@ -666,3 +666,45 @@ async fn a_declared_oversized_body_gets_413_in_the_shape_of_the_api_called() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn headers_named_in_any_connection_line_are_dropped_both_ways() {
+    bounded("test", LIMIT, async {
+        let r = rig(|_| {}).await;
+        let gw = r.app.proxy_addr();
+        // Connection is a list: it may come as several lines, each naming headers.
+        let reply = send(build(
+            "POST",
+            gw,
+            "/echo/conn-lines",
+            &[
+                ("connection", "keep-alive"),
+                ("connection", "x-hop-second-line"),
+                ("x-hop-second-line", "must not be forwarded"),
+                ("x-kept", "yes"),
+            ],
+            "b",
+        ))
+        .await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+        let seen = r.up.only("/echo/conn-lines");
+        assert_eq!(seen.header_all("x-hop-second-line"), Vec::<&str>::new());
+        assert_eq!(seen.header_all("connection"), Vec::<&str>::new());
+        assert_eq!(seen.header("x-kept"), Some("yes"));
+
+        // The same in the upstream's answer (raw: hyper would merge the lines).
+        r.up.set_mode(UpMode::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\
+              Connection: x-up-hop-2\r\nX-Up-Hop-2: must not reach the client\r\n\
+              X-Up: 1\r\nContent-Length: 4\r\n\r\nbody",
+        ));
+        let reply = get(gw, "/conn-lines-answer").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "body");
+        assert_eq!(reply.header("x-up").as_deref(), Some("1"));
+        assert_eq!(reply.header("content-type").as_deref(), Some("text/plain"));
+        assert_eq!(reply.header("x-up-hop-2"), None);
+        r.app.shutdown().await;
+    })
+    .await;
+}

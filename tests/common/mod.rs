@@ -196,6 +196,10 @@ pub enum UpMode {
     Reset,
     /// Read the request, then write bytes that are not HTTP and close.
     Garbage,
+    /// Read the request, then write these bytes as the answer (a complete
+    /// HTTP/1.1 response, with `Connection: close`) and close: for answers
+    /// hyper would normalise, such as several `Connection` lines.
+    Raw(&'static [u8]),
     /// Answer 200 with a chunked JSON body that breaks off after its first
     /// bytes (the connection is aborted; the body never ends cleanly).
     BreakBody,
@@ -415,6 +419,12 @@ async fn upstream_answer(
                 let _ = raw.write_all(b"THIS IS NOT HTTP\x00\x01\x02\r\n\r\n");
             }
             return Err(std::io::Error::other("fake upstream: garbage"));
+        }
+        UpMode::Raw(bytes) => {
+            if let Some(mut raw) = raw.lock().unwrap().take() {
+                let _ = raw.write_all(bytes);
+            }
+            return Err(std::io::Error::other("fake upstream: raw answer sent"));
         }
         UpMode::BreakBody => {
             // The head and the first bytes go out (and are flushed while the
