@@ -305,7 +305,7 @@ fn tokenize(q: &str) -> Result<Vec<Tok<'_>>, &'static str> {
             b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
             0xEF if b[i..].starts_with(&[0xEF, 0xBB, 0xBF]) => i += 3,
             b'#' => {
-                while i < b.len() && b[i] != b'\n' {
+                while i < b.len() && !matches!(b[i], b'\n' | b'\r') {
                     i += 1;
                 }
             }
