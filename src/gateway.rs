@@ -489,16 +489,15 @@ impl Gateway {
                 return (self.refuse(rej, ctx), "rejected");
             }
         };
-        let judged = body_kind
-            .and_then(|k| extract::parse_body(k, &bytes))
-            .and_then(|v| {
-                if route.kind == RouteKind::Graphql {
-                    extract::graphql(&v, self.routes.graphql_ops())
-                        .map(|c| c.map(|c| (c.op.kind, c.facts)))
-                } else {
-                    Ok(Some((route.kind, extract::facts(&v, &route.fields))))
-                }
-            });
+        let judged = body_kind.and_then(|k| {
+            if route.kind == RouteKind::Graphql {
+                let v = extract::parse_body(k, &bytes)?;
+                extract::graphql(&v, self.routes.graphql_ops())
+                    .map(|c| c.map(|c| (c.op.kind, c.facts)))
+            } else {
+                extract::body_facts(k, &bytes, &route.fields).map(|f| Some((route.kind, f)))
+            }
+        });
         let (kind, facts) = match judged {
             Ok(Some(kf)) => kf,
             Ok(None) => (RouteKind::Other, Facts::default()),

@@ -587,6 +587,35 @@ async fn graphql_comment_ended_by_carriage_return_does_not_hide_a_login() {
     s.shutdown().await;
 }
 
+/// A JSON body that names a field the guards read twice is ambiguous: the
+/// guard would count one account while the login service may check the other.
+#[tokio::test]
+async fn a_guarded_field_given_twice_is_refused() {
+    let s = Setup::new(json!({"loginFailCheck": check(5, 60)}))
+        .start()
+        .await;
+    let r = post_raw(
+        s.gw(),
+        LOGIN,
+        r#"{"account":"victim@x.com","password":"p","account":"other@x.com"}"#,
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(s.up.total(), 0);
+    // A repeated field no guard reads is the upstream's business.
+    let r = post_raw(
+        s.gw(),
+        LOGIN,
+        r#"{"account":"a@x.com","password":"p","extra":1,"extra":2}"#,
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(r.json(), wrong_password_v2());
+    assert_eq!(s.up.total(), 1);
+    s.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Dry run
 // ---------------------------------------------------------------------------

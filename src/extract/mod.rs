@@ -7,6 +7,10 @@
 //! malformed JSON, a GraphQL document with two guarded mutations or inline
 //! arguments — is an [`ExtractError`], and the request is refused.
 
+pub mod json;
+
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::classify::{Fields, GraphqlOp, IdKind, RouteKind};
@@ -149,36 +153,62 @@ fn parse_form(body: &[u8]) -> Result<Value, ExtractError> {
 
 /// Reads the facts of a REST route from its parsed body.
 pub fn facts(body: &Value, fields: &Fields) -> Facts {
-    let text = |p: &Option<String>| p.as_deref().and_then(|p| string_at(body, p));
-    let identifier = fields.identifier.iter().find_map(|f| {
-        string_at(body, &f.pointer)
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| identify(&v, f.kind))
-    });
-    let encrypted_by_type = text(&fields.encrypt_type)
-        .is_some_and(|t| !t.trim().is_empty() && !t.trim().eq_ignore_ascii_case("none"));
-    let password = text(&fields.password).map(|p| {
-        if encrypted_by_type || looks_encrypted(&p) {
-            Password::Encrypted
-        } else {
-            Password::Clear(p)
+    let at = |p: &str| -> Result<Option<Cow<'_, str>>, ExtractError> {
+        Ok(match body.pointer(p) {
+            Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
+            Some(Value::Number(n)) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        })
+    };
+    // A `Value` has one member per name: reading it cannot fail.
+    facts_with(at, fields).unwrap_or_default()
+}
+
+/// Reads the facts of a REST route straight from its body bytes: JSON through
+/// the lazy view (no tree is built), other kinds through [`parse_body`].
+pub fn body_facts(kind: BodyKind, body: &[u8], fields: &Fields) -> Result<Facts, ExtractError> {
+    match kind {
+        BodyKind::Json => {
+            let doc = json::LazyJson::parse(body)?;
+            facts_with(|p| doc.text_at(p), fields)
         }
-    });
-    Facts {
-        identifier,
-        password,
-        captcha_code: text(&fields.captcha_code).filter(|s| !s.trim().is_empty()),
-        captcha_token: text(&fields.captcha_token).filter(|s| !s.trim().is_empty()),
+        other => parse_body(other, body).map(|v| facts(&v, fields)),
     }
 }
 
-/// The string at a JSON pointer; numbers (phone numbers) become text.
-fn string_at(v: &Value, pointer: &str) -> Option<String> {
-    match v.pointer(pointer)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// The facts, reading each field through `at` (text at a JSON pointer).
+fn facts_with<'a>(
+    at: impl Fn(&str) -> Result<Option<Cow<'a, str>>, ExtractError>,
+    fields: &Fields,
+) -> Result<Facts, ExtractError> {
+    let text = |p: &Option<String>| match p {
+        Some(p) => at(p),
+        None => Ok(None),
+    };
+    let mut identifier = None;
+    for f in &fields.identifier {
+        if let Some(v) = at(&f.pointer)?.filter(|v| !v.trim().is_empty()) {
+            identifier = Some(identify(&v, f.kind));
+            break;
+        }
     }
+    let encrypted_by_type = text(&fields.encrypt_type)?
+        .is_some_and(|t| !t.trim().is_empty() && !t.trim().eq_ignore_ascii_case("none"));
+    let password = text(&fields.password)?.map(|p| {
+        if encrypted_by_type || looks_encrypted(&p) {
+            Password::Encrypted
+        } else {
+            Password::Clear(p.into_owned())
+        }
+    });
+    let nonblank =
+        |s: Option<Cow<'a, str>>| s.filter(|s| !s.trim().is_empty()).map(Cow::into_owned);
+    Ok(Facts {
+        identifier,
+        password,
+        captcha_code: nonblank(text(&fields.captcha_code)?),
+        captcha_token: nonblank(text(&fields.captcha_token)?),
+    })
 }
 
 /// Classifies and normalises an identifier.
