@@ -35,54 +35,133 @@ fn policy() -> CompiledPolicy {
     CompiledPolicy::compile(&pool, &wl, "bench").expect("bench pool compiles")
 }
 
-fn decision(c: &mut Criterion) {
-    let p = policy();
-    let table = RouteTable::default_table();
-    let resolver = ClientIpResolver::new(vec!["10.0.0.0/8".parse().unwrap()]);
-    let rate = RateLimitConfig {
-        login: poolgate::config::Rate {
-            per_second: 1_000_000_000,
-            burst: 1_000_000_000,
-        },
-        ..RateLimitConfig::default()
-    };
-    let state = GuardState::new(&GuardsConfig::default(), &rate);
-    let mut headers = HeaderMap::new();
-    headers.insert("origin", HeaderValue::from_static("https://app.sample.com"));
-    headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    let body = br#"{"account":"bob@example.com","password":"hunter2!x","captchaCode":""}"#;
-    let peer: IpAddr = "10.1.2.3".parse().unwrap();
-    let method = Method::POST;
+/// Everything the login decision reads, built once.
+struct Env {
+    p: CompiledPolicy,
+    table: RouteTable,
+    resolver: ClientIpResolver,
+    state: GuardState,
+    headers: HeaderMap,
+    body: &'static [u8],
+    peer: IpAddr,
+    method: Method,
+}
 
-    c.bench_function("login_decision_all_guards", |b| {
+impl Env {
+    fn new() -> Self {
+        let rate = RateLimitConfig {
+            login: poolgate::config::Rate {
+                per_second: 1_000_000_000,
+                burst: 1_000_000_000,
+            },
+            ..RateLimitConfig::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("origin", HeaderValue::from_static("https://app.sample.com"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        Env {
+            p: policy(),
+            table: RouteTable::default_table(),
+            resolver: ClientIpResolver::new(vec!["10.0.0.0/8".parse().unwrap()]),
+            state: GuardState::new(&GuardsConfig::default(), &rate),
+            headers,
+            body: br#"{"account":"bob@example.com","password":"hunter2!x","captchaCode":""}"#,
+            peer: "10.1.2.3".parse().unwrap(),
+            method: Method::POST,
+        }
+    }
+
+    /// One login decision with every guard on. `salt` spreads the client and
+    /// account keys (0: everyone hits the same keys).
+    fn decide(&self, salt: u128) -> bool {
+        let route = match self
+            .table
+            .classify(&self.method, black_box("/api/v2/login/account"))
+        {
+            poolgate::classify::Class::Route(r) => r,
+            _ => unreachable!(),
+        };
+        let ip = self.resolver.resolve(self.peer, &self.headers);
+        let key = self.state.client_key(ip) ^ salt;
+        let allowed = matches!(cors::check(&self.p, &self.headers), cors::Cors::Allowed(_));
+        let rate_ok = self.state.rate.check(route.kind, key).is_ok();
+        let facts =
+            extract::body_facts(extract::BodyKind::Json, black_box(self.body), &route.fields)
+                .unwrap();
+        let acct = self
+            .state
+            .account_key(&facts.identifier.as_ref().unwrap().value)
+            ^ salt;
+        let ip_res = self
+            .state
+            .login_ip
+            .try_reserve(key, self.p.login_fail.unwrap(), false);
+        let acct_res = self
+            .state
+            .account
+            .try_reserve(acct, self.p.password_fail.unwrap(), false);
+        let gate = guards::login_gate(&self.p, None, None, facts.captcha_code.is_some());
+        if let (Reserve::Granted(a), Reserve::Granted(b2)) = (ip_res, acct_res) {
+            a.release();
+            b2.release();
+        }
+        black_box(allowed && rate_ok && matches!(gate, guards::LoginGate::Forward))
+    }
+}
+
+fn decision(c: &mut Criterion) {
+    let env = Env::new();
+    c.bench_function("login_decision_all_guards", |b| b.iter(|| env.decide(0)));
+    let Env {
+        p,
+        table,
+        resolver,
+        state,
+        headers,
+        body,
+        peer,
+        method,
+    } = &env;
+    let (p, state, method, peer, body) = (p, state, method.clone(), *peer, *body);
+
+    // The parts of the login decision, to see where its time goes.
+    let mut g = c.benchmark_group("login_parts");
+    g.bench_function("client_ip", |b| {
+        b.iter(|| state.client_key(resolver.resolve(peer, black_box(headers))))
+    });
+    g.bench_function("cors", |b| {
+        b.iter(|| matches!(cors::check(p, black_box(headers)), cors::Cors::Allowed(_)))
+    });
+    g.bench_function("rate_limit", |b| {
+        let route = match table.classify(&method, "/api/v2/login/account") {
+            poolgate::classify::Class::Route(r) => r,
+            _ => unreachable!(),
+        };
+        b.iter(|| state.rate.check(route.kind, black_box(7)).is_ok())
+    });
+    g.bench_function("body_facts", |b| {
+        let route = match table.classify(&method, "/api/v2/login/account") {
+            poolgate::classify::Class::Route(r) => r,
+            _ => unreachable!(),
+        };
+        b.iter(|| extract::body_facts(extract::BodyKind::Json, black_box(body), &route.fields))
+    });
+    g.bench_function("account_key", |b| {
+        b.iter(|| state.account_key(black_box("bob@example.com")))
+    });
+    g.bench_function("two_reservations", |b| {
         b.iter(|| {
-            let class = table.classify(&method, black_box("/api/v2/login/account"));
-            let route = match class {
-                poolgate::classify::Class::Route(r) => r,
-                _ => unreachable!(),
-            };
-            let ip = resolver.resolve(peer, &headers);
-            let key = state.client_key(ip);
-            let allowed = matches!(cors::check(&p, &headers), cors::Cors::Allowed(_));
-            let rate_ok = state.rate.check(route.kind, key).is_ok();
-            let v = extract::parse_body(extract::BodyKind::Json, black_box(body)).unwrap();
-            let facts = extract::facts(&v, &route.fields);
-            let acct = state.account_key(&facts.identifier.as_ref().unwrap().value);
-            let ip_res = state
+            let a = state
                 .login_ip
-                .try_reserve(key, p.login_fail.unwrap(), false);
-            let acct_res = state
+                .try_reserve(black_box(9), p.login_fail.unwrap(), false);
+            let c = state
                 .account
-                .try_reserve(acct, p.password_fail.unwrap(), false);
-            let gate = guards::login_gate(&p, None, None, facts.captcha_code.is_some());
-            if let (Reserve::Granted(a), Reserve::Granted(b2)) = (ip_res, acct_res) {
-                a.release();
-                b2.release();
-            }
-            black_box((allowed, rate_ok, gate))
+                .try_reserve(black_box(10), p.password_fail.unwrap(), false);
+            (a, c)
         })
     });
+    g.finish();
 
     c.bench_function("classify_canonical_path", |b| {
         b.iter(|| {
@@ -98,6 +177,45 @@ fn decision(c: &mut Criterion) {
                 .is_other()
         })
     });
+}
+
+/// The login decision on 1, 2 and all cores at once, on one shared key and on
+/// distinct keys. The time shown is wall time per decision over all threads
+/// (total wall time / decisions made): it halves when two cores scale perfectly.
+fn decision_threads(c: &mut Criterion) {
+    let env = Env::new();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut counts = vec![1, 2, cores];
+    counts.dedup();
+    let mut g = c.benchmark_group("login_decision_threads");
+    for threads in counts {
+        for (name, spread) in [("one_key", false), ("distinct_keys", true)] {
+            g.bench_function(BenchmarkId::new(name, threads), |b| {
+                b.iter_custom(|iters| {
+                    let per_thread = iters.div_ceil(threads as u64);
+                    let start = std::time::Instant::now();
+                    std::thread::scope(|sc| {
+                        for t in 0..threads {
+                            let env = &env;
+                            sc.spawn(move || {
+                                for i in 0..per_thread {
+                                    // 100,000 keys per thread: a realistic, bounded key set.
+                                    let salt = if spread {
+                                        ((t as u128) << 64) | u128::from(i % 100_000)
+                                    } else {
+                                        0
+                                    };
+                                    env.decide(salt);
+                                }
+                            });
+                        }
+                    });
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
 }
 
 fn cors_scaling(c: &mut Criterion) {
@@ -154,5 +272,12 @@ fn counters(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decision, cors_scaling, compile, counters);
+criterion_group!(
+    benches,
+    decision,
+    decision_threads,
+    cors_scaling,
+    compile,
+    counters
+);
 criterion_main!(benches);

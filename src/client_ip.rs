@@ -11,6 +11,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+// A constant name: looking a header up by `&str` parses the name every time.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// Resolves the client address of a request.
 #[derive(Debug, Clone, Default)]
 pub struct ClientIpResolver {
@@ -36,15 +39,10 @@ impl ClientIpResolver {
             return peer;
         }
         let mut current = peer;
-        if headers.contains_key("x-forwarded-for") {
-            // Several header lines form one list, in order.
-            let lines: Vec<&[u8]> = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes())
-                .collect();
-            for line in lines.iter().rev() {
-                for entry in line.rsplit(|&b| b == b',') {
+        if headers.contains_key(&X_FORWARDED_FOR) {
+            // Several header lines form one list, in order: walk it from the right.
+            for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+                for entry in line.as_bytes().rsplit(|&b| b == b',') {
                     if !self.is_trusted(current) {
                         return current;
                     }
@@ -56,13 +54,8 @@ impl ClientIpResolver {
             }
             return current;
         }
-        let lines: Vec<&[u8]> = headers
-            .get_all("forwarded")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        for line in lines.iter().rev() {
-            for element in line.rsplit(|&b| b == b',') {
+        for line in headers.get_all(http::header::FORWARDED).iter().rev() {
+            for element in line.as_bytes().rsplit(|&b| b == b',') {
                 if !self.is_trusted(current) {
                     return current;
                 }

@@ -116,7 +116,8 @@ impl WindowCounter {
         now: u32,
     ) -> Reserve {
         let window = window_secs(limit.window);
-        if !self.map.contains_key(&key) && self.len() >= self.max_keys {
+        // The cap is checked first so the common case costs one map lookup.
+        if self.len() >= self.max_keys && !self.map.contains_key(&key) {
             return Reserve::Full;
         }
         let mut inserted = false;
