@@ -279,6 +279,19 @@ async fn password_strength_levels() {
     let r = post_json(s.gw(), REGISTER, &reg("d@x.com", "Abcdefgh1"), &[]).await;
     assert_eq!(r.json(), reg_ok());
     assert_eq!(s.up.total(), 4);
+
+    // JavaScript patterns with look-ahead, as Authing's console suggests them,
+    // are enforced too (not refused as an invalid policy).
+    p["customPasswordStrength"] = json!({"enabled": true, "regex": "^(?=.*[A-Z])(?=.*\\d).{8,}$", "message": "需要大写字母和数字"});
+    s.swap_pool(&p, |c| {
+        matches!(&c.password_rule, poolgate::policy::PasswordRule::Custom { regex, .. } if regex.as_str().contains("(?="))
+    })
+    .await;
+    let r = post_json(s.gw(), REGISTER, &reg("e@x.com", "abcdefgh1"), &[]).await;
+    assert_eq!(r.json(), v2_err(2061, "需要大写字母和数字"));
+    let r = post_json(s.gw(), REGISTER, &reg("e@x.com", "abcdEfgh1"), &[]).await;
+    assert_eq!(r.json(), reg_ok());
+    assert_eq!(s.up.total(), 5);
     s.shutdown().await;
 }
 

@@ -49,14 +49,66 @@ pub enum PasswordRule {
     Custom {
         /// The pattern.
         #[serde(serialize_with = "ser_regex")]
-        regex: regex::Regex,
+        regex: PasswordRegex,
         /// The message shown on failure.
         message: String,
     },
 }
 
-fn ser_regex<S: serde::Serializer>(r: &regex::Regex, s: S) -> Result<S::Ok, S::Error> {
+fn ser_regex<S: serde::Serializer>(r: &PasswordRegex, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(r.as_str())
+}
+
+/// The pool's `customPasswordStrength.regex`, written for JavaScript.
+///
+/// Patterns the linear-time `regex` crate accepts run there. Authing's console
+/// patterns often use look-ahead (`^(?=.*[A-Z])(?=.*\d).{8,}$`), which it does
+/// not support: those run on `fancy-regex` (backtracking) with a bounded
+/// number of steps. A password that exhausts the bound does not pass.
+#[derive(Debug, Clone)]
+pub enum PasswordRegex {
+    /// Linear time.
+    Linear(regex::Regex),
+    /// Look-around or back-references: backtracking, bounded.
+    Backtracking(fancy_regex::Regex),
+}
+
+/// Steps a backtracking password pattern may take before it counts as failed.
+const BACKTRACK_LIMIT: usize = 100_000;
+
+impl PasswordRegex {
+    /// Compiles `pattern`, preferring the linear engine.
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        match regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+        {
+            Ok(r) => Ok(PasswordRegex::Linear(r)),
+            Err(linear) => fancy_regex::RegexBuilder::new(pattern)
+                .backtrack_limit(BACKTRACK_LIMIT)
+                .delegate_size_limit(1 << 20)
+                .build()
+                .map(PasswordRegex::Backtracking)
+                .map_err(|e| format!("{e} (as a linear pattern: {linear})")),
+        }
+    }
+
+    /// Whether `password` matches; a backtracking run that exceeds its
+    /// bound is a failure, so a pathological pattern cannot be talked past.
+    pub fn is_match(&self, password: &str) -> bool {
+        match self {
+            PasswordRegex::Linear(r) => r.is_match(password),
+            PasswordRegex::Backtracking(r) => r.is_match(password).unwrap_or(false),
+        }
+    }
+
+    /// The pattern as configured.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PasswordRegex::Linear(r) => r.as_str(),
+            PasswordRegex::Backtracking(r) => r.as_str(),
+        }
+    }
 }
 
 /// Whitelist sets; `None` where that identifier kind is not restricted.
@@ -272,10 +324,8 @@ impl CompiledPolicy {
                         "passwordStrength is 4 but no regex is set",
                     ));
                 }
-                let regex = regex::RegexBuilder::new(pattern)
-                    .size_limit(1 << 20)
-                    .build()
-                    .map_err(|e| invalid("customPasswordStrength.regex", e.to_string()))?;
+                let regex = PasswordRegex::new(pattern)
+                    .map_err(|e| invalid("customPasswordStrength.regex", e))?;
                 PasswordRule::Custom {
                     regex,
                     message: c
@@ -360,6 +410,22 @@ mod tests {
         assert_eq!(c.register_limit, None);
         assert_eq!(c.fail_strategy, FailStrategy::BlockAccount);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn javascript_password_patterns_compile() {
+        let lookahead = PasswordRegex::new(r"^(?=.*[A-Z])(?=.*\d).{8,}$").unwrap();
+        assert!(matches!(lookahead, PasswordRegex::Backtracking(_)));
+        assert!(lookahead.is_match("abcdEfg1"));
+        assert!(!lookahead.is_match("abcdefg1"));
+        assert!(matches!(
+            PasswordRegex::new("^[a-z]{6,}$").unwrap(),
+            PasswordRegex::Linear(_)
+        ));
+        // A catastrophic pattern runs out of steps: the password does not pass.
+        let evil = PasswordRegex::new(r"^(?=a)(a+)+$").unwrap();
+        assert!(!evil.is_match(&format!("{}!", "a".repeat(40))));
+        assert!(PasswordRegex::new("(?=(").is_err());
     }
 
     #[test]
