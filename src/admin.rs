@@ -86,8 +86,10 @@ impl Admin {
         let param = |name: &str| {
             query.split('&').find_map(|kv| {
                 let (k, v) = kv.split_once('=')?;
+                // A query is not a form: `+` stays `+` (`?account=+8613800138000`
+                // names a phone number); a space is `%20`.
                 (k == name)
-                    .then(|| crate::classify::percent_decode(&v.replace('+', " ")).ok())
+                    .then(|| crate::classify::percent_decode(v).ok())
                     .flatten()
                     .and_then(|b| String::from_utf8(b).ok())
             })

@@ -747,6 +747,11 @@ async fn admin_counters_and_unblock() {
         login_ok_v2()
     );
     assert_eq!(s.up.count(LOGIN), 4);
+    // A phone number's `+` is not a space.
+    wrong_login(s.gw(), "+86 138-0013-8000", None).await;
+    let (_, c) = admin_get(s.admin(), "/counters?account=+8613800138000").await;
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["password_failures"]["count"], 1, "{c}");
     // Bad parameters.
     let (st, _) = admin_get(s.admin(), "/counters").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
