@@ -139,6 +139,7 @@ impl Upstream {
             }
         }
         append_xff(h, peer);
+        forwarded(h, peer, peer_trusted);
         // Only a trusted proxy may tell us the original scheme and host.
         if !peer_trusted || !h.contains_key(X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -161,10 +162,11 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the peer to `X-Forwarded-For`, folding existing lines into one.
-fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
+/// The lines of a list header folded into one, with a trailing `", "` when
+/// there is anything, ready for this hop's element.
+fn list_so_far(h: &HeaderMap, name: &HeaderName) -> String {
     let mut value = String::new();
-    for v in h.get_all(X_FORWARDED_FOR) {
+    for v in h.get_all(name) {
         if let Ok(s) = v.to_str() {
             let s = s.trim();
             if !s.is_empty() {
@@ -173,10 +175,38 @@ fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
             }
         }
     }
+    value
+}
+
+/// Appends the peer to `X-Forwarded-For`, folding existing lines into one.
+fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
+    let mut value = list_so_far(h, &X_FORWARDED_FOR);
     use std::fmt::Write;
     let _ = write!(value, "{peer}");
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// RFC 7239 `Forwarded`: an untrusted client's is dropped (upstreams often
+/// read its first `for=`, which the client writes); a trusted proxy's gets
+/// this hop appended, as `X-Forwarded-For` does.
+fn forwarded(h: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
+    if !h.contains_key(header::FORWARDED) {
+        return;
+    }
+    if !peer_trusted {
+        h.remove(header::FORWARDED);
+        return;
+    }
+    let mut value = list_so_far(h, &header::FORWARDED);
+    use std::fmt::Write;
+    let _ = match peer {
+        IpAddr::V4(v4) => write!(value, "for={v4}"),
+        IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::FORWARDED, v);
     }
 }
 

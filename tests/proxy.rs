@@ -191,11 +191,13 @@ async fn x_forwarded_for_is_appended_and_proto_and_host_are_not_spoofable() {
             // A client that is not a trusted proxy cannot choose these.
             h.push(("x-forwarded-proto", "https"));
             h.push(("x-forwarded-host", "evil.example"));
+            h.push(("forwarded", "for=6.6.6.6;proto=https"));
             let reply = send(build("GET", gw, target, &h, "")).await;
             assert_eq!(reply.status, StatusCode::OK);
             let seen = r.up.only(target);
             assert_eq!(seen.header_all("x-forwarded-for"), [want], "{target}");
             assert_eq!(seen.header_all("x-forwarded-proto"), ["http"], "{target}");
+            assert!(seen.header_all("forwarded").is_empty(), "{target}");
             assert_eq!(
                 seen.header_all("x-forwarded-host"),
                 [host.as_str()],
@@ -215,12 +217,17 @@ async fn x_forwarded_for_is_appended_and_proto_and_host_are_not_spoofable() {
                 ("x-forwarded-for", "198.51.100.9"),
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "login.example.com"),
+                ("forwarded", "for=198.51.100.9;proto=https"),
             ],
             "",
         ))
         .await;
         assert_eq!(reply.status, StatusCode::OK);
         let seen = r.up.only("/xff/trusted");
+        assert_eq!(
+            seen.header_all("forwarded"),
+            ["for=198.51.100.9;proto=https, for=127.0.0.1"]
+        );
         assert_eq!(
             seen.header_all("x-forwarded-for"),
             ["198.51.100.9, 127.0.0.1"]
