@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
-use crate::store::GuardState;
+use crate::store::{Counter, Store, Subject};
 
 /// What the admin endpoints read.
 pub struct Admin {
@@ -23,7 +23,7 @@ pub struct Admin {
     /// Set when shutdown starts, so load balancers stop sending traffic first.
     pub draining: Arc<AtomicBool>,
     /// The guards' counters, for inspection and unblocking.
-    pub state: Arc<GuardState>,
+    pub store: Arc<Store>,
 }
 
 impl Admin {
@@ -34,7 +34,7 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path();
         if path == "/counters" || path == "/unblock" {
-            return Ok(self.counters(&req));
+            return Ok(self.counters(&req).await);
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"));
@@ -76,7 +76,7 @@ impl Admin {
 
 impl Admin {
     /// `GET /counters?ip=...|account=...` shows, `POST /unblock?...` clears.
-    fn counters(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn counters(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         let unblock = req.uri().path() == "/unblock";
         let want = if unblock { Method::POST } else { Method::GET };
         if req.method() != want {
@@ -102,34 +102,40 @@ impl Admin {
                     .and_then(|p| f(p))
                     .map_or(std::time::Duration::from_secs(1), |l| l.window)
             };
+        let store = &self.store;
         let (subject, body) = if let Some(ip) = param("ip") {
             let Ok(ip) = ip.trim().parse::<std::net::IpAddr>() else {
                 return text(StatusCode::BAD_REQUEST, "ip is not an IP address\n");
             };
-            let key = self.state.client_key(crate::client_ip::canonical(ip));
+            let who = Subject::Client(store.local.client_key(crate::client_ip::canonical(ip)));
             if unblock {
-                self.state.login_ip.clear(key);
-                self.state.register_ip.clear(key);
+                for c in [Counter::LoginIp, Counter::RegisterIp] {
+                    if let Err(e) = store.clear(c, who).await {
+                        return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
+                    }
+                }
             }
             (
                 format!("ip {ip}"),
                 serde_json::json!({
                     "ip": ip.to_string(),
-                    "login_failures": self.state.login_ip.show(key, window(|p| p.login_fail)),
-                    "registrations": self.state.register_ip.show(key, window(|p| p.register_limit)),
+                    "login_failures": store.show(Counter::LoginIp, who, window(|p| p.login_fail)).await,
+                    "registrations": store.show(Counter::RegisterIp, who, window(|p| p.register_limit)).await,
                 }),
             )
         } else if let Some(account) = param("account") {
             let id = crate::extract::identify(&account, crate::classify::IdKind::Auto);
-            let key = self.state.account_key(&id.value);
+            let who = Subject::Account(&id.value);
             if unblock {
-                self.state.account.clear(key);
+                if let Err(e) = store.clear(Counter::Account, who).await {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
+                }
             }
             (
                 format!("account {}", id.value),
                 serde_json::json!({
                     "account": id.value,
-                    "password_failures": self.state.account.show(key, window(|p| p.password_fail)),
+                    "password_failures": store.show(Counter::Account, who, window(|p| p.password_fail)).await,
                 }),
             )
         } else {

@@ -24,7 +24,7 @@ use crate::source::authing::AuthingSource;
 use crate::source::file::FileSource;
 use crate::source::refresh::Refresher;
 use crate::source::Source;
-use crate::store::GuardState;
+use crate::store::{GuardState, Store};
 
 /// A running gateway.
 pub struct App {
@@ -40,6 +40,8 @@ pub struct App {
     pub metrics: Metrics,
     /// The guards' counters and captchas (for embedding, admin tooling and tests).
     pub guard_state: Arc<GuardState>,
+    /// The store the guards use (memory, or Redis with the memory store as fallback).
+    pub store: Arc<Store>,
 }
 
 /// Builds the configured policy source.
@@ -118,7 +120,34 @@ impl App {
 
         let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?)?;
         let routes = route_table(&cfg)?;
-        let state = Arc::new(GuardState::new(&cfg.guards, &cfg.rate_limit));
+        // A reservation nobody settles (a replica that died mid-request) lapses
+        // after the longest a forwarded request can take, and then some.
+        let hold = cfg.upstream.request_timeout + std::time::Duration::from_secs(10);
+        let store = Arc::new(Store::new(
+            &cfg.store,
+            &cfg.guards,
+            &cfg.rate_limit,
+            hold,
+            metrics.clone(),
+        )?);
+        if let Some(shared) = store.shared() {
+            let url = cfg
+                .store
+                .redis
+                .as_ref()
+                .map(|r| r.url.expose())
+                .unwrap_or("");
+            match shared.ping().await {
+                Ok(()) => {
+                    tracing::info!(url = %crate::store::redis::redacted_url(url), "shared store (redis) reachable")
+                }
+                Err(e) => {
+                    tracing::error!(url = %crate::store::redis::redacted_url(url), error = %e,
+                    "shared store (redis) unreachable at start; the fallback applies until it answers")
+                }
+            }
+        }
+        let state = store.local.clone();
         let gateway = Arc::new(Gateway {
             upstream,
             policy: policy.clone(),
@@ -126,7 +155,7 @@ impl App {
             client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone()),
             max_body_bytes: cfg.server.max_body_bytes,
             routes,
-            state: state.clone(),
+            store: store.clone(),
             settings: GuardSettings {
                 dry_run_all: cfg.guards.dry_run,
                 dry_run: cfg.guards.dry_run_guards.clone(),
@@ -165,7 +194,7 @@ impl App {
             policy: policy.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),
-            state: state.clone(),
+            store: store.clone(),
         });
         tasks.push(tokio::spawn(serve(
             admin_listener,
@@ -201,6 +230,7 @@ impl App {
             policy,
             metrics,
             guard_state: state,
+            store,
         })
     }
 

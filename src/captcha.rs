@@ -86,16 +86,7 @@ impl CaptchaStore {
         if self.len() >= self.max {
             return None;
         }
-        let mut rng = rand::rng();
-        let mut answer = [0u8; LEN];
-        for a in &mut answer {
-            *a = ALPHABET[rng.random_range(0..ALPHABET.len())];
-        }
-        let token: String = (0..16).fold(String::with_capacity(32), |mut s, _| {
-            let _ = write!(s, "{:02x}", rng.random::<u8>());
-            s
-        });
-        let svg = render_svg(&answer, &mut rng);
+        let Fresh { token, answer, svg } = Fresh::new();
         self.map.insert(
             token.clone(),
             Issued {
@@ -120,13 +111,7 @@ impl CaptchaStore {
         if Instant::now() >= issued.expires {
             return Err(Rejected::Expired);
         }
-        let given = answer.trim().as_bytes();
-        let ok = given.len() == LEN
-            && given
-                .iter()
-                .zip(issued.answer.iter())
-                .all(|(g, a)| g.eq_ignore_ascii_case(a));
-        if ok {
+        if answer_matches(&issued.answer, answer) {
             Ok(())
         } else {
             Err(Rejected::Wrong)
@@ -150,6 +135,49 @@ impl CaptchaStore {
             .get(token)
             .map(|i| String::from_utf8_lossy(&i.answer).into_owned())
     }
+}
+
+/// A captcha just drawn: its token, answer and image.
+pub struct Fresh {
+    /// The token that names it.
+    pub token: Token,
+    /// The characters to type.
+    pub answer: [u8; LEN],
+    /// The SVG image.
+    pub svg: String,
+}
+
+impl Fresh {
+    /// Draws a new captcha with a random answer and token.
+    pub fn new() -> Self {
+        let mut rng = rand::rng();
+        let mut answer = [0u8; LEN];
+        for a in &mut answer {
+            *a = ALPHABET[rng.random_range(0..ALPHABET.len())];
+        }
+        let token: String = (0..16).fold(String::with_capacity(32), |mut s, _| {
+            let _ = write!(s, "{:02x}", rng.random::<u8>());
+            s
+        });
+        let svg = render_svg(&answer, &mut rng);
+        Fresh { token, answer, svg }
+    }
+}
+
+impl Default for Fresh {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether `given` (trimmed, any case) is `answer`.
+pub fn answer_matches(answer: &[u8], given: &str) -> bool {
+    let given = given.trim().as_bytes();
+    given.len() == answer.len()
+        && given
+            .iter()
+            .zip(answer.iter())
+            .all(|(g, a)| g.eq_ignore_ascii_case(a))
 }
 
 /// Stroke font on a 4x6 grid: each glyph is a list of polylines.

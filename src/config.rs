@@ -39,6 +39,9 @@ pub struct Config {
     /// Extra routes for a team's own login service (see README, "Route table").
     #[serde(default)]
     pub routes: Vec<crate::classify::Route>,
+    /// Where the guards' counters and captchas live.
+    #[serde(default)]
+    pub store: StoreConfig,
 }
 
 /// Enforcement settings that are not part of the pool policy.
@@ -316,10 +319,130 @@ impl Secret {
     }
 }
 
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// Where the guards' counters, locks and captchas live.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (one replica, the default) or `redis` (replicas share them).
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// The Redis settings, for `kind = "redis"`.
+    pub redis: Option<RedisConfig>,
+}
+
+/// The counter store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process (dashmap).
+    #[default]
+    Memory,
+    /// In a Redis server shared by every replica.
+    Redis,
+}
+
+/// The shared Redis store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[:password@]host:port/db`; `POOLGATE_REDIS_URL` overrides it
+    /// (keep a password out of the file).
+    #[serde(default = "default_redis_url")]
+    pub url: Secret,
+    /// Multiplexed connections opened to Redis (requests are spread over them).
+    #[serde(default = "default_redis_pool")]
+    pub pool_size: usize,
+    /// Prefix of every key, so several pools or gateways can share one Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// Longest wait for one Redis call before it counts as failed.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Longest wait to (re)connect.
+    #[serde(default = "default_redis_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// What the guards do while Redis cannot be used: `local`, `open` or `closed`.
+    #[serde(default)]
+    pub fallback: StoreFallback,
+    /// Consecutive failed calls that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before Redis is tried again.
+    #[serde(default = "default_breaker_cooldown", with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+}
+
+/// The guards' behaviour while the shared store is unusable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreFallback {
+    /// Count in this replica's memory: limits still hold per replica (the default).
+    #[default]
+    Local,
+    /// Count nothing: every login and registration is forwarded (fail open).
+    Open,
+    /// Refuse guarded requests with 503 (fail closed).
+    Closed,
+}
+
+impl StoreFallback {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreFallback::Local => "local",
+            StoreFallback::Open => "open",
+            StoreFallback::Closed => "closed",
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: default_redis_url(),
+            pool_size: default_redis_pool(),
+            key_prefix: default_redis_prefix(),
+            timeout: default_redis_timeout(),
+            connect_timeout: default_redis_connect_timeout(),
+            fallback: StoreFallback::default(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_redis_url() -> Secret {
+    Secret::new("redis://127.0.0.1:6379/0")
+}
+fn default_redis_pool() -> usize {
+    2
+}
+fn default_redis_prefix() -> String {
+    "poolgate".to_string()
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_redis_connect_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Log output.
@@ -423,6 +546,12 @@ impl Config {
                 f.path = v.into();
             }
         }
+        if let Some(v) = env("POOLGATE_REDIS_URL").filter(|v| !v.is_empty()) {
+            // The URL may carry a password: the environment is its place.
+            self.store.kind = StoreKind::Redis;
+            let r = self.store.redis.get_or_insert_with(RedisConfig::default);
+            r.url = Secret(v);
+        }
         if let Some(a) = self.policy.authing.as_mut() {
             if let Some(v) = env("POOLGATE_AUTHING_API_BASE") {
                 a.api_base = v;
@@ -485,6 +614,27 @@ impl Config {
                     "guards.dry_run_guards: unknown guard {g:?} (known: {})",
                     crate::guards::GUARD_NAMES.join(", ")
                 );
+            }
+        }
+        if self.store.kind == StoreKind::Redis {
+            let r = self.store.redis.as_ref().context(
+                "store.kind = \"redis\" needs a [store.redis] section (or POOLGATE_REDIS_URL)",
+            )?;
+            let url = r.url.expose();
+            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+                bail!("store.redis.url must start with redis:// or unix:// (rediss:// is not built in)");
+            }
+            if r.pool_size == 0 || r.pool_size > 64 {
+                bail!("store.redis.pool_size must be between 1 and 64");
+            }
+            if r.timeout.is_zero() || r.connect_timeout.is_zero() || r.breaker_cooldown.is_zero() {
+                bail!("store.redis.timeout, connect_timeout and breaker_cooldown must be greater than 0");
+            }
+            if r.breaker_failures == 0 {
+                bail!("store.redis.breaker_failures must be at least 1");
+            }
+            if r.key_prefix.is_empty() || r.key_prefix.chars().any(|c| c.is_whitespace()) {
+                bail!("store.redis.key_prefix must be non-empty and without spaces");
             }
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
@@ -597,6 +747,47 @@ mod tests {
         let cfg = Config::parse(&text).unwrap();
         let err = format!("{:#}", cfg.validate().unwrap_err());
         assert!(err.contains("guards.sweep_interval"), "{err}");
+    }
+
+    #[test]
+    fn redis_store_settings_and_their_errors() {
+        let mut cfg = Config::parse(MIN).unwrap();
+        assert_eq!(cfg.store.kind, StoreKind::Memory);
+        // The URL (it may carry a password) comes from the environment.
+        cfg.apply_env(|k| (k == "POOLGATE_REDIS_URL").then(|| "redis://:pw@db:6379/1".into()))
+            .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.store.kind, StoreKind::Redis);
+        let r = cfg.store.redis.as_ref().unwrap();
+        assert_eq!(r.url.expose(), "redis://:pw@db:6379/1");
+        assert_eq!(r.fallback, StoreFallback::Local);
+        assert!(
+            !format!("{cfg:?}").contains(":pw@"),
+            "the URL is never printed"
+        );
+
+        let text = format!("{MIN}\n[store]\nkind = \"redis\"\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&text).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("[store.redis]"), "{err}");
+        for (bad, named) in [
+            ("url = \"http://db\"", "store.redis.url"),
+            ("pool_size = 0", "pool_size"),
+            ("timeout = \"0s\"", "store.redis.timeout"),
+            ("breaker_failures = 0", "breaker_failures"),
+        ] {
+            let text = format!("{MIN}\n[store]\nkind = \"redis\"\n[store.redis]\n{bad}\n");
+            let err = format!(
+                "{:#}",
+                Config::parse(&text).unwrap().validate().unwrap_err()
+            );
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        let text =
+            format!("{MIN}\n[store]\nkind = \"redis\"\n[store.redis]\nfallback = \"maybe\"\n");
+        assert!(Config::parse(&text).is_err());
     }
 
     #[test]

@@ -28,8 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
 use crate::proxy::{ForwardError, Upstream, UpstreamBody};
 use crate::response::{self, Replay, RespBody};
-use crate::store::counters::{Permit, Reserve};
-use crate::store::GuardState;
+use crate::store::{Ask, Counter, Reservation, Slot, Store, Subject, Unavailable};
 
 /// Cookie that binds a v2 captcha to the browser that fetched it.
 pub const CAPTCHA_COOKIE: &str = "poolgate_captcha";
@@ -49,7 +48,7 @@ pub struct Gateway {
     /// The route table.
     pub routes: RouteTable,
     /// Counters, captchas, rate limits.
-    pub state: Arc<GuardState>,
+    pub store: Arc<Store>,
     /// Dry-run settings and body limits.
     pub settings: GuardSettings,
 }
@@ -173,7 +172,7 @@ impl Gateway {
                 return (r, "other", "rejected");
             }
         };
-        let key = self.state.client_key(client_ip);
+        let key = self.store.local.client_key(client_ip);
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let class = self.routes.classify(&method, &path);
@@ -263,7 +262,7 @@ impl Gateway {
 
         let (resp, outcome) = match (class, kind) {
             (Class::Route(_), RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
-                self.captcha(kind, &ctx)
+                self.captcha(kind, &ctx).await
             }
             (
                 Class::Route(r),
@@ -276,7 +275,7 @@ impl Gateway {
 
     /// The per-client rate limit of `kind`: the 429 answer when over it.
     fn rate_limit(&self, kind: RouteKind, ctx: &Ctx<'_>) -> Option<Response<RespBody>> {
-        let wait = self.state.rate.check(kind, ctx.key).err()?;
+        let wait = self.store.local.rate.check(kind, ctx.key).err()?;
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let rej = Rejection::http(
             "rate_limit",
@@ -337,8 +336,12 @@ impl Gateway {
     }
 
     /// Issues a captcha (v2: SVG image + cookie; v3: JSON with token).
-    fn captcha(&self, kind: RouteKind, ctx: &Ctx<'_>) -> (Response<RespBody>, &'static str) {
-        let Some((token, svg)) = self.state.captcha.issue(ctx.key) else {
+    async fn captcha(&self, kind: RouteKind, ctx: &Ctx<'_>) -> (Response<RespBody>, &'static str) {
+        let issued = match self.store.issue_captcha(ctx.key).await {
+            Ok(i) => i,
+            Err(Unavailable) => return (self.refuse(store_unavailable(), ctx), "rejected"),
+        };
+        let Some((token, svg)) = issued else {
             let rej = Rejection::http(
                 "captcha",
                 "captcha_store_full",
@@ -531,11 +534,11 @@ impl Gateway {
         }
 
         // Judge. Permits are held until the upstream answers.
-        let mut ip_permit: Option<Permit> = None;
-        let mut account_permit: Option<Permit> = None;
-        let mut register_permit: Option<Permit> = None;
+        let mut ip_permit: Option<Slot> = None;
+        let mut account_permit: Option<Slot> = None;
+        let mut register_permit: Option<Slot> = None;
         match kind {
-            RouteKind::Login => match self.login(policy, &parts.headers, &facts, ctx) {
+            RouteKind::Login => match self.login(policy, &parts.headers, &facts, ctx).await {
                 Ok((ip, acct)) => {
                     ip_permit = ip;
                     account_permit = acct;
@@ -549,38 +552,9 @@ impl Gateway {
                     }
                 }
                 if let Some(limit) = policy.register_limit {
-                    match self.state.register_ip.try_reserve(ctx.key, limit, false) {
-                        Reserve::Granted(p) => register_permit = Some(p),
-                        Reserve::Denied { retry_after } => {
-                            let rej = Rejection::business(
-                                "register_limit",
-                                "too_frequent",
-                                2100,
-                                "注册过于频繁，请稍候再试",
-                            )
-                            .retry_after(retry_after);
-                            if let Some(r) = self.reject(rej, ctx) {
-                                return (r, "rejected");
-                            }
-                            if let Reserve::Granted(p) =
-                                self.state.register_ip.try_reserve(ctx.key, limit, true)
-                            {
-                                register_permit = Some(p);
-                            }
-                        }
-                        Reserve::Full => {
-                            // Fail closed: a registration we cannot count is refused.
-                            let rej = Rejection::business(
-                                "register_limit",
-                                "store_full",
-                                2100,
-                                "注册过于频繁，请稍候再试",
-                            )
-                            .retry_after(std::time::Duration::from_secs(10));
-                            if let Some(r) = self.reject(rej, ctx) {
-                                return (r, "rejected");
-                            }
-                        }
+                    match self.register_slot(limit, ctx).await {
+                        Ok(slot) => register_permit = slot,
+                        Err(r) => return (*r, "rejected"),
                     }
                 }
             }
@@ -625,36 +599,95 @@ impl Gateway {
         (resp, "forwarded")
     }
 
+    /// The `frequentRegisterCheck` slot of a registration.
+    async fn register_slot(
+        &self,
+        limit: crate::policy::WindowLimit,
+        ctx: &Ctx<'_>,
+    ) -> Result<Option<Slot>, Box<Response<RespBody>>> {
+        let ask = Ask {
+            counter: Counter::RegisterIp,
+            subject: Subject::Client(ctx.key),
+            limit,
+        };
+        let too_frequent = |reason| {
+            Rejection::business("register_limit", reason, 2100, "注册过于频繁，请稍候再试")
+        };
+        let [r] = self
+            .store
+            .reserve([Some(ask)], false)
+            .await
+            .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?;
+        let rej = match r {
+            Some(Reservation::Held(slot)) => return Ok(Some(slot)),
+            None => return Ok(None),
+            Some(Reservation::Denied(wait)) => too_frequent("too_frequent").retry_after(wait),
+            // Fail closed: a registration we cannot count is refused.
+            Some(Reservation::Full) => {
+                too_frequent("store_full").retry_after(std::time::Duration::from_secs(10))
+            }
+        };
+        if let Some(r) = self.reject(rej, ctx) {
+            return Err(Box::new(r));
+        }
+        // Dry run: forward, and count it all the same.
+        let [r] = self
+            .store
+            .reserve([Some(ask)], true)
+            .await
+            .unwrap_or([None]);
+        Ok(match r {
+            Some(Reservation::Held(slot)) => Some(slot),
+            _ => None,
+        })
+    }
+
+    fn refuse_boxed(&self, rej: Rejection, ctx: &Ctx<'_>) -> Box<Response<RespBody>> {
+        Box::new(self.refuse(rej, ctx))
+    }
+
     /// The login checks: per-IP failures, per-account wrong passwords, captcha.
-    fn login(
+    async fn login(
         &self,
         policy: &CompiledPolicy,
         headers: &http::HeaderMap,
         facts: &Facts,
         ctx: &Ctx<'_>,
     ) -> Result<LoginPermits, Box<Response<RespBody>>> {
-        let full = std::time::Duration::from_secs(1);
-        let reserve = |c: &Arc<crate::store::counters::WindowCounter>, key, limit, force| match c
-            .try_reserve(key, limit, force)
-        {
-            Reserve::Granted(p) => (Some(p), None),
-            Reserve::Denied { retry_after } => (None, Some(retry_after)),
-            // A client we cannot count must solve a captcha (fail safe, not a lockout).
-            Reserve::Full => (None, Some(full)),
-        };
-        let (mut ip_permit, ip_over) = match policy.login_fail {
-            Some(l) => reserve(&self.state.login_ip, ctx.key, l, false),
-            None => (None, None),
-        };
         let account = facts
             .identifier
             .as_ref()
             .filter(|_| facts.password.is_some())
-            .map(|id| self.state.account_key(&id.value));
-        let (mut acct_permit, acct_over) = match (policy.password_fail, account) {
-            (Some(l), Some(k)) => reserve(&self.state.account, k, l, false),
-            _ => (None, None),
+            .map(|id| id.value.as_str());
+        let ip_ask = policy.login_fail.map(|limit| Ask {
+            counter: Counter::LoginIp,
+            subject: Subject::Client(ctx.key),
+            limit,
+        });
+        let acct_ask = match (policy.password_fail, account) {
+            (Some(limit), Some(a)) => Some(Ask {
+                counter: Counter::Account,
+                subject: Subject::Account(a),
+                limit,
+            }),
+            _ => None,
         };
+        // One call (one round trip to a shared store) for both counters.
+        let [ip_r, acct_r] = self
+            .store
+            .reserve([ip_ask, acct_ask], false)
+            .await
+            .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?;
+        // A client we cannot count must solve a captcha (fail safe, not a lockout).
+        let full = std::time::Duration::from_secs(1);
+        let split = |r: Option<Reservation>| match r {
+            Some(Reservation::Held(s)) => (Some(s), None),
+            Some(Reservation::Denied(wait)) => (None, Some(wait)),
+            Some(Reservation::Full) => (None, Some(full)),
+            None => (None, None),
+        };
+        let (mut ip_permit, ip_over) = split(ip_r);
+        let (mut acct_permit, acct_over) = split(acct_r);
         let token = facts
             .captcha_token
             .clone()
@@ -665,7 +698,11 @@ impl Gateway {
             LoginGate::VerifyCaptcha => {
                 let code = facts.captcha_code.as_deref().unwrap_or("");
                 let checked = match token.as_deref() {
-                    Some(t) => self.state.captcha.verify(t, ctx.key, code),
+                    Some(t) => self
+                        .store
+                        .verify_captcha(t, ctx.key, code)
+                        .await
+                        .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?,
                     None => Err(crate::captcha::Rejected::Unknown),
                 };
                 match checked {
@@ -698,11 +735,17 @@ impl Gateway {
         };
         if force {
             // A solved captcha (or a dry run) lets the attempt through; it still counts.
-            if let (Some(l), None) = (policy.login_fail, &ip_permit) {
-                ip_permit = reserve(&self.state.login_ip, ctx.key, l, true).0;
-            }
-            if let (Some(l), Some(k), None) = (policy.password_fail, account, &acct_permit) {
-                acct_permit = reserve(&self.state.account, k, l, true).0;
+            let ip_again = ip_ask.filter(|_| ip_permit.is_none());
+            let acct_again = acct_ask.filter(|_| acct_permit.is_none());
+            if ip_again.is_some() || acct_again.is_some() {
+                if let Ok([ip_r, acct_r]) = self.store.reserve([ip_again, acct_again], true).await {
+                    if let Some(Reservation::Held(s)) = ip_r {
+                        ip_permit = Some(s);
+                    }
+                    if let Some(Reservation::Held(s)) = acct_r {
+                        acct_permit = Some(s);
+                    }
+                }
             }
         }
         Ok((ip_permit, acct_permit))
@@ -763,9 +806,20 @@ impl Gateway {
 }
 
 /// The per-IP and per-account slots a forwarded login holds.
-type LoginPermits = (Option<Permit>, Option<Permit>);
+type LoginPermits = (Option<Slot>, Option<Slot>);
 
-fn settle(p: Option<Permit>, commit: bool) {
+/// The answer when the shared store is down and its fallback is `closed`.
+fn store_unavailable() -> Rejection {
+    Rejection::http(
+        "store",
+        "store_unavailable",
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the counter store is unavailable, try again later",
+    )
+    .retry_after(std::time::Duration::from_secs(5))
+}
+
+fn settle(p: Option<Slot>, commit: bool) {
     if let Some(p) = p {
         if commit {
             p.commit();

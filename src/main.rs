@@ -191,6 +191,25 @@ async fn check(cfg: &Config) -> anyhow::Result<()> {
     } else if !cfg.guards.dry_run_guards.is_empty() {
         println!("dry run     {}", cfg.guards.dry_run_guards.join(", "));
     }
+    match (&cfg.store.kind, &cfg.store.redis) {
+        (poolgate::config::StoreKind::Redis, Some(r)) => {
+            let url = poolgate::store::redis::redacted_url(r.url.expose());
+            let store = poolgate::store::redis::RedisStore::new(
+                r,
+                Duration::from_secs(60),
+                metrics.clone(),
+            )?;
+            store.ping().await.map_err(|e| {
+                anyhow::anyhow!("the shared store (redis at {url}) does not answer: {e}")
+            })?;
+            println!(
+                "store       redis {url} (prefix {}, fallback {})",
+                r.key_prefix,
+                r.fallback.as_str()
+            );
+        }
+        _ => println!("store       memory"),
+    }
     println!("upstream    {}", cfg.upstream.url);
     println!(
         "listen      {} (admin {})",

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub captchas_issued: prometheus::IntCounter,
     /// `poolgate_encrypted_passwords_total`: clear-text checks skipped because the password was encrypted.
     pub encrypted_passwords: prometheus::IntCounter,
+    /// `poolgate_store_duration_seconds{op}`: time of shared-store (Redis) calls.
+    pub store_duration: HistogramVec,
+    /// `poolgate_store_errors_total{op, kind}`: failed shared-store calls (timeout, io, server...).
+    pub store_errors: IntCounterVec,
+    /// `poolgate_store_fallbacks_total{op, mode}`: calls the fallback answered instead of Redis.
+    pub store_fallbacks: IntCounterVec,
+    /// `poolgate_store_breaker_open`: 1 while the circuit breaker keeps Redis out of the path.
+    pub store_breaker_open: IntGauge,
 }
 
 impl Metrics {
@@ -179,6 +187,38 @@ impl Metrics {
                 r,
                 prometheus::IntCounter::new("poolgate_captchas_issued_total", "Captchas issued.")
                     .expect("valid metric"),
+            ),
+            store_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "poolgate_store_duration_seconds",
+                        "Time of calls to the shared counter store (Redis), by operation.",
+                    )
+                    .buckets(exponential_buckets(0.0001, 2.0, 14).unwrap_or_default()),
+                    &["op"],
+                )
+                .expect("valid metric");
+                register(r, h)
+            },
+            store_errors: counter_vec(
+                r,
+                "poolgate_store_errors_total",
+                "Shared-store calls that failed, by operation and kind (timeout, io, server, reply).",
+                &["op", "kind"],
+            ),
+            store_fallbacks: counter_vec(
+                r,
+                "poolgate_store_fallbacks_total",
+                "Shared-store calls answered by the configured fallback, by operation and mode.",
+                &["op", "mode"],
+            ),
+            store_breaker_open: register(
+                r,
+                IntGauge::new(
+                    "poolgate_store_breaker_open",
+                    "1 while the circuit breaker keeps the shared store out of the request path.",
+                )
+                .expect("valid metric"),
             ),
             encrypted_passwords: register(
                 r,

@@ -30,6 +30,7 @@ pub const GUARD_NAMES: &[&str] = &[
     "register_limit",
     "whitelist",
     "password_strength",
+    "store",
 ];
 
 /// Code poolgate uses for "identifier not on the registration whitelist": no

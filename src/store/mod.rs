@@ -1,19 +1,24 @@
 //! Counter stores: the state the guards consult (window counters, captchas,
-//! rate limiters), in memory, with eviction and hard caps.
+//! rate limiters). [`GuardState`] keeps it in memory, with eviction and hard
+//! caps; [`Store`] is what the gateway talks to: the memory store alone, or
+//! Redis shared by every replica with the memory store as its fallback.
 
+pub mod breaker;
 pub mod counters;
+pub mod redis;
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::captcha::CaptchaStore;
-use crate::config::{GuardsConfig, RateLimitConfig};
+use crate::captcha::{CaptchaStore, Rejected};
+use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreFallback, StoreKind};
 use crate::guards::ratelimit::RateLimits;
 use crate::metrics::Metrics;
-use crate::policy::PolicyStore;
-use counters::WindowCounter;
+use crate::policy::{PolicyStore, WindowLimit};
+use counters::{Permit, Reserve, Shown, WindowCounter};
+use redis::{Answer, Held, RedisStore};
 
 /// Everything the guards count, shared by all requests.
 pub struct GuardState {
@@ -72,6 +77,22 @@ impl GuardState {
         u128::from(h) | (1u128 << 127)
     }
 
+    /// The in-memory counter of `counter`.
+    pub fn counter(&self, counter: Counter) -> &Arc<WindowCounter> {
+        match counter {
+            Counter::LoginIp => &self.login_ip,
+            Counter::Account => &self.account,
+            Counter::RegisterIp => &self.register_ip,
+        }
+    }
+
+    fn key(&self, subject: &Subject<'_>) -> u128 {
+        match subject {
+            Subject::Client(k) => *k,
+            Subject::Account(a) => self.account_key(a),
+        }
+    }
+
     /// Evicts expired state and refreshes the gauges.
     pub fn sweep(&self, policy: &PolicyStore, metrics: &Metrics) {
         let p = policy.current();
@@ -110,6 +131,295 @@ impl GuardState {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// The counters the guards keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    /// `loginFailCheck`: failed logins per client.
+    LoginIp,
+    /// `loginPasswordFailCheck`: wrong passwords per account.
+    Account,
+    /// `frequentRegisterCheck`: registrations per client.
+    RegisterIp,
+}
+
+impl Counter {
+    /// Short name (Redis key part).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counter::LoginIp => "login_ip",
+            Counter::Account => "account",
+            Counter::RegisterIp => "register_ip",
+        }
+    }
+}
+
+/// Whom a counter counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Subject<'a> {
+    /// A client key ([`GuardState::client_key`]).
+    Client(u128),
+    /// A normalised account identifier (counted case-insensitively).
+    Account(&'a str),
+}
+
+/// One counter a request wants a slot in.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Which counter.
+    pub counter: Counter,
+    /// Whose count.
+    pub subject: Subject<'a>,
+    /// The policy's limit and window.
+    pub limit: WindowLimit,
+}
+
+/// The answer for one [`Ask`].
+#[derive(Debug)]
+pub enum Reservation {
+    /// A slot is held until committed or released.
+    Held(Slot),
+    /// The limit is reached; retry after the duration.
+    Denied(Duration),
+    /// The memory store is at its key cap and this key is not in it.
+    Full,
+}
+
+/// The shared store is down and the fallback is `closed`: refuse.
+#[derive(Debug, Clone, Copy)]
+pub struct Unavailable;
+
+/// A held slot in whichever store granted it. Dropping it releases it.
+#[derive(Debug)]
+pub struct Slot(SlotInner);
+
+#[derive(Debug)]
+enum SlotInner {
+    Local(Permit),
+    Shared(Held),
+    /// Granted by the `open` fallback: nothing to settle.
+    Free,
+}
+
+impl Slot {
+    /// The event happened: count it.
+    pub fn commit(self) {
+        match self.0 {
+            SlotInner::Local(p) => p.commit(),
+            SlotInner::Shared(h) => h.commit(),
+            SlotInner::Free => {}
+        }
+    }
+
+    /// The event did not happen: free the slot.
+    pub fn release(self) {
+        match self.0 {
+            SlotInner::Local(p) => p.release(),
+            SlotInner::Shared(h) => h.release(),
+            SlotInner::Free => {}
+        }
+    }
+}
+
+/// The store the gateway and the admin API use: memory, or Redis with a fallback.
+pub struct Store {
+    /// The in-memory state: the whole store for `memory`, the fallback (and
+    /// the rate limiters, which stay local) for `redis`.
+    pub local: Arc<GuardState>,
+    shared: Option<Arc<RedisStore>>,
+    fallback: StoreFallback,
+    captcha_ttl: Duration,
+    metrics: Metrics,
+}
+
+impl Store {
+    /// Builds the configured store. Redis is connected lazily: it need not be
+    /// up at start, the fallback covers until it is.
+    pub fn new(
+        cfg: &StoreConfig,
+        guards: &GuardsConfig,
+        rate: &RateLimitConfig,
+        hold: Duration,
+        metrics: Metrics,
+    ) -> anyhow::Result<Store> {
+        let local = Arc::new(GuardState::new(guards, rate));
+        let (shared, fallback) = match (cfg.kind, &cfg.redis) {
+            (StoreKind::Redis, Some(r)) => (
+                Some(Arc::new(RedisStore::new(r, hold, metrics.clone())?)),
+                r.fallback,
+            ),
+            (StoreKind::Redis, None) => {
+                anyhow::bail!("store.kind = \"redis\" needs a [store.redis] section")
+            }
+            (StoreKind::Memory, _) => (None, StoreFallback::Local),
+        };
+        Ok(Store {
+            local,
+            shared,
+            fallback,
+            captcha_ttl: guards.captcha_ttl,
+            metrics,
+        })
+    }
+
+    /// A memory-only store around `local` (for embedding and benches).
+    pub fn memory(local: Arc<GuardState>, metrics: Metrics) -> Store {
+        Store {
+            local,
+            shared: None,
+            fallback: StoreFallback::Local,
+            captcha_ttl: Duration::from_secs(120),
+            metrics,
+        }
+    }
+
+    /// The shared store, if configured.
+    pub fn shared(&self) -> Option<&Arc<RedisStore>> {
+        self.shared.as_ref()
+    }
+
+    /// Notes that `op` was answered by the fallback; `Err` when it is `closed`.
+    fn fall_back(&self, op: &'static str) -> Result<(), Unavailable> {
+        self.metrics
+            .store_fallbacks
+            .with_label_values(&[op, self.fallback.as_str()])
+            .inc();
+        match self.fallback {
+            StoreFallback::Closed => Err(Unavailable),
+            _ => Ok(()),
+        }
+    }
+
+    fn reserve_local(&self, ask: &Ask<'_>, force: bool) -> Reservation {
+        let key = self.local.key(&ask.subject);
+        match self
+            .local
+            .counter(ask.counter)
+            .try_reserve(key, ask.limit, force)
+        {
+            Reserve::Granted(p) => Reservation::Held(Slot(SlotInner::Local(p))),
+            Reserve::Denied { retry_after } => Reservation::Denied(retry_after),
+            Reserve::Full => Reservation::Full,
+        }
+    }
+
+    /// Reserves a slot in each counter asked for (at most one round trip to
+    /// Redis); with `force`, over the limit too (a solved captcha, a dry run).
+    pub async fn reserve<const N: usize>(
+        &self,
+        asks: [Option<Ask<'_>>; N],
+        force: bool,
+    ) -> Result<[Option<Reservation>; N], Unavailable> {
+        let Some(shared) = &self.shared else {
+            return Ok(asks.map(|a| a.map(|a| self.reserve_local(&a, force))));
+        };
+        let wanted: Vec<_> = asks
+            .iter()
+            .flatten()
+            .map(|a| (a.counter, a.subject, a.limit))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(asks.map(|_| None));
+        }
+        match shared.reserve(&wanted, force).await {
+            Ok(answers) => {
+                let mut answers = answers.into_iter();
+                Ok(asks.map(|a| {
+                    a.and_then(|_| answers.next()).map(|ans| match ans {
+                        Answer::Granted(h) => Reservation::Held(Slot(SlotInner::Shared(h))),
+                        Answer::Denied { retry_after } => Reservation::Denied(retry_after),
+                    })
+                }))
+            }
+            Err(_) => {
+                self.fall_back("reserve")?;
+                Ok(asks.map(|a| {
+                    a.map(|a| match self.fallback {
+                        StoreFallback::Open => Reservation::Held(Slot(SlotInner::Free)),
+                        _ => self.reserve_local(&a, force),
+                    })
+                }))
+            }
+        }
+    }
+
+    /// Issues a captcha for `client`: its token and SVG (`None`: the memory store is full).
+    pub async fn issue_captcha(
+        &self,
+        client: u128,
+    ) -> Result<Option<(crate::captcha::Token, String)>, Unavailable> {
+        if let Some(shared) = &self.shared {
+            let fresh = crate::captcha::Fresh::new();
+            match shared
+                .put_captcha(&fresh.token, client, &fresh.answer, self.captcha_ttl)
+                .await
+            {
+                Ok(()) => return Ok(Some((fresh.token, fresh.svg))),
+                Err(_) => self.fall_back("captcha_put")?,
+            }
+        }
+        Ok(self.local.captcha.issue(client))
+    }
+
+    /// Checks a captcha answer, burning the captcha (single use).
+    pub async fn verify_captcha(
+        &self,
+        token: &str,
+        client: u128,
+        answer: &str,
+    ) -> Result<Result<(), Rejected>, Unavailable> {
+        // Tokens are 32 hex digits; anything else was never issued (and costs no round trip).
+        if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Err(Rejected::Unknown));
+        }
+        if let Some(shared) = &self.shared {
+            match shared.take_captcha(token).await {
+                Ok(Some((owner, expected))) => {
+                    return Ok(if owner != client {
+                        Err(Rejected::OtherClient)
+                    } else if crate::captcha::answer_matches(expected.as_bytes(), answer) {
+                        Ok(())
+                    } else {
+                        Err(Rejected::Wrong)
+                    });
+                }
+                // Not in Redis: it may have been issued locally during an outage.
+                Ok(None) => {}
+                Err(_) => self.fall_back("captcha_take")?,
+            }
+        }
+        Ok(self.local.captcha.verify(token, client, answer))
+    }
+
+    /// The state of a counter, for the admin API.
+    pub async fn show(
+        &self,
+        counter: Counter,
+        subject: Subject<'_>,
+        window: Duration,
+    ) -> Option<Shown> {
+        if let Some(shared) = &self.shared {
+            if let Ok(s) = shared.show(counter, &subject).await {
+                return s;
+            }
+        }
+        self.local
+            .counter(counter)
+            .show(self.local.key(&subject), window)
+    }
+
+    /// Clears a counter (unblock) in the shared store and in memory.
+    pub async fn clear(&self, counter: Counter, subject: Subject<'_>) -> anyhow::Result<()> {
+        self.local.counter(counter).clear(self.local.key(&subject));
+        if let Some(shared) = &self.shared {
+            shared
+                .clear(counter, &subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("the shared store did not clear it: {e}"))?;
+        }
+        Ok(())
     }
 }
 

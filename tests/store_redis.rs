@@ -1,0 +1,461 @@
+//! The shared counter store, end to end: several poolgate instances, each
+//! with its own fake login service, share one real `redis-server` started on
+//! a free loopback port. They must hold one limit together, accept each
+//! other's captchas, and survive Redis going away and coming back.
+//!
+//! `redis-server` comes from Debian's package (`.ci/run` installs it). Where it
+//! is missing the tests say so and pass, unless `POOLGATE_REQUIRE_REDIS=1`
+//! (set by CI), which makes its absence a failure.
+
+mod guards_common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use guards_common::*;
+use http::StatusCode;
+use serde_json::{json, Value};
+
+/// A `redis-server` on 127.0.0.1, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one on a free port, or `None` (after saying why) when the
+    /// binary is missing and CI did not ask for it.
+    async fn start() -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var("POOLGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
+                "redis-server is not installed (apt-get install redis-server)"
+            );
+            eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut s = RedisServer {
+            port,
+            child: None,
+            _dir: tempfile::tempdir().expect("tempdir"),
+        };
+        s.restart().await;
+        Some(s)
+    }
+
+    /// Starts (again) on the same port, with nothing persisted.
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.ping().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer in 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
+    async fn ping(&self) -> bool {
+        match self.conn().await {
+            Some(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// A raw GET (the tests read captcha answers the way a human reads the image).
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut c = self.conn().await?;
+        redis::cmd("GET").arg(key).query_async(&mut c).await.ok()?
+    }
+
+    /// Keys matching `pattern`.
+    async fn keys(&self, pattern: &str) -> Vec<String> {
+        let Some(mut c) = self.conn().await else {
+            return Vec::new();
+        };
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[store]` section for `redis`, with a prefix of its own per test.
+fn store_toml(redis: &RedisServer, prefix: &str, extra: &str) -> String {
+    format!(
+        "[store]\nkind = \"redis\"\n[store.redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n{extra}\n",
+        redis.url()
+    )
+}
+
+/// Starts `n` instances of one pool sharing `redis`.
+async fn replicas(n: usize, pool: Value, toml: &str, trusted: bool) -> Vec<Stack> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut s = Setup::new(pool.clone()).toml(toml);
+        if trusted {
+            s = s.trusted();
+        }
+        out.push(s.start().await);
+    }
+    out
+}
+
+fn forwarded(stacks: &[Stack], path: &str) -> usize {
+    stacks.iter().map(|s| s.up.count(path)).sum()
+}
+
+/// Value of the first sample of `name` (with the given label text, if any) on `/metrics`.
+async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
+    metrics(admin)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_hold_one_login_limit_under_a_parallel_burst() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let stacks = replicas(
+        3,
+        json!({"loginFailCheck": check(5, 60)}),
+        &store_toml(&redis, "t1", ""),
+        false,
+    )
+    .await;
+    // 45 wrong passwords at once from one client, spread over the replicas.
+    let burst = (0..45).map(|i| wrong_login(stacks[i % 3].gw(), "bob", None));
+    let answers = join_all(burst).await;
+    let gated = answers
+        .iter()
+        .filter(|r| r.json() == captcha_required_v2())
+        .count();
+    let wrong = answers
+        .iter()
+        .filter(|r| r.json() == wrong_password_v2())
+        .count();
+    assert_eq!(
+        forwarded(&stacks, LOGIN),
+        5,
+        "three replicas together forward exactly the limit"
+    );
+    assert_eq!((wrong, gated), (5, 40));
+    // The next one, on any replica, is gated too and never forwarded.
+    for s in &stacks {
+        let r = wrong_login(s.gw(), "bob", None).await;
+        assert_eq!(r.json(), captcha_required_v2());
+    }
+    assert_eq!(forwarded(&stacks, LOGIN), 5);
+    // Nothing personal is written to Redis: accounts are hashed, clients are keys.
+    for k in redis.keys("t1:*").await {
+        assert!(!k.contains("bob"), "{k}");
+    }
+    for s in stacks {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_attacked_from_many_ips_over_many_replicas_gets_the_limit_once() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let stacks = replicas(
+        3,
+        json!({"loginPasswordFailCheck": check(4, 60), "loginFailStrategy": "block-account"}),
+        &store_toml(&redis, "t2", ""),
+        true,
+    )
+    .await;
+    let ips: Vec<String> = (0..30).map(|i| format!("198.51.100.{i}")).collect();
+    // Case differs: accounts count case-insensitively, as Authing's do.
+    let burst = ips.iter().enumerate().map(|(i, ip)| {
+        let account = if i % 2 == 0 {
+            "Alice@Example.com"
+        } else {
+            "alice@example.com"
+        };
+        wrong_login(stacks[i % 3].gw(), account, Some(ip))
+    });
+    let answers = join_all(burst).await;
+    assert_eq!(forwarded(&stacks, LOGIN), 4);
+    let locked = answers
+        .iter()
+        .filter(|r| r.json()["code"] == json!(2057))
+        .count();
+    assert_eq!(locked, 26, "the others are refused: account locked");
+    // The lock shows on every replica's admin API, and clearing it on one frees it on all.
+    let (st, body) = admin_get(stacks[2].admin(), "/counters?account=alice@example.com").await;
+    assert_eq!(st, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["password_failures"]["count"], 4, "{body}");
+    let (st, _) = admin_post(stacks[1].admin(), "/unblock?account=alice@example.com").await;
+    assert_eq!(st, StatusCode::OK);
+    let r = wrong_login(stacks[0].gw(), "alice@example.com", Some("198.51.100.200")).await;
+    assert_eq!(r.json(), wrong_password_v2(), "unblocked everywhere");
+    for s in stacks {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_per_ip_are_limited_across_replicas() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let stacks = replicas(
+        2,
+        json!({"frequentRegisterCheck": check(3, 60)}),
+        &store_toml(&redis, "t3", ""),
+        false,
+    )
+    .await;
+    let burst = (0..12).map(|i| {
+        let body = json!({"email": format!("u{i}@x.com"), "password": "abc12345!"});
+        let gw = stacks[i % 2].gw();
+        async move { post_json(gw, REGISTER, &body, &[]).await }
+    });
+    let answers = join_all(burst).await;
+    assert_eq!(forwarded(&stacks, REGISTER), 3);
+    let refused = answers
+        .iter()
+        .filter(|r| r.json()["code"] == json!(2100))
+        .count();
+    assert_eq!(refused, 9);
+    for s in stacks {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captcha_fetched_from_one_replica_is_accepted_by_another_once() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let stacks = replicas(
+        3,
+        json!({"loginFailCheck": check(1, 60)}),
+        &store_toml(&redis, "t4", ""),
+        false,
+    )
+    .await;
+    let r = wrong_login(stacks[0].gw(), "carol", None).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    let signin = |token: &str, code: &str| {
+        json!({"connection": "PASSWORD",
+               "passwordPayload": {"email": "carol@x.com", "password": "right"},
+               "options": {"captchaCode": code, "captchaToken": token}})
+    };
+    let fetch = |i: usize| {
+        let gw = stacks[i].gw();
+        async move {
+            let r = get(gw, "/api/v3/get-captcha-code", &[]).await;
+            assert_eq!(r.status, StatusCode::OK);
+            r.json()["data"]["captchaToken"]
+                .as_str()
+                .expect("a token")
+                .to_string()
+        }
+    };
+    // Fetched on replica 0, answered on replica 1: the login goes through.
+    let token = fetch(0).await;
+    let value = redis
+        .get(&format!("t4:cap:{token}"))
+        .await
+        .expect("the answer is in Redis");
+    let answer = value.rsplit(':').next().unwrap().to_string();
+    let r = post_json(stacks[1].gw(), SIGNIN, &signin(&token, &answer), &[]).await;
+    assert_eq!(r.json()["statusCode"], 200, "{}", r.text());
+    assert_eq!(forwarded(&stacks, SIGNIN), 1);
+    // Single use: the same answer on replica 2 is refused (2001) and not forwarded.
+    let r = post_json(stacks[2].gw(), SIGNIN, &signin(&token, &answer), &[]).await;
+    assert_eq!(r.json()["apiCode"], 2001, "{}", r.text());
+    // A wrong answer burns it for every replica.
+    let token = fetch(2).await;
+    let value = redis.get(&format!("t4:cap:{token}")).await.unwrap();
+    let answer = value.rsplit(':').next().unwrap().to_string();
+    let r = post_json(stacks[0].gw(), SIGNIN, &signin(&token, "ZZZZ"), &[]).await;
+    assert_eq!(r.json()["apiCode"], 2001);
+    let r = post_json(stacks[1].gw(), SIGNIN, &signin(&token, &answer), &[]).await;
+    assert_eq!(r.json()["apiCode"], 2001, "burned by the wrong answer");
+    assert_eq!(forwarded(&stacks, SIGNIN), 1);
+    for s in stacks {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let toml = store_toml(
+        &redis,
+        "t5",
+        "timeout = \"200ms\"\nbreaker_failures = 2\nbreaker_cooldown = \"300ms\"",
+    );
+    let s = Setup::new(json!({"loginFailCheck": check(3, 60)}))
+        .trusted()
+        .toml(&toml)
+        .start()
+        .await;
+    let ip = |i: u32| format!("203.0.113.{i}");
+    // Healthy: counted in Redis.
+    let r = wrong_login(s.gw(), "dave", Some(&ip(1))).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    assert!(!redis.keys("t5:login_ip:*").await.is_empty());
+
+    redis.kill();
+    // Down: every login still gets an answer, judged by this replica's own
+    // counters: three failures, then the captcha.
+    for i in 0..3 {
+        let r = wrong_login(s.gw(), "dave", Some(&ip(2))).await;
+        assert_eq!(
+            r.json(),
+            wrong_password_v2(),
+            "attempt {i} while Redis is down"
+        );
+    }
+    let r = wrong_login(s.gw(), "dave", Some(&ip(2))).await;
+    assert_eq!(r.json(), captcha_required_v2(), "the local limit holds");
+    assert_eq!(
+        metric(s.admin(), "poolgate_store_breaker_open", "").await,
+        1.0
+    );
+    assert!(
+        metric(
+            s.admin(),
+            "poolgate_store_fallbacks_total",
+            "mode=\"local\""
+        )
+        .await
+            >= 4.0
+    );
+    assert!(metric(s.admin(), "poolgate_store_errors_total", "op=\"reserve\"").await >= 1.0);
+    // A captcha can still be fetched and solved (issued locally).
+    let r = get(
+        s.gw(),
+        "/api/v3/get-captcha-code",
+        &[("x-forwarded-for", &ip(2))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    redis.restart().await;
+    // Back: after the cooldown a call goes through and closes the breaker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = wrong_login(s.gw(), "dave", Some(&ip(3))).await;
+        assert!(r.status == StatusCode::OK, "{}", r.text());
+        if metric(s.admin(), "poolgate_store_breaker_open", "").await == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the breaker never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Counting is in Redis again (the restarted server was empty).
+    let fresh = redis.keys("t5:login_ip:*").await;
+    assert!(!fresh.is_empty(), "counts are written to Redis again");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_closed_fallback_refuses_and_an_open_one_forwards() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let url = redis.url();
+    redis.kill();
+    let section = |fallback: &str| {
+        format!(
+            "[store]\nkind = \"redis\"\n[store.redis]\nurl = {url:?}\ntimeout = \"100ms\"\nconnect_timeout = \"100ms\"\nfallback = \"{fallback}\"\n"
+        )
+    };
+    let pool = json!({"loginFailCheck": check(1, 60), "frequentRegisterCheck": check(1, 60)});
+    // Closed: guarded requests are refused with a clear 503; others still pass.
+    let s = Setup::new(pool.clone())
+        .toml(&section("closed"))
+        .start()
+        .await;
+    let r = wrong_login(s.gw(), "erin", None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["code"], 503);
+    assert!(r.retry_after().is_some());
+    assert_eq!(s.up.count(LOGIN), 0, "not forwarded");
+    let r = get(s.gw(), "/api/v2/users/me", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "unguarded routes are unaffected");
+    let r = get(s.gw(), "/api/v3/get-captcha-code", &[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(metric(s.admin(), "poolgate_rejections_total", "store_unavailable").await >= 2.0);
+    s.shutdown().await;
+
+    // Open: nothing is counted, every login is forwarded.
+    let s = Setup::new(pool).toml(&section("open")).start().await;
+    for _ in 0..4 {
+        let r = wrong_login(s.gw(), "erin", None).await;
+        assert_eq!(r.json(), wrong_password_v2());
+    }
+    assert_eq!(s.up.count(LOGIN), 4);
+    s.shutdown().await;
+}
