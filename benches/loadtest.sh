@@ -5,7 +5,8 @@
 #   benches/loadtest.sh            # throughput/latency, ~4 min
 #   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
 #
-# Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000).
+# Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000),
+# REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip).
 # Targets are interleaved round by round so machine noise hits all alike.
 # Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
@@ -16,7 +17,8 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 KEYS=${KEYS:-1000000}
-UP=18181 NGX=18182 PG=18180 ADMIN=18190
+REDIS=${REDIS:-1}
+UP=18181 NGX=18182 PG=18180 ADMIN=18190 RDS=18183 PGR=18184 ADMINR=18194
 
 need() {
   command -v "$1" >/dev/null 2>&1 && return
@@ -29,11 +31,13 @@ need() {
 }
 need nginx nginx
 need wrk wrk
+[ "$REDIS" = 1 ] && [ "$MODE" != memory ] && need redis-server redis-server
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  [ -n "${redis_pid:-}" ] && kill "$redis_pid" 2>/dev/null || true
   for c in upstream reference; do
     [ -f "$work/$c.pid" ] && kill "$(cat "$work/$c.pid")" 2>/dev/null || true
   done
@@ -119,8 +123,8 @@ login = { per_second = 100000000, burst = 100000000 }
 level = "error"
 EOF
 
-nginx -c "$work/upstream.conf" -p "$work" 2>/dev/null
-nginx -c "$work/reference.conf" -p "$work" 2>/dev/null
+nginx -c "$work/upstream.conf" -p "$work" 2>"$work/nginx-start.log" || { cat "$work/nginx-start.log" >&2; exit 1; }
+nginx -c "$work/reference.conf" -p "$work" 2>>"$work/nginx-start.log" || { cat "$work/nginx-start.log" >&2; exit 1; }
 ./target/release/poolgate --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
 pg_pid=$!
 pids+=("$pg_pid")
@@ -129,6 +133,22 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { echo "poolgate did not start:"; cat "$work/poolgate.log"; exit 1; }
+
+if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
+  # The same poolgate, counters in Redis (one round trip per guarded request).
+  redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGR/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINR/" "$work/poolgate.toml" >"$work/poolgate-redis.toml"
+  printf '[store]\nkind = "redis"\n[store.redis]\nurl = "redis://127.0.0.1:%s/0"\n' "$RDS" >>"$work/poolgate-redis.toml"
+  sleep 0.3
+  ./target/release/poolgate --config "$work/poolgate-redis.toml" >"$work/poolgate-redis.log" 2>&1 &
+  pids+=("$!")
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$ADMINR/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$ADMINR/readyz" >/dev/null || { echo "poolgate (redis) did not start:"; cat "$work/poolgate-redis.log"; exit 1; }
+fi
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$pg_pid/status"; }
 
@@ -192,9 +212,11 @@ function request()
 end
 EOF
 # Gate 203.0.113.66: four wrong passwords (the pool allows 3).
-for _ in 1 2 3 4; do
-  curl -s -o /dev/null -X POST "http://127.0.0.1:$PG/api/v2/login/account" -H 'content-type: application/json' \
-    -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
+for port in $PG $([ "$REDIS" = 1 ] && echo $PGR); do
+  for _ in 1 2 3 4; do
+    curl -s -o /dev/null -X POST "http://127.0.0.1:$port/api/v2/login/account" -H 'content-type: application/json' \
+      -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
+  done
 done
 
 to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
@@ -203,7 +225,8 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
 
 declare -A RPS P50 P99
 targets=(direct nginx poolgate)
-port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; esac; }
+[ "$REDIS" = 1 ] && targets+=(pg-redis)
+port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-redis) echo $PGR ;; esac; }
 run() { # scenario target
   local scenario=$1 target=$2 url script=()
   url="http://127.0.0.1:$(port_of "$target")"
@@ -224,7 +247,8 @@ echo "rounds=$ROUNDS duration=${DURATION}s connections=$CONNECTIONS threads=2 ($
 for r in $(seq "$ROUNDS"); do
   for scenario in get login mix; do
     # Rotate the order each round.
-    order=("${targets[@]:$(( r % 3 ))}" "${targets[@]:0:$(( r % 3 ))}")
+    k=$(( r % ${#targets[@]} ))
+    order=("${targets[@]:$k}" "${targets[@]:0:$k}")
     for t in "${order[@]}"; do run "$scenario" "$t"; done
   done
   echo "round $r done" >&2
@@ -239,4 +263,9 @@ for scenario in get login mix; do
   pg=$(median "${RPS[$scenario.poolgate]}"); ng=$(median "${RPS[$scenario.nginx]}"); di=$(median "${RPS[$scenario.direct]}")
   awk -v pg="$pg" -v ng="$ng" -v di="$di" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v p99ng="$(median "${P99[$scenario.nginx]}")" -v s="$scenario" \
     'BEGIN { printf "%-8s ratios: poolgate/nginx req/s %.2f, p99 %.2f; poolgate/direct req/s %.2f\n", s, pg/ng, p99pg/p99ng, pg/di }'
+  if [ "$REDIS" = 1 ]; then
+    awk -v r="$(median "${RPS[$scenario.pg-redis]}")" -v pg="$pg" -v ng="$ng" \
+      -v p99r="$(median "${P99[$scenario.pg-redis]}")" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v s="$scenario" \
+      'BEGIN { printf "%-8s redis store: req/s %.2f of the memory store, p99 %.2f of it; pg-redis/nginx req/s %.2f\n", s, r/pg, p99r/p99pg, r/ng }'
+  fi
 done
