@@ -118,7 +118,11 @@ impl App {
             }
         }
 
-        let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?)?;
+        let workers = match cfg.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?, workers)?;
         let routes = route_table(&cfg)?;
         // A reservation nobody settles (a replica that died mid-request) lapses
         // after the longest a forwarded request can take, and then some.
@@ -163,32 +167,74 @@ impl App {
                 inspect_response_bytes: cfg.guards.inspect_response_bytes,
             },
         });
-        let proxy_listener = TcpListener::bind(cfg.server.listen)
-            .await
+        let proxy_listeners = crate::server::bind_reuseport(cfg.server.listen, workers)
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
         let admin_listener = TcpListener::bind(cfg.server.admin_listen)
             .await
             .with_context(|| format!("cannot listen on {} (admin)", cfg.server.admin_listen))?;
-        let proxy_addr = proxy_listener.local_addr()?;
+        let proxy_addr = proxy_listeners
+            .first()
+            .context("no proxy listener")?
+            .local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
 
-        let conns = metrics.connections.clone();
         let opts = ListenerOptions {
             header_read_timeout: cfg.server.header_read_timeout,
             shutdown_grace: cfg.server.shutdown_grace,
             name: "proxy",
         };
-        tasks.push(tokio::spawn(serve(
-            proxy_listener,
-            opts.clone(),
-            shutdown_rx.clone(),
-            move |open| if open { conns.inc() } else { conns.dec() },
-            move |peer| TowerToHyperService::new(ConnService::new(gateway.clone(), peer)),
-        )));
+        // Thread per core, as nginx and Pingora do: each worker accepts on its
+        // own socket and drives its connections and its upstream pool on one
+        // thread, so a request never wakes another thread on its way through.
+        for (i, listener) in proxy_listeners.into_iter().enumerate() {
+            let conns = metrics.connections.clone();
+            let gateway = gateway.clone();
+            let (opts, shutdown_rx) = (opts.clone(), shutdown_rx.clone());
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("poolgate-proxy-{i}"))
+                .spawn(move || {
+                    crate::proxy::set_worker(i);
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(worker = i, error = %e, "cannot start a proxy worker");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(worker = i, error = %e, "cannot use the proxy socket");
+                                return;
+                            }
+                        };
+                        serve(
+                            listener,
+                            opts,
+                            shutdown_rx,
+                            move |open| if open { conns.inc() } else { conns.dec() },
+                            move |peer| {
+                                TowerToHyperService::new(ConnService::new(gateway.clone(), peer))
+                            },
+                        )
+                        .await;
+                    });
+                    let _ = done.send(());
+                })
+                .context("cannot start a proxy worker thread")?;
+            tasks.push(tokio::spawn(async move {
+                let _ = finished.await;
+            }));
+        }
 
         let admin = Arc::new(Admin {
             policy: policy.clone(),

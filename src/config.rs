@@ -161,6 +161,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers (CIDRs) whose `X-Forwarded-For`/`Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Proxy worker threads, each with its own event loop, listening socket
+    /// (`SO_REUSEPORT`) and upstream connection pool; 0 means one per core.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -172,6 +175,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(15),
             trusted_proxies: Vec::new(),
+            workers: 0,
         }
     }
 }
@@ -601,6 +605,9 @@ impl Config {
             if d.is_zero() {
                 bail!("{name} must be greater than 0");
             }
+        }
+        if self.server.workers > 256 {
+            bail!("server.workers must be between 0 (one per core) and 256");
         }
         if self.guards.ipv6_prefix > 128 {
             bail!("guards.ipv6_prefix must be between 0 and 128");

@@ -33,9 +33,23 @@ pub enum ForwardError {
     ClientBody(String),
 }
 
+type PooledClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
+
+thread_local! {
+    /// The proxy worker this thread is (see [`set_worker`]).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as proxy worker `i`: its requests use pool `i`, so an
+/// upstream connection is only ever driven by the thread that uses it.
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
 /// The upstream login service.
 pub struct Upstream {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// One connection pool per proxy worker.
+    clients: Box<[PooledClient]>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -45,8 +59,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A pooled client for the configured upstream.
-    pub fn new(cfg: &UpstreamConfig, uri: &Uri) -> anyhow::Result<Upstream> {
+    /// Pooled clients for the configured upstream, one per proxy worker.
+    pub fn new(cfg: &UpstreamConfig, uri: &Uri, workers: usize) -> anyhow::Result<Upstream> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -57,18 +71,22 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(cfg.pool_idle_timeout)
+                    .pool_max_idle_per_host(cfg.pool_max_idle)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .build(connector.clone())
+            })
+            .collect();
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         Ok(Upstream {
-            client,
+            clients,
             scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
             host_value: HeaderValue::from_str(authority.as_str())?,
             authority,
@@ -86,7 +104,8 @@ impl Upstream {
         peer_trusted: bool,
     ) -> Result<Response<Incoming>, ForwardError> {
         let req = self.prepare(req, peer, peer_trusted);
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+        let client = &self.clients[WORKER.with(|w| w.get()) % self.clients.len()];
+        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());

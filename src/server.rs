@@ -24,6 +24,28 @@ pub struct ListenerOptions {
     pub name: &'static str,
 }
 
+/// Binds `n` listening sockets to `addr` with `SO_REUSEPORT`, so the kernel
+/// spreads new connections over the proxy workers (as nginx's `reuseport`).
+/// With port 0 the first socket picks the port and the others join it.
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n.max(1) {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        #[cfg(unix)]
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        let l: std::net::TcpListener = s.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
 /// Serves `listener` until `shutdown` turns true, then drains open connections
 /// for up to `shutdown_grace`. `make_service` builds the service of a
 /// connection; `on_conn(true/false)` is told when one opens and closes.

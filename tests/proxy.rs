@@ -715,3 +715,32 @@ async fn headers_named_in_any_connection_line_are_dropped_both_ways() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_proxy_workers_share_one_port_and_each_connection_is_served_and_drained() {
+    bounded("test", LIMIT, async {
+        let r = rig(|c| c.server.workers = 4).await;
+        let gw = r.app.proxy_addr();
+        // 48 fresh connections at once: the kernel spreads them over the
+        // workers' sockets; every one must be answered, on the port reported.
+        let replies = futures_util::future::join_all((0..48).map(|i| async move {
+            let client = h1_client();
+            let target = format!("/spread/{i}");
+            let reply = send_with(&client, build("GET", gw, &target, &[], Bytes::new())).await;
+            (target, reply)
+        }))
+        .await;
+        for (target, reply) in &replies {
+            assert_eq!(reply.status, StatusCode::OK, "{target}");
+            assert_eq!(reply.text(), plain_answer(target));
+        }
+        assert_eq!(r.up.requests().len(), 48);
+        // Shutdown stops every worker (the test's time bound would catch one that hangs).
+        r.app.shutdown().await;
+        assert!(
+            tokio::net::TcpStream::connect(gw).await.is_err(),
+            "no worker is still listening"
+        );
+    })
+    .await;
+}
