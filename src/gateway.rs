@@ -590,12 +590,14 @@ impl Gateway {
                 .with_label_values(&[verdict.as_str()])
                 .inc();
         }
-        settle(
-            ip_permit,
-            matches!(verdict, Outcome::WrongPassword | Outcome::Failed),
-        );
-        settle(account_permit, verdict == Outcome::WrongPassword);
-        settle(register_permit, verdict == Outcome::Success);
+        Slot::settle_all([
+            (
+                ip_permit,
+                matches!(verdict, Outcome::WrongPassword | Outcome::Failed),
+            ),
+            (account_permit, verdict == Outcome::WrongPassword),
+            (register_permit, verdict == Outcome::Success),
+        ]);
         (resp, "forwarded")
     }
 
@@ -817,16 +819,6 @@ fn store_unavailable() -> Rejection {
         "the counter store is unavailable, try again later",
     )
     .retry_after(std::time::Duration::from_secs(5))
-}
-
-fn settle(p: Option<Slot>, commit: bool) {
-    if let Some(p) = p {
-        if commit {
-            p.commit();
-        } else {
-            p.release();
-        }
-    }
 }
 
 fn captcha_cookie(headers: &http::HeaderMap) -> Option<String> {

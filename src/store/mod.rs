@@ -221,6 +221,23 @@ impl Slot {
             SlotInner::Free => {}
         }
     }
+
+    /// Commits or releases each slot; those held in the shared store are
+    /// settled together, in one round trip.
+    pub fn settle_all<const N: usize>(slots: [(Option<Slot>, bool); N]) {
+        let mut shared = Vec::new();
+        for (slot, commit) in slots {
+            match slot.map(|s| s.0) {
+                Some(SlotInner::Shared(h)) => shared.push((h, commit)),
+                Some(SlotInner::Local(p)) if commit => p.commit(),
+                Some(SlotInner::Local(p)) => p.release(),
+                Some(SlotInner::Free) | None => {}
+            }
+        }
+        if !shared.is_empty() {
+            Held::settle_all(shared);
+        }
+    }
 }
 
 /// The store the gateway and the admin API use: memory, or Redis with a fallback.

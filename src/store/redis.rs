@@ -71,18 +71,23 @@ end
 return out
 ";
 
-/// Settles a reservation: frees its slot and, on commit, counts the event.
+/// Settles reservations: frees each slot and, on commit, counts the event.
 const SETTLE: &str = r"
--- KEYS: count key, in-flight set. ARGV: reservation id, '1' to count, window (ms).
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[2] == '1' then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    return redis.call('INCR', KEYS[1])
+-- KEYS: pairs (count key, in-flight set). ARGV: per pair: reservation id,
+-- '1' to count, window (ms).
+for i = 1, #KEYS / 2 do
+  local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
+  local id, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  redis.call('ZREM', fk, id)
+  if commit == '1' then
+    if redis.call('EXISTS', ck) == 1 then
+      redis.call('INCR', ck)
+    else
+      redis.call('SET', ck, 1, 'PX', window)
+    end
   end
-  redis.call('SET', KEYS[1], 1, 'PX', ARGV[3])
-  return 1
 end
-return 0
+return #KEYS / 2
 ";
 
 /// Reads a counter for the admin API without changing it.
@@ -225,6 +230,11 @@ impl RedisStore {
         f: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         if !self.breaker.allows() {
+            // Not attempted; the breaker's clock is left alone, so it closes on time.
+            self.metrics
+                .store_errors
+                .with_label_values(&[op, StoreError::BreakerOpen.kind()])
+                .inc();
             return Err(StoreError::BreakerOpen);
         }
         let started = Instant::now();
@@ -330,15 +340,16 @@ impl RedisStore {
             .collect())
     }
 
-    async fn settle_now(&self, count_key: String, id: String, commit: bool, window_ms: u64) {
+    async fn settle_now(&self, settled: Vec<(Held, bool)>) {
         let mut conn = self.conn();
         let mut inv = self.settle.prepare_invoke();
-        let fk = format!("{count_key}:f");
-        inv.key(&count_key)
-            .key(&fk)
-            .arg(&id)
-            .arg(u8::from(commit))
-            .arg(window_ms);
+        for (h, commit) in &settled {
+            inv.key(&h.count_key)
+                .key(format!("{}:f", h.count_key))
+                .arg(&h.id)
+                .arg(u8::from(*commit))
+                .arg(h.window_ms);
+        }
         // A lost settle costs little: an unsettled slot lapses after `hold`,
         // and a lost commit under-counts one failure (logged, counted).
         let _ = self
@@ -451,35 +462,65 @@ pub struct Held {
 
 impl Held {
     /// The event happened: count it.
-    pub fn commit(mut self) {
+    pub fn commit(self) {
         self.settle(true);
     }
 
     /// The event did not happen: free the slot.
-    pub fn release(mut self) {
+    pub fn release(self) {
         self.settle(false);
     }
 
-    fn settle(&mut self, commit: bool) {
-        let Some(store) = self.store.take() else {
-            return;
-        };
-        // Sent after the answer, not before it: the slot still counts against
-        // the limit until then, so a late settle is never too lenient.
-        let (key, id, window) = (
-            std::mem::take(&mut self.count_key),
-            std::mem::take(&mut self.id),
-            self.window_ms,
-        );
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { store.settle_now(key, id, commit, window).await });
+    fn settle(mut self, commit: bool) {
+        if let Some((store, held)) = self.detach() {
+            send_settle(store, vec![(held, commit)]);
         }
+    }
+
+    /// Takes the store and the slot's identity out, leaving an inert husk
+    /// (whose drop does nothing).
+    fn detach(&mut self) -> Option<(Arc<RedisStore>, Held)> {
+        let store = self.store.take()?;
+        let held = Held {
+            store: None,
+            count_key: std::mem::take(&mut self.count_key),
+            id: std::mem::take(&mut self.id),
+            window_ms: self.window_ms,
+        };
+        Some((store, held))
+    }
+
+    /// Settles several slots of one store in one round trip.
+    pub fn settle_all(slots: Vec<(Held, bool)>) {
+        let mut store = None;
+        let settled = slots
+            .into_iter()
+            .map(|(mut h, commit)| {
+                if let Some(s) = h.store.take() {
+                    store.get_or_insert(s);
+                }
+                (h, commit)
+            })
+            .collect();
+        if let Some(store) = store {
+            send_settle(store, settled);
+        }
+    }
+}
+
+/// Sends settles after the answer, not before it: a slot still counts against
+/// the limit until then, so a late settle is never too lenient.
+fn send_settle(store: Arc<RedisStore>, settled: Vec<(Held, bool)>) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move { store.settle_now(settled).await });
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.settle(false);
+        if let Some((store, held)) = self.detach() {
+            send_settle(store, vec![(held, false)]);
+        }
     }
 }
 
