@@ -501,6 +501,11 @@ impl RouteTable {
         self.by_path.values()
     }
 
+    /// Whether `path`, decoded (again) and canonicalised, is a guarded route.
+    fn guarded_when_decoded(&self, path: &str) -> bool {
+        canonical_path(path).is_ok_and(|p| self.by_path.contains_key(p.as_ref()))
+    }
+
     /// Classifies a request line.
     pub fn classify(&self, method: &Method, path: &str) -> Class<'_> {
         let canon = match canonical_path(path) {
@@ -515,11 +520,20 @@ impl RouteTable {
             None => {
                 // Matching only after a second decoding means the upstream
                 // might decode twice: refuse rather than guess.
-                if canon.contains('%') {
-                    if let Ok(twice) = canonical_path(&canon) {
-                        if self.by_path.contains_key(twice.as_ref()) {
-                            return Class::Ambiguous("double-encoded path of a guarded route");
-                        }
+                if canon.contains('%') && self.guarded_when_decoded(&canon) {
+                    return Class::Ambiguous("double-encoded path of a guarded route");
+                }
+                // The once-decoded text too, before dot segments are resolved:
+                // in `/api%252Fx/../v2/login/account` the `%` sits in a segment
+                // that `..` removes from `canon`, yet an upstream that decodes
+                // twice and then resolves dots routes it as the login (found by
+                // the `classify` fuzz target).
+                if path.contains("%25") {
+                    let once = percent_decode(path)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok());
+                    if once.is_some_and(|o| self.guarded_when_decoded(&o)) {
+                        return Class::Ambiguous("double-encoded path of a guarded route");
                     }
                 }
                 Class::Other
