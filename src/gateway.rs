@@ -680,8 +680,11 @@ impl Gateway {
             .reserve([ip_ask, acct_ask], false)
             .await
             .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?;
-        // A client we cannot count must solve a captcha (fail safe, not a lockout).
+        // A client or account we cannot count (its counter is full) must solve
+        // a captcha: fail safe, but never a lockout, whatever the strategy,
+        // or anyone able to fill the table could lock every new account.
         let full = std::time::Duration::from_secs(1);
+        let acct_full = matches!(acct_r, Some(Reservation::Full));
         let split = |r: Option<Reservation>| match r {
             Some(Reservation::Held(s)) => (Some(s), None),
             Some(Reservation::Denied(wait)) => (None, Some(wait)),
@@ -690,6 +693,11 @@ impl Gateway {
         };
         let (mut ip_permit, ip_over) = split(ip_r);
         let (mut acct_permit, acct_over) = split(acct_r);
+        let (ip_over, acct_over) = if acct_full {
+            (ip_over.or(Some(full)), None)
+        } else {
+            (ip_over, acct_over)
+        };
         let token = facts
             .captcha_token
             .clone()

@@ -926,3 +926,29 @@ async fn the_window_passes_and_logins_are_forwarded_again() {
     assert_eq!(s.up.count(LOGIN), 2);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_full_account_counter_asks_for_a_captcha_and_never_locks_a_new_account() {
+    // block-account would answer 2057 "locked" to an account over its limit;
+    // an account the full table cannot count is not over anything.
+    let s = Setup::new(json!({
+        "loginPasswordFailCheck": check(3, 60),
+        "loginFailStrategy": "block-account"
+    }))
+    .toml("[guards]\nmax_tracked_keys = 2")
+    .start()
+    .await;
+    for a in ["one@x.com", "two@x.com"] {
+        let r = wrong_login(s.gw(), a, None).await;
+        assert_eq!(r.json(), wrong_password_v2(), "{a} is counted");
+    }
+    let r = wrong_login(s.gw(), "three@x.com", None).await;
+    assert_eq!(
+        r.json(),
+        captcha_required_v2(),
+        "a captcha, not a lockout: {}",
+        r.text()
+    );
+    assert_eq!(s.up.count(LOGIN), 2);
+    s.shutdown().await;
+}
