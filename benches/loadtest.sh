@@ -128,11 +128,14 @@ nginx -c "$work/reference.conf" -p "$work" 2>>"$work/nginx-start.log" || { cat "
 ./target/release/poolgate --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
 pg_pid=$!
 pids+=("$pg_pid")
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { echo "poolgate did not start:"; cat "$work/poolgate.log"; exit 1; }
+wait_ready() { # admin port, log file
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "poolgate did not start:"; cat "$2"; exit 1
+}
+wait_ready "$ADMIN" "$work/poolgate.log"
 
 if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
   # The same poolgate, counters in Redis (one round trip per guarded request).
@@ -143,11 +146,7 @@ if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
   sleep 0.3
   ./target/release/poolgate --config "$work/poolgate-redis.toml" >"$work/poolgate-redis.log" 2>&1 &
   pids+=("$!")
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$ADMINR/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  curl -sf "http://127.0.0.1:$ADMINR/readyz" >/dev/null || { echo "poolgate (redis) did not start:"; cat "$work/poolgate-redis.log"; exit 1; }
+  wait_ready "$ADMINR" "$work/poolgate-redis.log"
 fi
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$pg_pid/status"; }
