@@ -19,12 +19,15 @@ use crate::gateway::{ConnService, Gateway, GuardSettings};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::proxy::Upstream;
-use crate::server::{serve, ListenerOptions};
+use crate::server::{serve, ConnectionCap, HeadLimits, ListenerOptions, RequestHygiene};
 use crate::source::authing::AuthingSource;
 use crate::source::file::FileSource;
 use crate::source::refresh::Refresher;
 use crate::source::Source;
 use crate::store::{GuardState, Store};
+
+/// Connection cap of the admin listener.
+pub const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// A running gateway.
 pub struct App {
@@ -152,6 +155,7 @@ impl App {
             }
         }
         let state = store.local.clone();
+        metrics.register_collector(state.rate.collector());
         let gateway = Arc::new(Gateway {
             upstream,
             policy: policy.clone(),
@@ -165,6 +169,7 @@ impl App {
                 dry_run: cfg.guards.dry_run_guards.clone(),
                 inspect_body_bytes: cfg.guards.inspect_body_bytes,
                 inspect_response_bytes: cfg.guards.inspect_response_bytes,
+                body_read_timeout: Some(cfg.server.body_read_timeout),
             },
         });
         let proxy_listeners = crate::server::bind_reuseport(cfg.server.listen, workers)
@@ -184,15 +189,26 @@ impl App {
 
         let opts = ListenerOptions {
             header_read_timeout: cfg.server.header_read_timeout,
+            cap: ConnectionCap::new(cfg.server.max_connections),
+            // Room for the JSON 431 to be the answer clients normally see.
+            head_backstop_bytes: cfg.server.max_header_bytes.saturating_mul(4),
+            http2_max_concurrent_streams: cfg.server.http2_max_concurrent_streams,
+            rejected: Some(metrics.connections_rejected.with_label_values(&["proxy"])),
+            errors: Some(metrics.connection_errors.clone()),
             shutdown_grace: cfg.server.shutdown_grace,
             name: "proxy",
         };
+        let limits = Arc::new(HeadLimits {
+            max_header_bytes: cfg.server.max_header_bytes,
+            metrics: metrics.clone(),
+        });
         // Thread per core, as nginx and Pingora do: each worker accepts on its
         // own socket and drives its connections and its upstream pool on one
         // thread, so a request never wakes another thread on its way through.
         for (i, listener) in proxy_listeners.into_iter().enumerate() {
             let conns = metrics.connections.clone();
             let gateway = gateway.clone();
+            let limits = limits.clone();
             let (opts, shutdown_rx) = (opts.clone(), shutdown_rx.clone());
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -223,7 +239,11 @@ impl App {
                             shutdown_rx,
                             move |open| if open { conns.inc() } else { conns.dec() },
                             move |peer| {
-                                TowerToHyperService::new(ConnService::new(gateway.clone(), peer))
+                                TowerToHyperService::new(RequestHygiene::new(
+                                    ConnService::new(gateway.clone(), peer),
+                                    limits.clone(),
+                                    peer,
+                                ))
                             },
                         )
                         .await;
@@ -246,6 +266,10 @@ impl App {
             admin_listener,
             ListenerOptions {
                 name: "admin",
+                // Scrapers and probes need few; a fixed cap keeps a runaway
+                // client of the admin port from starving the proxy of descriptors.
+                cap: ConnectionCap::new(ADMIN_MAX_CONNECTIONS),
+                rejected: Some(metrics.connections_rejected.with_label_values(&["admin"])),
                 ..opts
             },
             shutdown_rx.clone(),

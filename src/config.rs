@@ -103,6 +103,10 @@ pub struct RateLimitConfig {
     pub captcha: Rate,
     /// Everything else (off by default).
     pub other: Rate,
+    /// Hard cap on client keys each class's limiter tracks. Past it, new
+    /// clients share one overflow bucket (so a flood of fresh addresses is
+    /// still limited, as one client) until the sweeper frees room.
+    pub max_tracked_keys: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -128,6 +132,7 @@ impl Default for RateLimitConfig {
                 per_second: 0,
                 burst: 0,
             },
+            max_tracked_keys: 1_000_000,
         }
     }
 }
@@ -153,9 +158,25 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Largest request body forwarded to the upstream; larger ones get 413.
     pub max_body_bytes: u64,
-    /// Time a client has to send its request headers.
+    /// Time a client has to send its request headers. hyper starts this
+    /// timer whenever it waits for a request head, so it is also the idle
+    /// timeout of an HTTP/1 keep-alive connection.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Largest request head (request line plus header lines) accepted; larger
+    /// ones get 431 with a JSON envelope. hyper's own buffer is set to four
+    /// times this as a backstop (past it hyper answers a bodiless 431).
+    pub max_header_bytes: usize,
+    /// Time a client has to send the whole body of a login, registration,
+    /// password or GraphQL request, which poolgate reads before judging; past
+    /// it the client gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Most client connections open at once on the proxy listener; a
+    /// connection over the cap gets one 503 answer and is closed.
+    pub max_connections: usize,
+    /// Most concurrent streams an HTTP/2 client may open on one connection.
+    pub http2_max_concurrent_streams: u32,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -173,6 +194,10 @@ impl Default for ServerConfig {
             admin_listen: ([127, 0, 0, 1], 9090).into(),
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
             shutdown_grace: Duration::from_secs(15),
             trusted_proxies: Vec::new(),
             workers: 0,
@@ -584,6 +609,7 @@ impl Config {
                 "server.header_read_timeout",
                 self.server.header_read_timeout,
             ),
+            ("server.body_read_timeout", self.server.body_read_timeout),
             ("guards.captcha_ttl", self.guards.captcha_ttl),
             ("guards.sweep_interval", self.guards.sweep_interval),
         ];
@@ -608,6 +634,20 @@ impl Config {
         }
         if self.server.workers > 256 {
             bail!("server.workers must be between 0 (one per core) and 256");
+        }
+        // Below hyper's smallest read buffer the limit could never be reached
+        // by a request hyper accepts, and the backstop would refuse first.
+        if self.server.max_header_bytes < 1024 {
+            bail!("server.max_header_bytes must be at least 1024");
+        }
+        if self.server.max_connections == 0 {
+            bail!("server.max_connections must be greater than 0");
+        }
+        if self.server.http2_max_concurrent_streams == 0 {
+            bail!("server.http2_max_concurrent_streams must be greater than 0");
+        }
+        if self.rate_limit.max_tracked_keys == 0 {
+            bail!("rate_limit.max_tracked_keys must be greater than 0");
         }
         if self.guards.ipv6_prefix > 128 {
             bail!("guards.ipv6_prefix must be between 0 and 128");

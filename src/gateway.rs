@@ -64,6 +64,8 @@ pub struct GuardSettings {
     pub inspect_body_bytes: usize,
     /// Largest upstream answer read to judge a login or registration.
     pub inspect_response_bytes: usize,
+    /// Time a client has to send a guarded body (`None`: no limit).
+    pub body_read_timeout: Option<std::time::Duration>,
 }
 
 impl GuardSettings {
@@ -467,10 +469,27 @@ impl Gateway {
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok()),
         );
-        let bytes = match Limited::new(body, self.settings.inspect_body_bytes)
-            .collect()
-            .await
-        {
+        let collect = Limited::new(body, self.settings.inspect_body_bytes).collect();
+        // A body that trickles in would hold the connection (and its slot)
+        // for as long as the client likes: bound the read.
+        let read = match self.settings.body_read_timeout {
+            Some(t) => tokio::time::timeout(t, collect).await,
+            None => Ok(collect.await),
+        };
+        let Ok(read) = read else {
+            let rej = Rejection::http(
+                "body",
+                "body_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+            );
+            let mut r = self.refuse(rej, ctx);
+            // The rest of the body may still come: it must not be read as a request.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (r, "rejected");
+        };
+        let bytes = match read {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 let rej = if e.is::<http_body_util::LengthLimitError>() {

@@ -159,6 +159,11 @@ async fn start_demo(
         listener,
         ListenerOptions {
             header_read_timeout: Duration::from_secs(10),
+            cap: poolgate::server::ConnectionCap::new(1024),
+            head_backstop_bytes: 64 * 1024,
+            http2_max_concurrent_streams: 100,
+            rejected: None,
+            errors: None,
             shutdown_grace: Duration::from_secs(1),
             name: "demo-upstream",
         },

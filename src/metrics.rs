@@ -36,6 +36,13 @@ pub struct Metrics {
     pub snapshot_writes: IntCounterVec,
     /// `poolgate_connections_open`.
     pub connections: IntGauge,
+    /// `poolgate_connections_rejected_total{listener}`: connections closed at
+    /// accept because the listener was at its connection cap.
+    pub connections_rejected: IntCounterVec,
+    /// `poolgate_connection_errors_total{listener, reason}`: connections that
+    /// ended in an error, most of them refused by the HTTP parser (reason
+    /// `bad_request`, `head_too_large`, `header_timeout`; also `client_gone`, `other`).
+    pub connection_errors: IntCounterVec,
     /// `poolgate_guard_decisions_total{guard, decision, reason}`: decision is
     /// `reject`, `shadow_reject` (dry run) or `allow_captcha` (a solved captcha let a login through).
     pub guard_decisions: IntCounterVec,
@@ -155,6 +162,18 @@ impl Metrics {
                 IntGauge::new("poolgate_connections_open", "Client connections open now.")
                     .expect("valid metric"),
             ),
+            connections_rejected: counter_vec(
+                r,
+                "poolgate_connections_rejected_total",
+                "Connections answered 503 and closed at accept because the listener was at server.max_connections.",
+                &["listener"],
+            ),
+            connection_errors: counter_vec(
+                r,
+                "poolgate_connection_errors_total",
+                "Connections that ended in an error, by listener and reason (bad_request, head_too_large, header_timeout: refused by the HTTP parser).",
+                &["listener", "reason"],
+            ),
             guard_decisions: counter_vec(
                 r,
                 "poolgate_guard_decisions_total",
@@ -239,6 +258,15 @@ impl Metrics {
         // registration already ruled out.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Adds a collector that computes its figures at scrape time (such as the
+    /// rate limiters' key counts). A collector whose names clash with one
+    /// already registered is refused with a log line rather than a panic.
+    pub fn register_collector(&self, c: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(c) {
+            tracing::error!(error = %e, "metric collector not registered");
+        }
     }
 
     /// Marks `version` from `source` as the policy in force.

@@ -1,54 +1,179 @@
 //! Per-client rate limits by route class (governor, keyed GCRA).
+//!
+//! Each class's keys live in a [`CappedStore`]: a DashMap like governor's
+//! own, plus a hard cap. Without one, a client rotating through millions of
+//! source addresses (or a trusted proxy forwarding them) would grow the map
+//! without bound between two sweeps.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 
 use crate::classify::RouteKind;
 use crate::config::{Rate, RateLimitConfig};
 
+/// The class names, in the order of [`RateLimits`]'s limiters (metric labels).
+const CLASSES: [&str; 5] = ["login", "register", "password", "captcha", "other"];
+
+/// A keyed GCRA state store with a hard cap on keys.
+///
+/// When the map is full, a key not already in it is measured against one
+/// shared overflow cell instead: the newcomers are limited together, as one
+/// client, rather than not at all (which a cap that skipped limiting would
+/// do) or by evicting the busiest clients (which would reset their limits).
+/// Keys already tracked keep their own cell. The sweeper's `retain_recent`
+/// frees room as keys go idle.
+pub struct CappedStore {
+    // SipHash with a random key, as governor's own store: the keys are
+    // chosen by clients.
+    map: DashMap<u128, InMemoryState, std::hash::RandomState>,
+    cap: usize,
+    overflow: InMemoryState,
+    stats: Arc<CapStats>,
+}
+
+/// A store's figures, shared with the metrics collector.
+#[derive(Default)]
+struct CapStats {
+    /// Keys in the map, kept exactly in step with inserts and removals so the
+    /// hot path never sums the shards.
+    len: AtomicUsize,
+    /// Checks that went to the overflow cell.
+    overflowed: AtomicU64,
+}
+
+impl CappedStore {
+    fn new(cap: usize) -> Self {
+        CappedStore {
+            map: DashMap::default(),
+            cap,
+            overflow: InMemoryState::default(),
+            stats: Arc::default(),
+        }
+    }
+}
+
+impl StateStore for CappedStore {
+    type Key = u128;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u128, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // Fast path: a tracked client, read lock only.
+        if let Some(cell) = self.map.get(key) {
+            return cell.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        match self.map.entry(*key) {
+            Entry::Occupied(e) => e.get().measure_and_replace(&NotKeyed::NonKey, f),
+            Entry::Vacant(v) => {
+                // Reserve the slot first, so racing inserts cannot pass the cap.
+                if self.stats.len.fetch_add(1, Ordering::Relaxed) >= self.cap {
+                    self.stats.len.fetch_sub(1, Ordering::Relaxed);
+                    drop(v);
+                    self.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                    return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+                }
+                v.insert(InMemoryState::default())
+                    .measure_and_replace(&NotKeyed::NonKey, f)
+            }
+        }
+    }
+}
+
+/// The theoretical arrival time a cell holds (governor keeps it private).
+fn tat(cell: &InMemoryState) -> Option<Nanos> {
+    cell.measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
+        .err()
+        .flatten()
+}
+
+impl ShrinkableKeyedStateStore<u128> for CappedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let below = drop_below.as_u64();
+        self.map.retain(|_, cell| {
+            // Same test as governor's own stores: a cell whose arrival time
+            // is past is indistinguishable from a fresh one.
+            let keep = tat(cell).is_some_and(|t| t.as_u64() > below);
+            if !keep {
+                self.stats.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.stats.len.load(Ordering::Relaxed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+type Limiter = RateLimiter<u128, CappedStore, DefaultClock, NoOpMiddleware>;
+
 /// One limiter per route class; `None` where the class is not limited.
 pub struct RateLimits {
-    login: Option<DefaultKeyedRateLimiter<u128>>,
-    register: Option<DefaultKeyedRateLimiter<u128>>,
-    password: Option<DefaultKeyedRateLimiter<u128>>,
-    captcha: Option<DefaultKeyedRateLimiter<u128>>,
-    other: Option<DefaultKeyedRateLimiter<u128>>,
+    limiters: [Option<(Limiter, Arc<CapStats>)>; 5],
     clock: DefaultClock,
 }
 
-fn limiter(r: Rate) -> Option<DefaultKeyedRateLimiter<u128>> {
+fn limiter(r: Rate, cap: usize) -> Option<(Limiter, Arc<CapStats>)> {
     let per_second = NonZeroU32::new(r.per_second)?;
     // An unset burst means one second's worth, not a burst of one.
     let burst = NonZeroU32::new(r.burst).unwrap_or(per_second);
-    Some(RateLimiter::keyed(
+    let store = CappedStore::new(cap);
+    let stats = store.stats.clone();
+    let l = RateLimiter::new(
         Quota::per_second(per_second).allow_burst(burst),
-    ))
+        store,
+        DefaultClock::default(),
+    );
+    Some((l, stats))
 }
 
 impl RateLimits {
     /// Limiters for the configured rates.
     pub fn new(cfg: &RateLimitConfig) -> Self {
+        let cap = cfg.max_tracked_keys.max(1);
         RateLimits {
-            login: limiter(cfg.login),
-            register: limiter(cfg.register),
-            password: limiter(cfg.password),
-            captcha: limiter(cfg.captcha),
-            other: limiter(cfg.other),
+            limiters: [
+                limiter(cfg.login, cap),
+                limiter(cfg.register, cap),
+                limiter(cfg.password, cap),
+                limiter(cfg.captcha, cap),
+                limiter(cfg.other, cap),
+            ],
             clock: DefaultClock::default(),
         }
     }
 
-    fn for_kind(&self, kind: RouteKind) -> Option<&DefaultKeyedRateLimiter<u128>> {
-        match kind {
-            RouteKind::Login => self.login.as_ref(),
-            RouteKind::Register => self.register.as_ref(),
-            RouteKind::Password => self.password.as_ref(),
-            RouteKind::CaptchaV2 | RouteKind::CaptchaV3 => self.captcha.as_ref(),
-            RouteKind::Graphql | RouteKind::Other => self.other.as_ref(),
-        }
+    fn for_kind(&self, kind: RouteKind) -> Option<&Limiter> {
+        let i = match kind {
+            RouteKind::Login => 0,
+            RouteKind::Register => 1,
+            RouteKind::Password => 2,
+            RouteKind::CaptchaV2 | RouteKind::CaptchaV3 => 3,
+            RouteKind::Graphql | RouteKind::Other => 4,
+        };
+        self.limiters[i].as_ref().map(|(l, _)| l)
     }
 
     /// `Err(wait)` when `key` is over its class's rate.
@@ -65,21 +190,88 @@ impl RateLimits {
     /// Forgets idle keys; returns the keys still tracked.
     pub fn sweep(&self) -> usize {
         let mut n = 0;
-        for l in [
-            &self.login,
-            &self.register,
-            &self.password,
-            &self.captcha,
-            &self.other,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for (l, _) in self.limiters.iter().flatten() {
             l.retain_recent();
             l.shrink_to_fit();
             n += l.len();
         }
         n
+    }
+
+    /// A Prometheus collector reading the limiters live:
+    /// `poolgate_rate_limit_tracked_keys{class}` and
+    /// `poolgate_rate_limit_overflow_total{class}`.
+    pub fn collector(&self) -> Box<dyn Collector> {
+        let stores = self
+            .limiters
+            .iter()
+            .zip(CLASSES)
+            .filter_map(|(l, c)| l.as_ref().map(|(_, s)| (c, s.clone())))
+            .collect();
+        Box::new(RateLimitCollector::new(stores))
+    }
+}
+
+/// Exports the limiters' key counts and overflow checks at scrape time, so
+/// the figures are exact and cost nothing on the request path.
+struct RateLimitCollector {
+    stores: Vec<(&'static str, Arc<CapStats>)>,
+    tracked: prometheus::IntGaugeVec,
+    overflow: prometheus::IntCounterVec,
+    descs: Vec<Desc>,
+}
+
+impl RateLimitCollector {
+    fn new(stores: Vec<(&'static str, Arc<CapStats>)>) -> Self {
+        // Names and labels are static: these constructors cannot fail.
+        let tracked = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "poolgate_rate_limit_tracked_keys",
+                "Client keys each rate-limit class tracks now (at most rate_limit.max_tracked_keys).",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let overflow = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "poolgate_rate_limit_overflow_total",
+                "Rate-limit checks of new clients that found the class's key table full and used the shared overflow bucket.",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let descs = tracked
+            .desc()
+            .into_iter()
+            .chain(overflow.desc())
+            .cloned()
+            .collect();
+        RateLimitCollector {
+            stores,
+            tracked,
+            overflow,
+            descs,
+        }
+    }
+}
+
+impl Collector for RateLimitCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        for (class, s) in &self.stores {
+            self.tracked
+                .with_label_values(&[class])
+                .set(s.len.load(Ordering::Relaxed) as i64);
+            let c = self.overflow.with_label_values(&[class]);
+            let total = s.overflowed.load(Ordering::Relaxed);
+            c.inc_by(total.saturating_sub(c.get()));
+        }
+        let mut out = self.tracked.collect();
+        out.extend(self.overflow.collect());
+        out
     }
 }
 
@@ -125,5 +317,52 @@ mod tests {
             assert!(r.check(RouteKind::Register, 1).is_ok());
         }
         assert!(r.check(RouteKind::Register, 1).is_err());
+    }
+
+    #[test]
+    fn keys_past_the_cap_share_one_overflow_bucket() {
+        let cfg = RateLimitConfig {
+            login: Rate {
+                per_second: 1,
+                burst: 2,
+            },
+            max_tracked_keys: 3,
+            ..RateLimitConfig::default()
+        };
+        let r = RateLimits::new(&cfg);
+        for k in 0..3u128 {
+            assert!(r.check(RouteKind::Login, k).is_ok());
+        }
+        // Keys 100.. are over the cap: together they get one burst of 2.
+        assert!(r.check(RouteKind::Login, 100).is_ok());
+        assert!(r.check(RouteKind::Login, 101).is_ok());
+        assert!(r.check(RouteKind::Login, 102).is_err());
+        // Tracked keys keep their own bucket.
+        assert!(r.check(RouteKind::Login, 0).is_ok());
+        let (_, stats) = r.limiters[0].as_ref().unwrap();
+        assert_eq!(stats.len.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.overflowed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn sweeping_frees_room_and_the_count_follows() {
+        let cfg = RateLimitConfig {
+            login: Rate {
+                per_second: 1000,
+                burst: 1,
+            },
+            max_tracked_keys: 10,
+            ..RateLimitConfig::default()
+        };
+        let r = RateLimits::new(&cfg);
+        for k in 0..10u128 {
+            assert!(r.check(RouteKind::Login, k).is_ok());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(r.sweep(), 0, "idle keys are forgotten");
+        assert!(r.check(RouteKind::Login, 50).is_ok());
+        let (_, stats) = r.limiters[0].as_ref().unwrap();
+        assert_eq!(stats.len.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.overflowed.load(Ordering::Relaxed), 0);
     }
 }
