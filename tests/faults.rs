@@ -54,7 +54,11 @@ async fn an_upstream_that_hangs_on_a_login_gives_504_and_releases_the_reservatio
 
         let m = metrics(admin).await;
         assert_eq!(
-            metric(&m, "poolgate_rejections_total", &[("reason", "upstream_timeout")]),
+            metric(
+                &m,
+                "poolgate_rejections_total",
+                &[("reason", "upstream_timeout")]
+            ),
             Some(1.0)
         );
         assert_eq!(
@@ -169,13 +173,19 @@ async fn an_api_failing_at_start_in_any_way_leaves_the_snapshot_in_force() {
             let app = poolgate::App::start(cfg.clone()).await.unwrap();
             let took = started.elapsed();
             // A hanging API costs the start one call's timeout (2 s here), not more.
-            assert!(took < Duration::from_secs(8), "{mode:?}: start took {took:?}");
+            assert!(
+                took < Duration::from_secs(8),
+                "{mode:?}: start took {took:?}"
+            );
             let admin = app.admin_addr();
             assert_eq!(readyz(admin).await, StatusCode::OK, "{mode:?}");
             let (_, shown) = policy(admin).await;
             assert_eq!(shown["version"], json!(good), "{mode:?}");
             assert_eq!(shown["source"], json!("snapshot"), "{mode:?}");
-            assert_eq!(get(app.proxy_addr(), "/during").await.status, StatusCode::OK);
+            assert_eq!(
+                get(app.proxy_addr(), "/during").await.status,
+                StatusCode::OK
+            );
             app.shutdown().await;
         }
         api.set_mode(AuthMode::Normal);
@@ -193,7 +203,11 @@ async fn an_api_that_hangs_at_start_without_snapshot_leaves_the_gateway_unready_
         let app = poolgate::App::start(authing_config(api.addr, up.addr, None, ""))
             .await
             .expect("a hanging API is not a start error");
-        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
         assert_eq!(readyz(admin).await, StatusCode::SERVICE_UNAVAILABLE);
         assert_envelope_exact(
@@ -201,7 +215,11 @@ async fn an_api_that_hangs_at_start_without_snapshot_leaves_the_gateway_unready_
             503,
             "poolgate has no policy in force yet",
         );
-        assert_eq!(up.arrived_total(), 0, "fail closed: nothing forwarded unjudged");
+        assert_eq!(
+            up.arrived_total(),
+            0,
+            "fail closed: nothing forwarded unjudged"
+        );
         let m = metrics(admin).await;
         assert!(
             metric(
@@ -214,9 +232,11 @@ async fn an_api_that_hangs_at_start_without_snapshot_leaves_the_gateway_unready_
             "{m}"
         );
         api.set_mode(AuthMode::Normal);
-        wait_for_async("ready once the API answers", Duration::from_secs(30), || async {
-            readyz(admin).await == StatusCode::OK
-        })
+        wait_for_async(
+            "ready once the API answers",
+            Duration::from_secs(30),
+            || async { readyz(admin).await == StatusCode::OK },
+        )
         .await;
         assert_eq!(get(gw, "/api/other").await.status, StatusCode::OK);
         app.shutdown().await;
@@ -236,18 +256,26 @@ async fn a_snapshot_that_cannot_be_written_is_counted_and_the_gateway_keeps_serv
         let snap = blocker.join("snapshot.json");
         let mut cfg = file_config(&pool, up.addr, "");
         cfg.policy.snapshot_path = Some(snap.clone());
-        let app = poolgate::App::start(cfg).await.expect("starts without a snapshot");
+        let app = poolgate::App::start(cfg)
+            .await
+            .expect("starts without a snapshot");
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
         assert_eq!(readyz(admin).await, StatusCode::OK);
         assert_eq!(get(gw, "/served").await.status, StatusCode::OK);
         let failed = || async {
             let m = metrics(admin).await;
-            metric(&m, "poolgate_policy_snapshot_writes_total", &[("result", "failed")])
-                .unwrap_or(0.0)
+            metric(
+                &m,
+                "poolgate_policy_snapshot_writes_total",
+                &[("result", "failed")],
+            )
+            .unwrap_or(0.0)
         };
-        wait_for_async("the failed write counted", Duration::from_secs(10), || async {
-            failed().await >= 1.0
-        })
+        wait_for_async(
+            "the failed write counted",
+            Duration::from_secs(10),
+            || async { failed().await >= 1.0 },
+        )
         .await;
 
         // A new policy is still applied (and its snapshot write fails again).
@@ -262,9 +290,11 @@ async fn a_snapshot_that_cannot_be_written_is_counted_and_the_gateway_keeps_serv
                 .is_some_and(|p| p.login_fail.map(|l| l.limit) == Some(7))
         })
         .await;
-        wait_for_async("the second failure counted", Duration::from_secs(10), || async {
-            failed().await > before
-        })
+        wait_for_async(
+            "the second failure counted",
+            Duration::from_secs(10),
+            || async { failed().await > before },
+        )
         .await;
         assert!(!snap.exists());
         assert_eq!(get(gw, "/still/served").await.status, StatusCode::OK);

@@ -160,6 +160,16 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
         }
         assert!(cut, "a trickling head is cut off");
         assert!(started.elapsed() < Duration::from_secs(6));
+        let m = metrics(app.admin_addr()).await;
+        assert_eq!(
+            metric(
+                &m,
+                "poolgate_connection_errors_total",
+                &[("listener", "proxy"), ("reason", "header_timeout")]
+            ),
+            Some(2.0),
+            "both cut-offs are counted"
+        );
         app.shutdown().await;
     })
     .await;
