@@ -4,9 +4,11 @@
 #
 #   benches/loadtest.sh            # throughput/latency, ~4 min
 #   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
+#   SOAK=1 benches/loadtest.sh     # soak: mixed traffic, policy swaps, upstream faults, RSS (10 min)
 #
 # Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000),
-# REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip).
+# REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip);
+# soak: SOAK_SECS (600), SOAK_THREADS (8 client connections), SOAK_PORT (18380).
 # Targets are interleaved round by round so machine noise hits all alike.
 # Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
@@ -19,6 +21,114 @@ CONNECTIONS=${CONNECTIONS:-64}
 KEYS=${KEYS:-1000000}
 REDIS=${REDIS:-1}
 UP=18181 NGX=18182 PG=18180 ADMIN=18190 RDS=18183 PGR=18184 ADMINR=18194
+
+soak() {
+  # Mixed traffic (GET passthrough, wrong-password logins and registrations
+  # from rotating IPv4/IPv6 clients via a trusted X-Forwarded-For), a policy
+  # swap every second, ~2% of requests with an upstream fault (reset, close,
+  # garbage, hang past request_timeout), the upstream stopped for 3 s mid-run,
+  # and poolgate's RSS sampled every 5 s. Needs python3 only (benches/soak.py).
+  local secs=${SOAK_SECS:-600} threads=${SOAK_THREADS:-8}
+  # Its own ports, so it can run beside the throughput test.
+  PG=${SOAK_PORT:-18380} UP=$(( ${SOAK_PORT:-18380} + 1 )) ADMIN=$(( ${SOAK_PORT:-18380} + 10 ))
+  command -v python3 >/dev/null || { echo "the soak needs python3" >&2; exit 1; }
+  for p in "$PG" "$UP" "$ADMIN"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "port $p is in use; set SOAK_PORT to another base" >&2; exit 1
+    fi
+  done
+  work=$(mktemp -d)
+  pids=()
+  # shellcheck disable=SC2317 # called by the trap
+  soak_cleanup() {
+    set +e # some are gone already (the first upstream is stopped mid-run)
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
+    [ -f "$work/up2.pid" ] && kill "$(cat "$work/up2.pid")" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$work"
+  }
+  trap soak_cleanup EXIT
+  echo "building poolgate (release) ..." >&2
+  cargo build --release -q --bin poolgate
+
+  python3 benches/soak.py upstream "$UP" >/dev/null 2>"$work/upstream.log" &
+  up_pid=$!
+  pids+=("$up_pid")
+  for _ in $(seq 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$UP/ping" && break
+    sleep 0.1
+  done
+  pool() { # loginFailCheck limit -> a pool document
+    printf '{"code":200,"message":"ok","data":{"loginFailCheck":{"enabled":true,"limit":%d,"timeInterval":60},"loginPasswordFailCheck":{"enabled":true,"limit":5,"timeInterval":60},"frequentRegisterCheck":{"enabled":true,"limit":3,"timeInterval":60},"loginFailStrategy":"captcha","allowedOrigins":"","registerDisabled":false,"passwordStrength":1,"whitelist":{"phoneEnabled":false,"emailEnabled":false,"usernameEnabled":false}}}' "$1"
+  }
+  pool 3 >"$work/pool.json"
+  cat >"$work/poolgate.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PG"
+admin_listen = "127.0.0.1:$ADMIN"
+trusted_proxies = ["127.0.0.1/32"]
+[upstream]
+url = "http://127.0.0.1:$UP"
+request_timeout = "2s"
+[policy]
+source = "file"
+snapshot_path = "snapshot.json"
+[policy.file]
+path = "pool.json"
+poll_interval = "500ms"
+[guards]
+sweep_interval = "2s"
+[log]
+level = "error"
+TOML
+  ./target/release/poolgate --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
+  pg_pid=$!
+  pids+=("$pg_pid")
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { echo "poolgate did not start:"; cat "$work/poolgate.log"; exit 1; }
+
+  # A policy swap every second (limit 3 <-> 5), written atomically.
+  ( i=0; while :; do i=$((i + 1)); pool $(( 3 + i % 2 * 2 )) >"$work/pool.next" && mv "$work/pool.next" "$work/pool.json"; sleep 1; done ) >/dev/null 2>&1 &
+  pids+=("$!")
+  ( while :; do echo "$(date +%s) $(awk '/VmRSS/ {print $2}' "/proc/$pg_pid/status")" >>"$work/rss.log"; sleep 5; done ) >/dev/null 2>&1 &
+  pids+=("$!")
+  # The upstream refuses connections for 3 s half-way through.
+  ( sleep $(( secs / 2 )); kill "$up_pid"; sleep 3
+    python3 benches/soak.py upstream "$UP" 2>>"$work/upstream.log" &
+    echo $! >"$work/up2.pid" ) >/dev/null 2>&1 &
+  pids+=("$!")
+
+  echo "soak: ${secs}s, $threads client connections, $(nproc) cores" >&2
+  python3 benches/soak.py client "$PG" "$secs" "$threads" "$work/client.json"
+  metrics=$(curl -s "http://127.0.0.1:$ADMIN/metrics")
+  alive=yes
+  kill -0 "$pg_pid" 2>/dev/null || alive=no
+  python3 - "$work/client.json" "$work/rss.log" "$work/poolgate.log" "$alive" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+rss = [int(l.split()[1]) for l in open(sys.argv[2]) if len(l.split()) == 2]
+log = open(sys.argv[3], errors="replace").read()
+print(f"poolgate still running: {sys.argv[4]}")
+print(f"panics in the log: {log.count('panicked')}")
+print(f"ERROR lines in the log: {log.count(' ERROR ')}")
+print(f"requests sent: {c['sent']} ({', '.join(f'{k} {v}' for k, v in sorted(c['by_kind'].items()))})")
+print(f"healthy-upstream requests answered: {c['answered']}, statuses {c['status']} "
+      f"(of which answered by the upstream: {c['from_upstream']})")
+print(f"requests accepted then lost (healthy upstream, no complete HTTP answer): {c['lost']}")
+for e in c["lost_examples"]:
+    print(f"  lost: {e}")
+print(f"fault-injected requests: {c['fault_sent']}, statuses {c['fault_status']}, "
+      f"passed off as the upstream's answer: {c['fault_unexpected']}, no answer: {c['fault_no_answer']}")
+if rss:
+    print(f"RSS kB: first {rss[0]}, last {rss[-1]}, max {max(rss)} ({len(rss)} samples)")
+PY
+  grep -E '^poolgate_(policy_reloads_total|connections_open|connections_rejected_total|connection_errors_total|rate_limit_tracked_keys|tracked_keys|inflight_requests|rejections_total)' <<<"$metrics" || true
+  exit 0
+}
+[ "${SOAK:-0}" = 1 ] && soak
 
 need() {
   command -v "$1" >/dev/null 2>&1 && return
