@@ -124,6 +124,7 @@ print(f"fault-injected requests: {c['fault_sent']}, statuses {c['fault_status']}
       f"passed off as the upstream's answer: {c['fault_unexpected']}, no answer: {c['fault_no_answer']}")
 if rss:
     print(f"RSS kB: first {rss[0]}, last {rss[-1]}, max {max(rss)} ({len(rss)} samples)")
+    print("RSS kB by minute: " + " ".join(str(r) for r in rss[::12]))
 PY
   grep -E '^poolgate_(policy_reloads_total|connections_open|connections_rejected_total|connection_errors_total|rate_limit_tracked_keys|tracked_keys|inflight_requests|rejections_total)' <<<"$metrics" || true
   exit 0
