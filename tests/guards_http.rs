@@ -616,6 +616,39 @@ async fn a_guarded_field_given_twice_is_refused() {
     s.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_account_sent_as_a_number_counts_once_whatever_its_spelling() {
+    // 13800138000, 13800138000.0 and 1.3800138e10 are one number: were each
+    // read as its text, each would be an account with tries of its own.
+    let s = Setup::new(json!({"loginPasswordFailCheck": check(2, 60)}))
+        .start()
+        .await;
+    let login = |account: &str| format!(r#"{{"account":{account},"password":"wrong"}}"#);
+    let json = [("content-type", "application/json")];
+    for _ in 0..2 {
+        let r = post_raw(s.gw(), LOGIN, login("13800138000"), &json).await;
+        assert_eq!(r.json(), wrong_password_v2());
+    }
+    let r = post_raw(s.gw(), LOGIN, login("13800138000"), &json).await;
+    assert_eq!(r.json(), captcha_required_v2(), "the integer is counted");
+    for other in ["13800138000.0", "1.3800138e10"] {
+        let r = post_raw(s.gw(), LOGIN, login(other), &json).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{other}: {}", r.text());
+    }
+    // A GraphQL variable is read the same way.
+    let gql = json!({"query": "mutation($input: LoginByPhonePasswordInput!) { loginByPhonePassword(input: $input) { id } }",
+                     "variables": {"input": {"phone": 1.3800138e10, "password": "wrong"}}});
+    let r = post_json(s.gw(), GRAPHQL, &gql, &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("plain integer"), "{}", r.text());
+    assert_eq!(
+        s.up.total(),
+        2,
+        "only the two counted attempts reached the upstream"
+    );
+    s.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // Dry run
 // ---------------------------------------------------------------------------

@@ -61,7 +61,15 @@ fn check_json(body: &[u8], fields: &Fields) {
     let full = extract::parse_body(BodyKind::Json, body);
     match (&lazy, &full) {
         (Ok(l), Ok(v)) => {
-            let f = extract::facts(v, fields);
+            let f = match extract::facts(v, fields) {
+                Ok(f) => f,
+                // `Value` renders an integer past u64 as a float, which is
+                // refused; the lazy view reads its digits.
+                Err(e) => {
+                    assert!(e.to_string().contains("plain integer"), "{e}");
+                    return;
+                }
+            };
             if l != &f {
                 // Numbers are read as their JSON text by the lazy view and as
                 // serde_json's rendering by `facts`; any other difference is a bug.
@@ -80,7 +88,11 @@ fn check_json(body: &[u8], fields: &Fields) {
         // checks syntax without recursion, so it may accept such a document.
         (Ok(_), Err(_)) => {}
         // The lazy view refuses a duplicated name it reads; `Value` keeps the last.
-        (Err(e), Ok(_)) => assert!(e.to_string().contains("appears twice"), "{e}"),
+        // ... and both refuse a number that is not a plain integer.
+        (Err(e), Ok(_)) => assert!(
+            e.to_string().contains("appears twice") || e.to_string().contains("plain integer"),
+            "{e}"
+        ),
         (Err(_), Err(_)) => {}
     }
 }

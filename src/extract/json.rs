@@ -110,8 +110,22 @@ fn leaf<'a>(raw: &'a RawValue) -> Result<Option<Cow<'a, str>>, ExtractError> {
         Some(b'"') => serde_json::from_str::<Text<'a>>(text)
             .map(|t| Some(t.0))
             .map_err(malformed),
-        Some(b'-' | b'0'..=b'9') => Ok(Some(Cow::Borrowed(text))),
+        Some(b'-' | b'0'..=b'9') => integer_text(text).map(|t| Some(Cow::Borrowed(t))),
         _ => Ok(None),
+    }
+}
+
+/// A number where poolgate reads an identifier, code or password: only a
+/// plain integer (`13800138000`) is taken, as its digits. `1.3800138e10` or
+/// `13800138000.0` name the same number in other spellings, and each would
+/// be counted as an account of its own: refused, not guessed at.
+pub fn integer_text(text: &str) -> Result<&str, ExtractError> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text)
+    } else {
+        Err(ExtractError::Malformed(format!(
+            "the number {text} must be a plain integer (or a string)"
+        )))
     }
 }
 
@@ -215,6 +229,17 @@ mod tests {
         assert_eq!(at("[1,2]", "/0").unwrap().as_deref(), Some("1"));
         assert_eq!(at("\"s\"", "/x").unwrap(), None);
         assert_eq!(at("  \n", "/x").unwrap(), None);
+    }
+
+    #[test]
+    fn a_number_is_read_only_as_a_plain_integer() {
+        for other in ["13800138000.0", "1.3800138e10", "-13800138000", "1E3"] {
+            let b = format!(r#"{{"phone":{other}}}"#);
+            assert!(
+                matches!(at(&b, "/phone"), Err(ExtractError::Malformed(_))),
+                "{other} is refused"
+            );
+        }
     }
 
     #[test]

@@ -152,16 +152,17 @@ fn parse_form(body: &[u8]) -> Result<Value, ExtractError> {
 }
 
 /// Reads the facts of a REST route from its parsed body.
-pub fn facts(body: &Value, fields: &Fields) -> Facts {
+pub fn facts(body: &Value, fields: &Fields) -> Result<Facts, ExtractError> {
     let at = |p: &str| -> Result<Option<Cow<'_, str>>, ExtractError> {
         Ok(match body.pointer(p) {
             Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
-            Some(Value::Number(n)) => Some(Cow::Owned(n.to_string())),
+            Some(Value::Number(n)) => {
+                Some(Cow::Owned(json::integer_text(&n.to_string())?.to_string()))
+            }
             _ => None,
         })
     };
-    // A `Value` has one member per name: reading it cannot fail.
-    facts_with(at, fields).unwrap_or_default()
+    facts_with(at, fields)
 }
 
 /// Reads the facts of a REST route straight from its body bytes: JSON through
@@ -172,7 +173,7 @@ pub fn body_facts(kind: BodyKind, body: &[u8], fields: &Fields) -> Result<Facts,
             let doc = json::LazyJson::parse(body)?;
             facts_with(|p| doc.text_at(p), fields)
         }
-        other => parse_body(other, body).map(|v| facts(&v, fields)),
+        other => parse_body(other, body).and_then(|v| facts(&v, fields)),
     }
 }
 
@@ -304,7 +305,7 @@ pub fn graphql<'a>(
                 .ok_or(ExtractError::Graphql("the input variable is not provided"))?;
             found = Some(GraphqlCall {
                 op,
-                facts: facts(input, &op.fields),
+                facts: facts(input, &op.fields)?,
             });
         }
     }
@@ -508,9 +509,9 @@ mod tests {
             .unwrap()
             .fields;
         let v = serde_json::json!({"account": "bob", "password": rsa});
-        assert_eq!(facts(&v, &f).password, Some(Password::Encrypted));
+        assert_eq!(facts(&v, &f).unwrap().password, Some(Password::Encrypted));
         let v = serde_json::json!({"account": "bob", "password": "hunter2", "captchaCode": "ab12"});
-        let fa = facts(&v, &f);
+        let fa = facts(&v, &f).unwrap();
         assert_eq!(fa.password, Some(Password::Clear("hunter2".into())));
         assert_eq!(fa.captcha_code.as_deref(), Some("ab12"));
     }
