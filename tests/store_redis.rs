@@ -245,11 +245,28 @@ async fn one_account_attacked_from_many_ips_over_many_replicas_gets_the_limit_on
         .filter(|r| r.json()["code"] == json!(2057))
         .count();
     assert_eq!(locked, 26, "the others are refused: account locked");
-    // The lock shows on every replica's admin API, and clearing it on one frees it on all.
-    let (st, body) = admin_get(stacks[2].admin(), "/counters?account=alice@example.com").await;
-    assert_eq!(st, StatusCode::OK);
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["password_failures"]["count"], 4, "{body}");
+    // The lock shows on every replica's admin API, and clearing it on one frees
+    // it on all. Outcomes are written after the answers (off the response
+    // path), so the count may still be in flight for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (st, body) = admin_get(stacks[2].admin(), "/counters?account=alice@example.com").await;
+        assert_eq!(st, StatusCode::OK);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let f = &v["password_failures"];
+        if f["count"] == 4 && f["inflight"] == 0 {
+            break;
+        }
+        assert!(
+            f["count"].as_u64().unwrap_or(0) + f["inflight"].as_u64().unwrap_or(0) == 4,
+            "{body}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the four failures were never recorded: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (st, _) = admin_post(stacks[1].admin(), "/unblock?account=alice@example.com").await;
     assert_eq!(st, StatusCode::OK);
     let r = wrong_login(stacks[0].gw(), "alice@example.com", Some("198.51.100.200")).await;
