@@ -138,20 +138,13 @@ impl App {
             metrics.clone(),
         )?);
         if let Some(shared) = store.shared() {
-            let url = cfg
-                .store
-                .redis
-                .as_ref()
-                .map(|r| r.url.expose())
-                .unwrap_or("");
+            let url = crate::store::redis::redacted_url(
+                cfg.store.redis.as_ref().map_or("", |r| r.url.expose()),
+            );
             match shared.ping().await {
-                Ok(()) => {
-                    tracing::info!(url = %crate::store::redis::redacted_url(url), "shared store (redis) reachable")
-                }
-                Err(e) => {
-                    tracing::error!(url = %crate::store::redis::redacted_url(url), error = %e,
-                    "shared store (redis) unreachable at start; the fallback applies until it answers")
-                }
+                Ok(()) => tracing::info!(%url, "shared store (redis) reachable"),
+                Err(e) => tracing::error!(%url, error = %e,
+                    "shared store (redis) unreachable at start; the fallback applies until it answers"),
             }
         }
         let state = store.local.clone();

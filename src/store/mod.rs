@@ -191,7 +191,8 @@ pub enum Reservation {
 #[derive(Debug, Clone, Copy)]
 pub struct Unavailable;
 
-/// A held slot in whichever store granted it. Dropping it releases it.
+/// A held slot in whichever store granted it, settled by [`Slot::settle_all`].
+/// Dropping it releases it.
 #[derive(Debug)]
 pub struct Slot(SlotInner);
 
@@ -204,24 +205,6 @@ enum SlotInner {
 }
 
 impl Slot {
-    /// The event happened: count it.
-    pub fn commit(self) {
-        match self.0 {
-            SlotInner::Local(p) => p.commit(),
-            SlotInner::Shared(h) => h.commit(),
-            SlotInner::Free => {}
-        }
-    }
-
-    /// The event did not happen: free the slot.
-    pub fn release(self) {
-        match self.0 {
-            SlotInner::Local(p) => p.release(),
-            SlotInner::Shared(h) => h.release(),
-            SlotInner::Free => {}
-        }
-    }
-
     /// Commits or releases each slot; those held in the shared store are
     /// settled together, in one round trip.
     pub fn settle_all<const N: usize>(slots: [(Option<Slot>, bool); N]) {
@@ -279,17 +262,6 @@ impl Store {
             captcha_ttl: guards.captcha_ttl,
             metrics,
         })
-    }
-
-    /// A memory-only store around `local` (for embedding and benches).
-    pub fn memory(local: Arc<GuardState>, metrics: Metrics) -> Store {
-        Store {
-            local,
-            shared: None,
-            fallback: StoreFallback::Local,
-            captcha_ttl: Duration::from_secs(120),
-            metrics,
-        }
     }
 
     /// The shared store, if configured.

@@ -218,11 +218,6 @@ impl RedisStore {
         self.conns[i].clone()
     }
 
-    /// Whether the breaker is open now (calls are not attempted).
-    pub fn is_down(&self) -> bool {
-        !self.breaker.allows()
-    }
-
     /// Runs one call with the timeout, the breaker and the metrics.
     async fn call<T>(
         &self,
@@ -450,8 +445,9 @@ fn window_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1000)
 }
 
-/// A slot held in Redis. Dropping it without [`Held::commit`] releases it,
-/// off the request path (a task), as the in-memory permit does.
+/// A slot held in Redis, settled by [`super::Slot::settle_all`]. Dropping it
+/// unsettled releases it, off the request path (a task), as the in-memory
+/// permit does.
 #[derive(Debug)]
 pub struct Held {
     store: Option<Arc<RedisStore>>,
@@ -461,22 +457,6 @@ pub struct Held {
 }
 
 impl Held {
-    /// The event happened: count it.
-    pub fn commit(self) {
-        self.settle(true);
-    }
-
-    /// The event did not happen: free the slot.
-    pub fn release(self) {
-        self.settle(false);
-    }
-
-    fn settle(mut self, commit: bool) {
-        if let Some((store, held)) = self.detach() {
-            send_settle(store, vec![(held, commit)]);
-        }
-    }
-
     /// Takes the store and the slot's identity out, leaving an inert husk
     /// (whose drop does nothing).
     fn detach(&mut self) -> Option<(Arc<RedisStore>, Held)> {
