@@ -78,18 +78,13 @@ impl Metrics {
                 "Requests handled, by route class, method and outcome.",
                 &["route", "method", "outcome"],
             ),
-            upstream_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "poolgate_upstream_duration_seconds",
-                        "Time from forwarding a request to the upstream's response headers.",
-                    )
-                    .buckets(exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
-                    &["route"],
-                )
-                .expect("valid metric");
-                register(r, h)
-            },
+            upstream_duration: histogram_vec(
+                r,
+                "poolgate_upstream_duration_seconds",
+                "Time from forwarding a request to the upstream's response headers.",
+                exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
+                &["route"],
+            ),
             inflight: register(
                 r,
                 IntGauge::new("poolgate_inflight_requests", "Requests being handled now.")
@@ -207,18 +202,13 @@ impl Metrics {
                 prometheus::IntCounter::new("poolgate_captchas_issued_total", "Captchas issued.")
                     .expect("valid metric"),
             ),
-            store_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "poolgate_store_duration_seconds",
-                        "Time of calls to the shared counter store (Redis), by operation.",
-                    )
-                    .buckets(exponential_buckets(0.0001, 2.0, 14).unwrap_or_default()),
-                    &["op"],
-                )
-                .expect("valid metric");
-                register(r, h)
-            },
+            store_duration: histogram_vec(
+                r,
+                "poolgate_store_duration_seconds",
+                "Time of calls to the shared counter store (Redis), by operation.",
+                exponential_buckets(0.0001, 2.0, 14).unwrap_or_default(),
+                &["op"],
+            ),
             store_errors: counter_vec(
                 r,
                 "poolgate_store_errors_total",
@@ -290,6 +280,20 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M
     r.register(Box::new(m.clone()))
         .expect("metric registered once");
     m
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> HistogramVec {
+    register(
+        r,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric"),
+    )
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
