@@ -34,13 +34,8 @@ async fn ip_counter(admin: std::net::SocketAddr) -> (i64, i64) {
 #[tokio::test]
 async fn an_upstream_that_hangs_on_a_login_gives_504_and_releases_the_reservation() {
     bounded("test", LIMIT, async {
-        let up = FakeUpstream::start().await;
-        let dir = tempdir();
-        let pool = dir.path().join("pool.json");
-        write_pool(&pool, &fixture_pool());
-        let mut cfg = file_config(&pool, up.addr, "");
-        cfg.upstream.request_timeout = Duration::from_millis(800);
-        let app = poolgate::App::start(cfg).await.unwrap();
+        let (up, app, _dir) =
+            start_fixture(|c| c.upstream.request_timeout = Duration::from_millis(800)).await;
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
 
         up.set_mode(UpMode::Delay(Duration::from_secs(30)));
@@ -74,13 +69,7 @@ async fn an_upstream_that_hangs_on_a_login_gives_504_and_releases_the_reservatio
 #[tokio::test]
 async fn an_upstream_that_fails_a_login_counts_nothing_against_the_client() {
     bounded("test", LIMIT, async {
-        let up = FakeUpstream::start().await;
-        let dir = tempdir();
-        let pool = dir.path().join("pool.json");
-        write_pool(&pool, &fixture_pool());
-        let app = poolgate::App::start(file_config(&pool, up.addr, ""))
-            .await
-            .unwrap();
+        let (up, app, _dir) = start_fixture(|_| {}).await;
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
 
         // Refused at the transport: 502, released.

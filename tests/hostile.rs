@@ -17,20 +17,6 @@ use tokio::net::TcpStream;
 const LIMIT: Duration = Duration::from_secs(60);
 const LOGIN: &str = "/api/v2/login/account";
 
-async fn start(
-    tweak: impl FnOnce(&mut poolgate::Config),
-) -> (FakeUpstream, poolgate::App, tempfile::TempDir) {
-    let up = FakeUpstream::start().await;
-    let dir = tempdir();
-    let pool = dir.path().join("pool.json");
-    write_pool(&pool, &fixture_pool());
-    let mut cfg = file_config(&pool, up.addr, "");
-    tweak(&mut cfg);
-    cfg.validate().expect("tweaked config is valid");
-    let app = poolgate::App::start(cfg).await.expect("poolgate starts");
-    (up, app, dir)
-}
-
 /// Reads until the peer closes (or `limit`); returns what arrived and whether it closed.
 async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
@@ -65,7 +51,7 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn an_oversized_head_gets_431_in_the_json_envelope_and_is_not_forwarded() {
     bounded("test", LIMIT, async {
-        let (up, app, _dir) = start(|c| c.server.max_header_bytes = 4096).await;
+        let (up, app, _dir) = start_fixture(|c| c.server.max_header_bytes = 4096).await;
         let big = "a".repeat(5000);
 
         // HTTP/1.1 over a raw socket: the JSON answer, then the connection closes.
@@ -123,7 +109,7 @@ async fn an_oversized_head_gets_431_in_the_json_envelope_and_is_not_forwarded() 
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout() {
     bounded("test", LIMIT, async {
         let (_up, app, _dir) =
-            start(|c| c.server.header_read_timeout = Duration::from_millis(800)).await;
+            start_fixture(|c| c.server.header_read_timeout = Duration::from_millis(800)).await;
         let mut s = connect(app.proxy_addr()).await;
         s.write_all(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
@@ -179,7 +165,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_read_timeout()
 async fn a_guarded_body_that_trickles_gets_408_and_is_not_forwarded() {
     bounded("test", LIMIT, async {
         let (up, app, _dir) =
-            start(|c| c.server.body_read_timeout = Duration::from_millis(700)).await;
+            start_fixture(|c| c.server.body_read_timeout = Duration::from_millis(700)).await;
         let mut s = connect(app.proxy_addr()).await;
         let head = format!(
             "POST {LOGIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
@@ -211,7 +197,7 @@ async fn a_guarded_body_that_trickles_gets_408_and_is_not_forwarded() {
 #[tokio::test]
 async fn connections_over_the_cap_get_503_and_are_counted() {
     bounded("test", LIMIT, async {
-        let (_up, app, _dir) = start(|c| {
+        let (_up, app, _dir) = start_fixture(|c| {
             c.server.max_connections = 3;
             c.server.header_read_timeout = Duration::from_secs(30);
         })
@@ -358,7 +344,7 @@ const SHAPES: &[Smuggle] = &[
 #[tokio::test]
 async fn request_smuggling_shapes_are_refused_and_nothing_is_smuggled() {
     bounded("test", LIMIT, async {
-        let (up, app, _dir) = start(|_| {}).await;
+        let (up, app, _dir) = start_fixture(|_| {}).await;
         for shape in SHAPES {
             let mut s = connect(app.proxy_addr()).await;
             let bytes = format!("{}{SMUGGLED}", shape.head);
@@ -432,7 +418,7 @@ async fn request_smuggling_shapes_are_refused_and_nothing_is_smuggled() {
 #[tokio::test]
 async fn bad_chunk_sizes_never_reach_the_upstream_as_a_request() {
     bounded("test", LIMIT, async {
-        let (up, app, _dir) = start(|_| {}).await;
+        let (up, app, _dir) = start_fixture(|_| {}).await;
         let cases = [
             // Guarded (read whole before forwarding) and streamed routes.
             format!("POST {LOGIN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"),
@@ -475,7 +461,7 @@ async fn a_flood_of_distinct_client_addresses_stays_under_the_rate_limit_key_cap
     bounded("test", Duration::from_secs(120), async {
         const CAP: usize = 300;
         const CLIENTS: usize = 3000;
-        let (up, app, _dir) = start(|c| {
+        let (up, app, _dir) = start_fixture(|c| {
             c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
             c.rate_limit.max_tracked_keys = CAP;
             c.rate_limit.other = poolgate::config::Rate {

@@ -13,19 +13,6 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn start(
-    tweak: impl FnOnce(&mut poolgate::Config),
-) -> (FakeUpstream, poolgate::App, tempfile::TempDir) {
-    let up = FakeUpstream::start().await;
-    let dir = tempdir();
-    let pool = dir.path().join("pool.json");
-    write_pool(&pool, &fixture_pool());
-    let mut cfg = file_config(&pool, up.addr, "");
-    tweak(&mut cfg);
-    let app = poolgate::App::start(cfg).await.unwrap();
-    (up, app, dir)
-}
-
 /// Reads until the peer closes (or `limit`); returns what arrived.
 async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
@@ -37,7 +24,7 @@ async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     bounded("test", LIMIT, async {
         let (up, app, _d) =
-            start(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
+            start_fixture(|c| c.server.header_read_timeout = Duration::from_millis(300)).await;
         let mut s = TcpStream::connect(app.proxy_addr()).await.unwrap();
         s.write_all(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")
             .await
@@ -63,7 +50,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 #[tokio::test]
 async fn expect_100_continue_gets_a_continue_then_the_answer() {
     bounded("test", LIMIT, async {
-        let (up, app, _d) = start(|_| {}).await;
+        let (up, app, _d) = start_fixture(|_| {}).await;
         let mut s = TcpStream::connect(app.proxy_addr()).await.unwrap();
         let body = "x".repeat(2048);
         s.write_all(
@@ -105,7 +92,8 @@ async fn expect_100_continue_gets_a_continue_then_the_answer() {
 #[tokio::test]
 async fn shutdown_finishes_the_request_in_flight_and_does_not_wait_for_idle_connections() {
     bounded("test", LIMIT, async {
-        let (up, app, _d) = start(|c| c.server.shutdown_grace = Duration::from_secs(20)).await;
+        let (up, app, _d) =
+            start_fixture(|c| c.server.shutdown_grace = Duration::from_secs(20)).await;
         let gw = app.proxy_addr();
         // Idle keep-alive connections, HTTP/1.1 and h2c.
         let h1 = h1_client();

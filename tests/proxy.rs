@@ -27,14 +27,8 @@ struct Rig {
 
 /// The fixture pool from a file, the fake upstream, and poolgate with `tweak` applied.
 async fn rig(tweak: impl FnOnce(&mut poolgate::Config)) -> Rig {
-    let up = FakeUpstream::start().await;
-    let dir = tempdir();
-    let pool = dir.path().join("pool.json");
-    write_pool(&pool, &fixture_pool());
-    let mut cfg = file_config(&pool, up.addr, "");
-    tweak(&mut cfg);
-    let app = poolgate::App::start(cfg).await.expect("poolgate starts");
-    Rig { up, app, _dir: dir }
+    let (up, app, _dir) = start_fixture(tweak).await;
+    Rig { up, app, _dir }
 }
 
 /// The fake upstream's answer to a non-echo target.

@@ -112,10 +112,17 @@ impl RedisServer {
         }
     }
 
-    /// A raw GET (the tests read captcha answers the way a human reads the image).
-    async fn get(&self, key: &str) -> Option<String> {
-        let mut c = self.conn().await?;
-        redis::cmd("GET").arg(key).query_async(&mut c).await.ok()?
+    /// The answer of the captcha `token` stored under `prefix`, read raw from
+    /// Redis (the tests read it the way a human reads the image).
+    async fn captcha_answer(&self, prefix: &str, token: &str) -> String {
+        let mut c = self.conn().await.expect("redis answers");
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}:cap:{token}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET works");
+        let value = value.expect("the answer is in Redis");
+        value.rsplit(':').next().unwrap_or_default().to_string()
     }
 
     /// Keys matching `pattern`.
@@ -156,6 +163,12 @@ async fn replicas(n: usize, pool: Value, toml: &str, trusted: bool) -> Vec<Stack
         out.push(s.start().await);
     }
     out
+}
+
+async fn shutdown_all(stacks: Vec<Stack>) {
+    for s in stacks {
+        s.shutdown().await;
+    }
 }
 
 fn forwarded(stacks: &[Stack], path: &str) -> usize {
@@ -211,9 +224,7 @@ async fn three_replicas_hold_one_login_limit_under_a_parallel_burst() {
     for k in redis.keys("t1:*").await {
         assert!(!k.contains("bob"), "{k}");
     }
-    for s in stacks {
-        s.shutdown().await;
-    }
+    shutdown_all(stacks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,9 +282,7 @@ async fn one_account_attacked_from_many_ips_over_many_replicas_gets_the_limit_on
     assert_eq!(st, StatusCode::OK);
     let r = wrong_login(stacks[0].gw(), "alice@example.com", Some("198.51.100.200")).await;
     assert_eq!(r.json(), wrong_password_v2(), "unblocked everywhere");
-    for s in stacks {
-        s.shutdown().await;
-    }
+    shutdown_all(stacks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,9 +309,7 @@ async fn registrations_per_ip_are_limited_across_replicas() {
         .filter(|r| r.json()["code"] == json!(2100))
         .count();
     assert_eq!(refused, 9);
-    for s in stacks {
-        s.shutdown().await;
-    }
+    shutdown_all(stacks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,11 +344,7 @@ async fn a_captcha_fetched_from_one_replica_is_accepted_by_another_once() {
     };
     // Fetched on replica 0, answered on replica 1: the login goes through.
     let token = fetch(0).await;
-    let value = redis
-        .get(&format!("t4:cap:{token}"))
-        .await
-        .expect("the answer is in Redis");
-    let answer = value.rsplit(':').next().unwrap().to_string();
+    let answer = redis.captcha_answer("t4", &token).await;
     let r = post_json(stacks[1].gw(), SIGNIN, &signin(&token, &answer), &[]).await;
     assert_eq!(r.json()["statusCode"], 200, "{}", r.text());
     assert_eq!(forwarded(&stacks, SIGNIN), 1);
@@ -350,16 +353,13 @@ async fn a_captcha_fetched_from_one_replica_is_accepted_by_another_once() {
     assert_eq!(r.json()["apiCode"], 2001, "{}", r.text());
     // A wrong answer burns it for every replica.
     let token = fetch(2).await;
-    let value = redis.get(&format!("t4:cap:{token}")).await.unwrap();
-    let answer = value.rsplit(':').next().unwrap().to_string();
+    let answer = redis.captcha_answer("t4", &token).await;
     let r = post_json(stacks[0].gw(), SIGNIN, &signin(&token, "ZZZZ"), &[]).await;
     assert_eq!(r.json()["apiCode"], 2001);
     let r = post_json(stacks[1].gw(), SIGNIN, &signin(&token, &answer), &[]).await;
     assert_eq!(r.json()["apiCode"], 2001, "burned by the wrong answer");
     assert_eq!(forwarded(&stacks, SIGNIN), 1);
-    for s in stacks {
-        s.shutdown().await;
-    }
+    shutdown_all(stacks).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

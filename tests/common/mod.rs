@@ -1315,6 +1315,23 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temporary directory")
 }
 
+/// A fake upstream, the fixture pool in a fresh temporary directory, and
+/// poolgate started on them with `tweak` applied to the config (which must
+/// stay valid). Keep the directory alive as long as the gateway.
+pub async fn start_fixture(
+    tweak: impl FnOnce(&mut poolgate::Config),
+) -> (FakeUpstream, poolgate::App, tempfile::TempDir) {
+    let up = FakeUpstream::start().await;
+    let dir = tempdir();
+    let pool = dir.path().join("pool.json");
+    write_pool(&pool, &fixture_pool());
+    let mut cfg = file_config(&pool, up.addr, "");
+    tweak(&mut cfg);
+    cfg.validate().expect("tweaked config is valid");
+    let app = poolgate::App::start(cfg).await.expect("poolgate starts");
+    (up, app, dir)
+}
+
 /// Writes `text` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
