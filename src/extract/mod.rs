@@ -7,6 +7,7 @@
 //! malformed JSON, a GraphQL document with two guarded mutations or inline
 //! arguments — is an [`ExtractError`], and the request is refused.
 
+pub mod graphql;
 pub mod json;
 
 use std::borrow::Cow;
