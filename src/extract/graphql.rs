@@ -80,6 +80,8 @@ use crate::classify::GraphqlOp;
 pub const RECURSION_LIMIT: usize = 64;
 
 /// Parser token limit: a larger document is refused before it is parsed.
+/// Whitespace, commas and comments count as tokens too: an SDK's login
+/// mutation is a few hundred.
 pub const TOKEN_LIMIT: usize = 20_000;
 
 /// One guarded root field of a GraphQL request.
@@ -235,8 +237,12 @@ fn document<'a>(
     });
     let (Some(op), None) = (selected.next(), selected.next()) else {
         // The server executes nothing; refuse if the spelling hides a guarded field.
+        let mut memo = HashMap::new();
         for op in &operations {
-            if !doc.root_fields(op)?.is_empty() {
+            let Some(set) = op.selection_set() else {
+                continue;
+            };
+            if doc.holds_guarded(&set, 0, &mut memo, &mut Vec::new())? {
                 return Err(ExtractError::Graphql(
                     "the operation to execute is ambiguous or missing, and the document holds a guarded field",
                 ));
@@ -263,6 +269,7 @@ fn document<'a>(
     };
 
     let mut out: Vec<GraphqlCall<'a>> = Vec::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
     for (guarded, field) in doc.root_fields(op)? {
         let name = field
             .name()
@@ -274,7 +281,7 @@ fn document<'a>(
         let args = arguments(&field, &vars)?;
         // Same response key: the server merges the fields into one execution
         // (and refuses the document if they differ).
-        if let Some(seen) = out.iter().find(|c| c.response_key == response_key) {
+        if let Some(seen) = by_key.get(&response_key).and_then(|&i| out.get(i)) {
             if seen.op.name == guarded.name && seen.args == args {
                 continue;
             }
@@ -282,6 +289,7 @@ fn document<'a>(
                 "two different fields answer under one response key",
             ));
         }
+        by_key.insert(response_key.clone(), out.len());
         out.push(GraphqlCall {
             op: guarded,
             batch_index,
@@ -311,6 +319,69 @@ impl<'a> Doc<'a> {
             self.collect(&set, 0, &mut visited, &mut path, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Whether a selection set holds a guarded root field, through fragments
+    /// (each fragment's answer is kept in `memo`: linear over all operations).
+    fn holds_guarded(
+        &self,
+        set: &cst::SelectionSet,
+        depth: usize,
+        memo: &mut HashMap<String, bool>,
+        path: &mut Vec<String>,
+    ) -> Result<bool, ExtractError> {
+        if depth > RECURSION_LIMIT {
+            return Err(ExtractError::Graphql("fragments nested too deep"));
+        }
+        for selection in set.selections() {
+            let found = match selection {
+                cst::Selection::Field(field) => {
+                    let name = field
+                        .name()
+                        .ok_or_else(|| syntax("a field without a name"))?;
+                    let name = name.text();
+                    self.ops.iter().any(|op| op.name == name.as_str())
+                }
+                cst::Selection::FragmentSpread(spread) => {
+                    let name = spread
+                        .fragment_name()
+                        .and_then(|n| n.name())
+                        .ok_or_else(|| syntax("a fragment spread without a name"))?;
+                    let name = name.text().to_string();
+                    if path.contains(&name) {
+                        return Err(ExtractError::Graphql("a fragment spreads itself (cycle)"));
+                    }
+                    match memo.get(&name) {
+                        Some(&known) => known,
+                        None => {
+                            let fragment = self.fragments.get(&name).ok_or(
+                                ExtractError::Graphql("a fragment spread names no fragment"),
+                            )?;
+                            let found = match fragment.selection_set() {
+                                Some(inner) => {
+                                    path.push(name.clone());
+                                    let found =
+                                        self.holds_guarded(&inner, depth + 1, memo, path)?;
+                                    path.pop();
+                                    found
+                                }
+                                None => false,
+                            };
+                            memo.insert(name, found);
+                            found
+                        }
+                    }
+                }
+                cst::Selection::InlineFragment(inline) => match inline.selection_set() {
+                    Some(inner) => self.holds_guarded(&inner, depth + 1, memo, path)?,
+                    None => false,
+                },
+            };
+            if found {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The spec's `CollectFields`, keeping the guarded fields. `path` is the
@@ -864,6 +935,22 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn many_operations_sharing_a_fragment_are_linear() {
+        let start = std::time::Instant::now();
+        let mut q = String::new();
+        for i in 0..600 {
+            q.push_str(&format!("query Q{i} {{ ...F }} "));
+        }
+        q.push_str("fragment F on Query { user { loginByEmail } ");
+        q.push_str(&"a ".repeat(4000));
+        q.push('}');
+        assert!(json_calls(json!({"query": q.clone()})).unwrap().is_empty());
+        q.push_str(" query Last { ...G } fragment G on Query { ...F loginByEmail }");
+        assert!(is_graphql_error(json_calls(json!({"query": q}))));
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
