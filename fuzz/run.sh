@@ -10,6 +10,7 @@
 #   origins   OriginMatcher::compile / allows, checked against a reference matcher
 #   classify  RouteTable::classify / canonical_path, incl. respelled guarded routes
 #   body      extract::body_kind / body_facts / parse_body / graphql (JSON, form, GraphQL)
+#   graphql   extract::graphql::calls (JSON, batches, form, application/graphql)
 #
 # Works on the stable toolchain: `--sanitizer none` (AddressSanitizer needs
 # nightly; the code under test has no `unsafe`, so panics, overflows and
@@ -32,7 +33,7 @@ cd "$(dirname "$0")"
 secs="${FUZZ_SECS:-60}"
 case "$secs" in '' | *[!0-9]*) echo "FUZZ_SECS must be a whole number of seconds" >&2; exit 2 ;; esac
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(policy origins classify body)
+[ ${#targets[@]} -gt 0 ] || targets=(policy origins classify body graphql)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "== installing cargo-fuzz"
