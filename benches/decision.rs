@@ -86,9 +86,13 @@ impl Env {
         let key = self.state.client_key(ip) ^ salt;
         let allowed = matches!(cors::check(&self.p, &self.headers), cors::Cors::Allowed(_));
         let rate_ok = self.state.rate.check(route.kind, key).is_ok();
-        let facts =
-            extract::body_facts(extract::BodyKind::Json, black_box(self.body), &route.fields)
-                .unwrap();
+        let facts = extract::body_facts(
+            extract::BodyKind::Json,
+            black_box(self.body),
+            &route.fields,
+            extract::Normalize::default(),
+        )
+        .unwrap();
         let acct = self
             .state
             .account_key(&facts.identifier.as_ref().unwrap().value)
@@ -101,12 +105,13 @@ impl Env {
             .state
             .account
             .try_reserve(acct, self.p.password_fail.unwrap(), false);
-        let gate = guards::login_gate(&self.p, None, None, facts.captcha_code.is_some());
+        let over = guards::Over::default();
+        let verdicts = guards::failure_violations(&self.p, &over, guards::CaptchaCheck::NotSent);
         if let (Reserve::Granted(a), Reserve::Granted(b2)) = (ip_res, acct_res) {
             a.release();
             b2.release();
         }
-        black_box(allowed && rate_ok && matches!(gate, guards::LoginGate::Forward))
+        black_box(allowed && rate_ok && verdicts.is_empty())
     }
 }
 
@@ -145,7 +150,14 @@ fn decision(c: &mut Criterion) {
             poolgate::classify::Class::Route(r) => r,
             _ => unreachable!(),
         };
-        b.iter(|| extract::body_facts(extract::BodyKind::Json, black_box(body), &route.fields))
+        b.iter(|| {
+            extract::body_facts(
+                extract::BodyKind::Json,
+                black_box(body),
+                &route.fields,
+                extract::Normalize::default(),
+            )
+        })
     });
     g.bench_function("account_key", |b| {
         b.iter(|| state.account_key(black_box("bob@example.com")))

@@ -78,6 +78,14 @@ pub fn build_source(
     })
 }
 
+/// How identifiers are normalised, from `[guards]`.
+pub fn normalize_of(cfg: &Config) -> anyhow::Result<crate::extract::Normalize> {
+    Ok(crate::extract::Normalize {
+        phone_region: crate::extract::phone::PhoneRegion::parse(&cfg.guards.phone_default_region)
+            .context("guards.phone_default_region")?,
+    })
+}
+
 /// The route table: the built-in Authing routes (unless replaced) plus `[[routes]]`.
 pub fn route_table(cfg: &Config) -> anyhow::Result<RouteTable> {
     let mut routes = if cfg.guards.replace_default_routes {
@@ -153,7 +161,8 @@ impl App {
             upstream,
             policy: policy.clone(),
             metrics: metrics.clone(),
-            client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone()),
+            client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone())
+                .with_backends(cfg.server.trusted_backends.clone()),
             max_body_bytes: cfg.server.max_body_bytes,
             routes,
             store: store.clone(),
@@ -163,6 +172,8 @@ impl App {
                 inspect_body_bytes: cfg.guards.inspect_body_bytes,
                 inspect_response_bytes: cfg.guards.inspect_response_bytes,
                 body_read_timeout: Some(cfg.server.body_read_timeout),
+                normalize: normalize_of(&cfg)?,
+                send_code: cfg.guards.send_code,
             },
         });
         let proxy_listeners = crate::server::bind_reuseport(cfg.server.listen, workers)

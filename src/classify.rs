@@ -21,8 +21,14 @@ pub enum RouteKind {
     Login,
     /// A registration.
     Register,
-    /// A password set or reset.
+    /// A password set, reset or change.
     Password,
+    /// Sending a one-time code (SMS, e-mail, push): limited per client and recipient.
+    SendCode,
+    /// Checking a one-time code, an MFA factor or a password outside a login
+    /// (MFA verify, code pre-checks, binding a phone): failures count like
+    /// failed logins.
+    Verify,
     /// Authing v2's graphic captcha (answered by poolgate).
     CaptchaV2,
     /// Authing v3's captcha (answered by poolgate).
@@ -40,6 +46,8 @@ impl RouteKind {
             RouteKind::Login => "login",
             RouteKind::Register => "register",
             RouteKind::Password => "password",
+            RouteKind::SendCode => "send_code",
+            RouteKind::Verify => "verify",
             RouteKind::CaptchaV2 | RouteKind::CaptchaV3 => "captcha",
             RouteKind::Graphql => "graphql",
             RouteKind::Other => "other",
@@ -71,6 +79,9 @@ pub enum IdKind {
     Username,
     /// Guess from the value (`account` fields): `@` is email, digits are phone.
     Auto,
+    /// An opaque token naming a login in progress (an MFA token): counted as
+    /// its own account, never whitelisted.
+    Token,
 }
 
 /// Where a guarded request carries its fields (JSON pointers into the body;
@@ -93,6 +104,87 @@ pub struct Fields {
     /// Where the client says how the password is encrypted (`none`, `rsa`, `sm2`).
     #[serde(default)]
     pub encrypt_type: Option<String>,
+    /// The secret the call proves itself with, other than a password it
+    /// logs in with or sets: a one-time code (SMS or e-mail code, TOTP,
+    /// recovery code), a reset token, or the old password. A guessing
+    /// surface: its failures count like wrong passwords.
+    #[serde(default)]
+    pub proof: Option<String>,
+    /// The country calling code sent beside a phone number (Authing's
+    /// `phoneCountryCode`, e.g. `+86`).
+    #[serde(default)]
+    pub phone_country_code: Option<String>,
+    /// The end user's address, believed only from `server.trusted_backends`.
+    #[serde(default)]
+    pub client_ip: Option<String>,
+    /// A header whose value names the account when the body names none (the
+    /// MFA token of `Authorization: Bearer <mfaToken>`).
+    #[serde(default)]
+    pub token_header: Option<String>,
+    /// A member that names which payload the call uses (v3 `connection`):
+    /// only the fields of the named case are read.
+    #[serde(default)]
+    pub variant: Option<Variant>,
+}
+
+/// Fields that depend on the value of one member of the body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// JSON pointer of the member naming the case (e.g. `/connection`).
+    pub pointer: String,
+    /// Fields of each case, by the member's value (compared case-insensitively).
+    /// A value not listed, or a missing member, cannot be judged: refused.
+    pub cases: std::collections::BTreeMap<String, Fields>,
+}
+
+impl Fields {
+    /// Every JSON pointer these fields read (for validation).
+    pub fn pointers(&self) -> Vec<&String> {
+        let mut v: Vec<&String> = self.identifier.iter().map(|i| &i.pointer).collect();
+        v.extend(
+            [
+                &self.password,
+                &self.captcha_code,
+                &self.captcha_token,
+                &self.encrypt_type,
+                &self.proof,
+                &self.phone_country_code,
+                &self.client_ip,
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        if let Some(var) = &self.variant {
+            v.push(&var.pointer);
+            for f in var.cases.values() {
+                v.extend(f.pointers());
+            }
+        }
+        v
+    }
+
+    /// The fields of one case of the variant: the case's own, then the base's
+    /// for what the case leaves unset.
+    pub fn with_case(&self, case: &Fields) -> Fields {
+        let or = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+        Fields {
+            identifier: if case.identifier.is_empty() {
+                self.identifier.clone()
+            } else {
+                case.identifier.clone()
+            },
+            password: or(&case.password, &self.password),
+            captcha_code: or(&case.captcha_code, &self.captcha_code),
+            captcha_token: or(&case.captcha_token, &self.captcha_token),
+            encrypt_type: or(&case.encrypt_type, &self.encrypt_type),
+            proof: or(&case.proof, &self.proof),
+            phone_country_code: or(&case.phone_country_code, &self.phone_country_code),
+            client_ip: or(&case.client_ip, &self.client_ip),
+            token_header: or(&case.token_header, &self.token_header),
+            variant: None,
+        }
+    }
 }
 
 /// One identifier location.
@@ -169,21 +261,61 @@ pub struct RouteTable {
     graphql: Vec<GraphqlOp>,
 }
 
-fn id(pointer: &str, kind: IdKind) -> IdField {
-    IdField {
-        pointer: pointer.to_string(),
-        kind,
+/// Builder steps for the default tables: each names one JSON pointer.
+impl Fields {
+    fn id(mut self, pointer: &str, kind: IdKind) -> Self {
+        self.identifier.push(IdField {
+            pointer: pointer.to_string(),
+            kind,
+        });
+        self
+    }
+    fn pw(mut self, pointer: &str) -> Self {
+        self.password = Some(pointer.into());
+        self
+    }
+    fn captcha(mut self, code: &str) -> Self {
+        self.captcha_code = Some(code.into());
+        self
+    }
+    fn token(mut self, pointer: &str) -> Self {
+        self.captcha_token = Some(pointer.into());
+        self
+    }
+    fn enc(mut self, pointer: &str) -> Self {
+        self.encrypt_type = Some(pointer.into());
+        self
+    }
+    fn proof(mut self, pointer: &str) -> Self {
+        self.proof = Some(pointer.into());
+        self
+    }
+    fn cc(mut self, pointer: &str) -> Self {
+        self.phone_country_code = Some(pointer.into());
+        self
+    }
+    fn ip(mut self, pointer: &str) -> Self {
+        self.client_ip = Some(pointer.into());
+        self
+    }
+    fn bearer(mut self) -> Self {
+        self.token_header = Some("authorization".into());
+        self
+    }
+    fn by(mut self, pointer: &str, cases: Vec<(&str, Fields)>) -> Self {
+        self.variant = Some(Variant {
+            pointer: pointer.into(),
+            cases: cases
+                .into_iter()
+                .map(|(k, f)| (k.to_ascii_uppercase(), f))
+                .collect(),
+        });
+        self
     }
 }
 
-fn fields(ids: &[(&str, IdKind)], password: Option<&str>, captcha: bool) -> Fields {
-    Fields {
-        identifier: ids.iter().map(|&(p, k)| id(p, k)).collect(),
-        password: password.map(str::to_string),
-        captcha_code: captcha.then(|| "/captchaCode".to_string()),
-        captcha_token: None,
-        encrypt_type: None,
-    }
+fn f() -> Fields {
+    Fields::default()
 }
 
 fn route(path: &str, kind: RouteKind, flavor: Flavor, fields: Fields) -> Route {
@@ -196,258 +328,543 @@ fn route(path: &str, kind: RouteKind, flavor: Flavor, fields: Fields) -> Route {
     }
 }
 
-/// The default table: how Authing's official SDKs call the service
-/// (`../shared/AUTHING-FACTS.md`; sources: Authing/authing-js-sdk
-/// `src/lib/authentication/AuthenticationClient.ts` and `src/types/graphql.v2.ts`,
-/// Authing/Guard `packages/guard-core-v4`, Authing/authing-node-sdk
-/// `src/AuthenticationClient.ts` and `src/models/SignInOptionsDto.ts`).
+/// The default table: every security-relevant call of Authing's official
+/// SDKs (README "Authing clients" lists them with their SDK methods).
+/// Sources: PyPI `authing` 4.5.x (`authing/v2/authentication`) and 5.1.x
+/// (`authing/AuthenticationClient.py`), npm `authing-js-sdk` 4.23.x
+/// (`src/lib/authentication/AuthenticationClient.ts`, `src/types/graphql.v2.ts`),
+/// Authing/Guard `packages/guard-core-v4`, Authing/authing-node-sdk.
 pub fn default_routes() -> Vec<Route> {
     use IdKind::*;
     use RouteKind::*;
-    let v2 = Flavor::V2;
-    let mut r = vec![
-        // v2 REST logins.
-        route(
-            "/api/v2/login/account",
-            Login,
-            v2,
-            fields(&[("/account", Auto)], Some("/password"), true),
-        ),
-        route(
-            "/api/v2/login/phone-code",
-            Login,
-            v2,
-            fields(&[("/phone", Phone)], None, true),
-        ),
-        route(
-            "/api/v2/login/email-code",
-            Login,
-            v2,
-            fields(&[("/email", Email)], None, true),
-        ),
-        route(
-            "/api/v2/login/ldap",
-            Login,
-            v2,
-            fields(&[("/username", Username)], Some("/password"), true),
-        ),
-        route(
-            "/api/v2/login/ad",
-            Login,
-            v2,
-            fields(&[("/username", Username)], Some("/password"), true),
-        ),
-        route(
-            "/api/v2/login/ad-all-in-one",
-            Login,
-            v2,
-            fields(&[("/username", Username)], Some("/password"), true),
-        ),
-        // v2 REST registrations (SDK paths and Guard's).
-        route(
-            "/api/v2/register/email",
-            Register,
-            v2,
-            fields(&[("/email", Email)], Some("/password"), false),
-        ),
-        route(
-            "/api/v2/register/username",
-            Register,
-            v2,
-            fields(&[("/username", Username)], Some("/password"), false),
-        ),
-        route(
-            "/api/v2/register/phone-code",
-            Register,
-            v2,
-            fields(&[("/phone", Phone)], Some("/password"), false),
-        ),
-        route(
-            "/api/v2/register/email-code",
-            Register,
-            v2,
-            fields(&[("/email", Email)], Some("/password"), false),
-        ),
-        route(
-            "/api/v2/register-email",
-            Register,
-            v2,
-            fields(
-                &[("/email", Email), ("/account", Email)],
-                Some("/password"),
-                false,
-            ),
-        ),
-        route(
-            "/api/v2/register-phone",
-            Register,
-            v2,
-            fields(
-                &[("/phone", Phone), ("/account", Phone)],
-                Some("/password"),
-                false,
-            ),
-        ),
-        route(
-            "/api/v2/register-phone-code",
-            Register,
-            v2,
-            fields(&[("/phone", Phone)], Some("/password"), false),
-        ),
-        route(
-            "/api/v2/register-email-code",
-            Register,
-            v2,
-            fields(&[("/email", Email)], Some("/password"), false),
-        ),
-        // v2 REST password set/reset (authing-js-sdk resetPasswordByPhoneCode/EmailCode, updatePassword).
-        route(
-            "/api/v2/password/reset/sms",
-            Password,
-            v2,
-            fields(&[("/phone", Phone)], Some("/newPassword"), false),
-        ),
-        route(
-            "/api/v2/password/reset/email",
-            Password,
-            v2,
-            fields(&[("/email", Email)], Some("/newPassword"), false),
-        ),
-        route(
-            "/api/v2/users/password",
-            Password,
-            v2,
-            fields(&[], Some("/newPassword"), false),
-        ),
-    ];
-    let v3_ids = [
-        ("/passwordPayload/email", Email),
-        ("/passwordPayload/phone", Phone),
-        ("/passwordPayload/username", Username),
-        ("/passwordPayload/account", Auto),
-        ("/passCodePayload/email", Email),
-        ("/passCodePayload/phone", Phone),
-    ];
-    let v3_fields = |password: &str| Fields {
-        identifier: v3_ids.iter().map(|&(p, k)| id(p, k)).collect(),
-        password: Some(password.to_string()),
-        captcha_code: Some("/options/captchaCode".into()),
-        captcha_token: Some("/options/captchaToken".into()),
-        encrypt_type: Some("/options/passwordEncryptType".into()),
+    let (v2, v3) = (Flavor::V2, Flavor::V3);
+    let mut r = Vec::new();
+    let mut add = |path: &str, kind, flavor, fields| r.push(route(path, kind, flavor, fields));
+
+    // v2 REST logins.
+    let ldap = || {
+        f().id("/username", Username)
+            .pw("/password")
+            .captcha("/captchaCode")
     };
-    r.push(route(
+    add(
+        "/api/v2/login/account",
+        Login,
+        v2,
+        f().id("/account", Auto)
+            .pw("/password")
+            .captcha("/captchaCode"),
+    );
+    add(
+        "/api/v2/login/phone-code",
+        Login,
+        v2,
+        f().id("/phone", Phone)
+            .proof("/code")
+            .cc("/phoneCountryCode")
+            .captcha("/captchaCode"),
+    );
+    add(
+        "/api/v2/login/email-code",
+        Login,
+        v2,
+        f().id("/email", Email)
+            .proof("/code")
+            .captcha("/captchaCode"),
+    );
+    for p in [
+        "/api/v2/login/ldap",
+        "/api/v2/login/ad",
+        "/api/v2/login/ad-all-in-one",
+        // LDAP/AD password checks (v2 SDKs' loginByLdap / loginByAd, Guard's LDAP form).
+        "/api/v2/ldap/verify-user",
+        "/api/v2/ad/verify-user",
+    ] {
+        add(p, Login, v2, ldap());
+    }
+
+    // v2 REST registrations (SDK paths and Guard's).
+    add(
+        "/api/v2/register/email",
+        Register,
+        v2,
+        f().id("/email", Email).pw("/password"),
+    );
+    add(
+        "/api/v2/register/username",
+        Register,
+        v2,
+        f().id("/username", Username).pw("/password"),
+    );
+    for p in ["/api/v2/register/phone-code", "/api/v2/register-phone-code"] {
+        add(
+            p,
+            Register,
+            v2,
+            f().id("/phone", Phone)
+                .pw("/password")
+                .proof("/code")
+                .cc("/phoneCountryCode"),
+        );
+    }
+    for p in ["/api/v2/register/email-code", "/api/v2/register-email-code"] {
+        add(
+            p,
+            Register,
+            v2,
+            f().id("/email", Email).pw("/password").proof("/code"),
+        );
+    }
+    add(
+        "/api/v2/register-email",
+        Register,
+        v2,
+        f().id("/email", Email)
+            .id("/account", Email)
+            .pw("/password"),
+    );
+    add(
+        "/api/v2/register-phone",
+        Register,
+        v2,
+        f().id("/phone", Phone)
+            .id("/account", Phone)
+            .pw("/password")
+            .proof("/code"),
+    );
+
+    // v2 REST password reset and change.
+    add(
+        "/api/v2/password/reset/sms",
+        Password,
+        v2,
+        f().id("/phone", Phone)
+            .proof("/code")
+            .cc("/phoneCountryCode")
+            .pw("/newPassword"),
+    );
+    add(
+        "/api/v2/password/reset/email",
+        Password,
+        v2,
+        f().id("/email", Email).proof("/code").pw("/newPassword"),
+    );
+    add(
+        "/api/v2/users/password",
+        Password,
+        v2,
+        f().pw("/newPassword").proof("/oldPassword"),
+    );
+
+    // v2 REST one-time codes sent.
+    add(
+        "/api/v2/sms/send",
+        SendCode,
+        v2,
+        f().id("/phone", Phone).cc("/phoneCountryCode"),
+    );
+    add("/api/v2/email/send", SendCode, v2, f().id("/email", Email));
+
+    // v3: `connection` names the payload; only that one is read.
+    let options = || {
+        f().captcha("/options/captchaCode")
+            .token("/options/captchaToken")
+            .enc("/options/passwordEncryptType")
+            .ip("/options/clientIp")
+    };
+    let password_case = || {
+        f().id("/passwordPayload/email", Email)
+            .id("/passwordPayload/phone", Phone)
+            .id("/passwordPayload/username", Username)
+            .id("/passwordPayload/account", Auto)
+            .pw("/passwordPayload/password")
+    };
+    let passcode_case = || {
+        f().id("/passCodePayload/email", Email)
+            .id("/passCodePayload/phone", Phone)
+            .proof("/passCodePayload/passCode")
+            .cc("/passCodePayload/phoneCountryCode")
+    };
+    let directory_case = |payload: &str| {
+        f().id(&format!("/{payload}/sAMAccountName"), Username)
+            .id(&format!("/{payload}/username"), Username)
+            .pw(&format!("/{payload}/password"))
+    };
+    add(
         "/api/v3/signin",
         Login,
-        Flavor::V3,
-        v3_fields("/passwordPayload/password"),
-    ));
-    r.push(route(
+        v3,
+        options().by(
+            "/connection",
+            vec![
+                ("PASSWORD", password_case()),
+                ("PASSCODE", passcode_case()),
+                ("LDAP", directory_case("ldapPayload")),
+                ("AD", directory_case("adPayload")),
+            ],
+        ),
+    );
+    add(
         "/api/v3/signup",
         Register,
-        Flavor::V3,
-        v3_fields("/passwordPayload/password"),
-    ));
-    let v3_pw = |ids: &[(&str, IdKind)], pw: &str| Fields {
-        identifier: ids.iter().map(|&(p, k)| id(p, k)).collect(),
-        password: Some(pw.into()),
-        encrypt_type: Some("/passwordEncryptType".into()),
-        ..Fields::default()
-    };
-    r.push(route(
+        v3,
+        options().by(
+            "/connection",
+            vec![
+                ("PASSWORD", password_case()),
+                // A phone sign-up may set a password in its options.
+                (
+                    "PASSCODE",
+                    passcode_case().pw("/options/passwordForPhonePassCode"),
+                ),
+            ],
+        ),
+    );
+    add(
+        "/api/v3/verify-reset-password-request",
+        Password,
+        v3,
+        f().by(
+            "/verifyMethod",
+            vec![
+                (
+                    "PHONE_PASSCODE",
+                    f().id("/phonePassCodePayload/phoneNumber", Phone)
+                        .proof("/phonePassCodePayload/passCode")
+                        .cc("/phonePassCodePayload/phoneCountryCode"),
+                ),
+                (
+                    "EMAIL_PASSCODE",
+                    f().id("/emailPassCodePayload/email", Email)
+                        .proof("/emailPassCodePayload/passCode"),
+                ),
+            ],
+        ),
+    );
+    add(
         "/api/v3/reset-password",
         Password,
-        Flavor::V3,
-        v3_pw(&[], "/password"),
-    ));
-    r.push(route(
+        v3,
+        f().pw("/password")
+            .proof("/passwordResetToken")
+            .enc("/passwordEncryptType"),
+    );
+    add(
         "/api/v3/update-password",
         Password,
-        Flavor::V3,
-        v3_pw(&[], "/newPassword"),
-    ));
-    // Captchas poolgate answers itself.
-    let mut c2 = route("/api/v2/security/captcha", CaptchaV2, v2, Fields::default());
-    c2.method = "GET".into();
-    let mut c3 = route(
-        "/api/v3/get-captcha-code",
-        CaptchaV3,
-        Flavor::V3,
-        Fields::default(),
+        v3,
+        f().pw("/newPassword")
+            .proof("/oldPassword")
+            .enc("/passwordEncryptType"),
     );
+    add(
+        "/api/v3/send-sms",
+        SendCode,
+        v3,
+        f().id("/phoneNumber", Phone).cc("/phoneCountryCode"),
+    );
+    add("/api/v3/send-email", SendCode, v3, f().id("/email", Email));
+
+    // v3 signin-by-push sends a push approval to the user's app: a send.
+    add(
+        "/api/v3/signin-by-push",
+        SendCode,
+        v3,
+        f().id("/account", Auto),
+    );
+    add(
+        "/api/v3/send-enroll-factor-request",
+        SendCode,
+        v3,
+        f().id("/profile/phoneNumber", Phone)
+            .id("/profile/email", Email)
+            .cc("/profile/phoneCountryCode")
+            .bearer(),
+    );
+    // A password oracle outside login: node SDK's validatePassword.
+    add(
+        "/api/v3/validate-password",
+        Verify,
+        v3,
+        f().id("/email", Email)
+            .id("/phone", Phone)
+            .id("/username", Username)
+            .cc("/phoneCountryCode")
+            .proof("/password")
+            .enc("/passwordEncryptType"),
+    );
+    add(
+        "/api/v3/verify-delete-account-request",
+        Verify,
+        v3,
+        f().bearer().by(
+            "/verifyMethod",
+            vec![
+                (
+                    "PHONE_PASSCODE",
+                    f().id("/phonePassCodePayload/phoneNumber", Phone)
+                        .proof("/phonePassCodePayload/passCode")
+                        .cc("/phonePassCodePayload/phoneCountryCode"),
+                ),
+                (
+                    "EMAIL_PASSCODE",
+                    f().id("/emailPassCodePayload/email", Email)
+                        .proof("/emailPassCodePayload/passCode"),
+                ),
+                (
+                    "PASSWORD",
+                    f().proof("/passwordPayload/password")
+                        .enc("/passwordPayload/passwordEncryptType"),
+                ),
+            ],
+        ),
+    );
+    // Code pre-checks leave the code valid: the cheapest guessing surface.
+    add(
+        "/api/v3/pre-check-code",
+        Verify,
+        v3,
+        f().by(
+            "/codeType",
+            vec![
+                (
+                    "SMS",
+                    f().id("/smsCodePayload/phone", Phone)
+                        .proof("/smsCodePayload/passCode")
+                        .cc("/smsCodePayload/phoneCountryCode"),
+                ),
+                (
+                    "EMAIL",
+                    f().id("/emailCodePayload/email", Email)
+                        .proof("/emailCodePayload/passCode"),
+                ),
+            ],
+        ),
+    );
+    // MFA and code checks behind a token.
+    add(
+        "/api/v3/mfa-totp-verify",
+        Verify,
+        v3,
+        f().proof("/totp").bearer(),
+    );
+    add(
+        "/api/v3/enroll-factor",
+        Verify,
+        v3,
+        f().proof("/enrollmentData/passCode").bearer(),
+    );
+    add(
+        "/api/v3/bind-phone",
+        Verify,
+        v3,
+        f().id("/phoneNumber", Phone)
+            .proof("/passCode")
+            .cc("/phoneCountryCode")
+            .bearer(),
+    );
+    add(
+        "/api/v3/bind-email",
+        Verify,
+        v3,
+        f().id("/email", Email).proof("/passCode").bearer(),
+    );
+    for p in ["/api/v3/unbind-phone", "/api/v3/unbind-email"] {
+        add(p, Verify, v3, f().proof("/passCode").bearer());
+    }
+    add(
+        "/api/v3/verify-update-phone-request",
+        Verify,
+        v3,
+        f().id("/phonePassCodePayload/newPhoneNumber", Phone)
+            .proof("/phonePassCodePayload/newPhonePassCode")
+            .cc("/phonePassCodePayload/newPhoneCountryCode")
+            .bearer(),
+    );
+    add(
+        "/api/v3/verify-update-email-request",
+        Verify,
+        v3,
+        f().id("/emailPassCodePayload/newEmail", Email)
+            .proof("/emailPassCodePayload/newEmailPassCode")
+            .bearer(),
+    );
+    // v2 MFA (the mfaToken rides in `Authorization: Bearer`).
+    add(
+        "/api/v2/mfa/totp/verify",
+        Verify,
+        v2,
+        f().proof("/totp").bearer(),
+    );
+    add(
+        "/api/v2/mfa/totp/recovery",
+        Verify,
+        v2,
+        f().proof("/recoveryCode").bearer(),
+    );
+    add(
+        "/api/v2/mfa/totp/associate/confirm",
+        Verify,
+        v2,
+        f().proof("/totp").bearer(),
+    );
+    add(
+        "/api/v2/applications/mfa/sms/verify",
+        Verify,
+        v2,
+        f().id("/phone", Phone)
+            .proof("/code")
+            .cc("/phoneCountryCode")
+            .bearer(),
+    );
+    add(
+        "/api/v2/applications/mfa/email/verify",
+        Verify,
+        v2,
+        f().id("/email", Email).proof("/code").bearer(),
+    );
+    // WeChat-mobile account binding: a login by password or by code.
+    add(
+        "/api/v2/ecconn/wechatmobile/byaccount",
+        Login,
+        v2,
+        f().id("/account", Auto).pw("/password"),
+    );
+    add(
+        "/api/v2/ecconn/wechatmobile/byemailcode",
+        Login,
+        v2,
+        f().id("/email", Email).proof("/code"),
+    );
+    add(
+        "/api/v2/ecconn/wechatmobile/byphonecode",
+        Login,
+        v2,
+        f().id("/phone", Phone)
+            .proof("/code")
+            .cc("/phoneCountryCode"),
+    );
+
+    // Captchas poolgate answers itself.
+    let mut c2 = route("/api/v2/security/captcha", CaptchaV2, v2, f());
+    c2.method = "GET".into();
+    let mut c3 = route("/api/v3/get-captcha-code", CaptchaV3, v3, f());
     c3.method = "GET".into();
     r.push(c2);
     r.push(c3);
-    r.push(route(
-        "/graphql/v2",
-        Graphql,
-        Flavor::Graphql,
-        Fields::default(),
-    ));
+    r.push(route("/graphql/v2", Graphql, Flavor::Graphql, f()));
     r
 }
 
-/// GraphQL v2 mutations (authing-js-sdk `src/types/graphql.v2.ts`): fields are
-/// read from the `input` argument's variable.
+/// GraphQL v2 operations judged (authing-js-sdk `src/types/graphql.v2.ts`,
+/// PyPI `authing` 4.5.x `authing/v2/common/graphql`). Pointers are into the
+/// field's arguments: `/input/email` for `loginByEmail(input: {...})`,
+/// `/phone` for `resetPassword(phone: ...)`.
 pub fn default_graphql_ops() -> Vec<GraphqlOp> {
     use IdKind::*;
     use RouteKind::*;
-    let op = |name, kind, ids: &[(&str, IdKind)], pw: Option<&str>, captcha: bool| GraphqlOp {
-        name,
-        kind,
-        fields: fields(ids, pw, captcha),
+    let op = |name, kind, fields| GraphqlOp { name, kind, fields };
+    let login = |id: &str, kind| {
+        f().id(&format!("/input/{id}"), kind)
+            .pw("/input/password")
+            .captcha("/input/captchaCode")
+            .ip("/input/clientIp")
     };
     vec![
+        op("loginByEmail", Login, login("email", Email)),
+        op("loginByUsername", Login, login("username", Username)),
+        op("loginByPhonePassword", Login, login("phone", Phone)),
         op(
-            "loginByEmail",
+            "loginByPhoneCode",
             Login,
-            &[("/email", Email)],
-            Some("/password"),
-            true,
+            f().id("/input/phone", Phone)
+                .proof("/input/code")
+                .cc("/input/phoneCountryCode")
+                .captcha("/input/captchaCode")
+                .ip("/input/clientIp"),
         ),
         op(
-            "loginByUsername",
+            "loginBySubAccount",
             Login,
-            &[("/username", Username)],
-            Some("/password"),
-            true,
+            f().id("/account", Auto)
+                .pw("/password")
+                .captcha("/captchaCode")
+                .ip("/clientIp"),
         ),
-        op(
-            "loginByPhonePassword",
-            Login,
-            &[("/phone", Phone)],
-            Some("/password"),
-            true,
-        ),
-        op("loginByPhoneCode", Login, &[("/phone", Phone)], None, true),
         op(
             "registerByEmail",
             Register,
-            &[("/email", Email)],
-            Some("/password"),
-            false,
+            f().id("/input/email", Email)
+                .pw("/input/password")
+                .ip("/input/clientIp"),
         ),
         op(
             "registerByUsername",
             Register,
-            &[("/username", Username)],
-            Some("/password"),
-            false,
+            f().id("/input/username", Username)
+                .pw("/input/password")
+                .ip("/input/clientIp"),
         ),
         op(
             "registerByPhoneCode",
             Register,
-            &[("/phone", Phone)],
-            Some("/password"),
-            false,
+            f().id("/input/phone", Phone)
+                .pw("/input/password")
+                .proof("/input/code")
+                .cc("/input/phoneCountryCode")
+                .ip("/input/clientIp"),
         ),
         op(
             "resetPassword",
             Password,
-            &[("/phone", Phone), ("/email", Email)],
-            Some("/newPassword"),
-            false,
+            f().id("/phone", Phone)
+                .id("/email", Email)
+                .proof("/code")
+                .cc("/phoneCountryCode")
+                .pw("/newPassword"),
         ),
-        op("updatePassword", Password, &[], Some("/newPassword"), false),
+        op(
+            "resetPasswordByFirstLoginToken",
+            Password,
+            f().proof("/token").pw("/password"),
+        ),
+        op(
+            "resetPasswordByForceResetToken",
+            Password,
+            f().proof("/oldPassword").pw("/newPassword"),
+        ),
+        // A profile update may carry a password (py-v2 sends it in clear).
+        op("updateUser", Password, f().pw("/input/password")),
+        op(
+            "updatePassword",
+            Password,
+            f().pw("/newPassword").proof("/oldPassword"),
+        ),
+        op("sendEmail", SendCode, f().id("/email", Email)),
+        op(
+            "bindPhone",
+            Verify,
+            f().id("/phone", Phone)
+                .proof("/phoneCode")
+                .cc("/phoneCountryCode"),
+        ),
+        op(
+            "bindEmail",
+            Verify,
+            f().id("/email", Email).proof("/emailCode"),
+        ),
+        op(
+            "updatePhone",
+            Verify,
+            f().id("/phone", Phone)
+                .proof("/phoneCode")
+                .cc("/phoneCountryCode"),
+        ),
+        op(
+            "updateEmail",
+            Verify,
+            f().id("/email", Email).proof("/emailCode"),
+        ),
     ]
 }
 
@@ -462,15 +879,7 @@ impl RouteTable {
             r.method = r.method.to_ascii_uppercase();
             Method::from_bytes(r.method.as_bytes())
                 .map_err(|_| anyhow::anyhow!("route {:?}: bad method {:?}", r.path, r.method))?;
-            for f in r
-                .fields
-                .identifier
-                .iter()
-                .map(|i| &i.pointer)
-                .chain(r.fields.password.iter())
-                .chain(r.fields.captcha_code.iter())
-                .chain(r.fields.captcha_token.iter())
-            {
+            for f in r.fields.pointers() {
                 if !f.starts_with('/') {
                     anyhow::bail!(
                         "route {:?}: field {f:?} must be a JSON pointer starting with '/'",

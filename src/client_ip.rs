@@ -18,12 +18,43 @@ const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwa
 #[derive(Debug, Clone, Default)]
 pub struct ClientIpResolver {
     trusted: Vec<IpNet>,
+    backends: Vec<IpNet>,
 }
+
+/// The `X-Real-IP` header a trusted backend names its end user with.
+pub const X_REAL_IP: http::HeaderName = http::HeaderName::from_static("x-real-ip");
 
 impl ClientIpResolver {
     /// A resolver that believes forwarding headers from `trusted` peers only.
     pub fn new(trusted: Vec<IpNet>) -> Self {
-        ClientIpResolver { trusted }
+        ClientIpResolver {
+            trusted,
+            backends: Vec::new(),
+        }
+    }
+
+    /// Also believes `trusted_backends` about their end users (see [`Self::end_user`]).
+    pub fn with_backends(mut self, backends: Vec<IpNet>) -> Self {
+        self.backends = backends;
+        self
+    }
+
+    /// Whether `ip` (a resolved client) is a trusted backend calling on
+    /// behalf of its end users.
+    #[inline]
+    pub fn is_backend(&self, ip: IpAddr) -> bool {
+        !self.backends.is_empty() && self.backends.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The end user a trusted backend names in `X-Real-IP`: `None` without
+    /// the header, `Some(Err)` when it is not one address.
+    pub fn real_ip_header(headers: &HeaderMap) -> Option<Result<IpAddr, ()>> {
+        let mut values = headers.get_all(X_REAL_IP).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return Some(Err(()));
+        }
+        Some(parse_client_ip(first.to_str().unwrap_or("")).ok_or(()))
     }
 
     /// Whether `ip` is a trusted proxy.
@@ -78,6 +109,12 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
         },
         v4 => v4,
     }
+}
+
+/// An end user's address as a backend gives it (`X-Real-IP`, a body's
+/// `clientIp`): one IPv4 or IPv6 address, IPv4-mapped read as IPv4.
+pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
+    parse_node(s.trim().trim_matches('"'))
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly `[v6]:port` or `v4:port`.

@@ -70,6 +70,35 @@ pub struct GuardsConfig {
     pub sweep_interval: Duration,
     /// Use only `[[routes]]` from this file, not the built-in Authing table.
     pub replace_default_routes: bool,
+    /// Region (ISO 3166 code) of phone numbers written without a country
+    /// code: they are counted and whitelisted as E.164 numbers of this region.
+    pub phone_default_region: String,
+    /// Limits on sending one-time codes (SMS, e-mail): per client and per recipient.
+    pub send_code: SendCodeConfig,
+}
+
+/// Limits on sending one-time codes, so the gateway stops SMS pumping: codes
+/// sent (and sends in flight) per client and per recipient within a window.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendCodeConfig {
+    /// Codes one client may have sent per window (0 turns the limit off).
+    pub per_client: u32,
+    /// Codes one phone number or e-mail address may be sent per window (0: off).
+    pub per_recipient: u32,
+    /// The window both limits count in.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for SendCodeConfig {
+    fn default() -> Self {
+        SendCodeConfig {
+            per_client: 20,
+            per_recipient: 5,
+            window: Duration::from_secs(3600),
+        }
+    }
 }
 
 impl Default for GuardsConfig {
@@ -85,6 +114,8 @@ impl Default for GuardsConfig {
             max_captchas: 100_000,
             sweep_interval: Duration::from_secs(10),
             replace_default_routes: false,
+            phone_default_region: "CN".to_string(),
+            send_code: SendCodeConfig::default(),
         }
     }
 }
@@ -103,6 +134,8 @@ pub struct RateLimitConfig {
     pub captcha: Rate,
     /// Everything else (off by default).
     pub other: Rate,
+    /// Sending one-time codes (SMS, e-mail, push).
+    pub send_code: Rate,
     /// Hard cap on client keys each class's limiter tracks. Past it, new
     /// clients share one overflow bucket (so a flood of fresh addresses is
     /// still limited, as one client) until the sweeper frees room.
@@ -131,6 +164,10 @@ impl Default for RateLimitConfig {
             other: Rate {
                 per_second: 0,
                 burst: 0,
+            },
+            send_code: Rate {
+                per_second: 1,
+                burst: 5,
             },
             max_tracked_keys: 1_000_000,
         }
@@ -182,6 +219,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Peers (CIDRs) whose `X-Forwarded-For`/`Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Backends (CIDRs) that call the login API on behalf of their end users
+    /// (Authing's server-side SDK use): from them, the end user's address is
+    /// read from the body's `clientIp` / `options.clientIp`, else `X-Real-IP`.
+    pub trusted_backends: Vec<IpNet>,
     /// Proxy worker threads, each with its own event loop, listening socket
     /// (`SO_REUSEPORT`) and upstream connection pool; 0 means one per core.
     pub workers: usize,
@@ -200,6 +241,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: 100,
             shutdown_grace: Duration::from_secs(15),
             trusted_proxies: Vec::new(),
+            trusted_backends: Vec::new(),
             workers: 0,
         }
     }
@@ -651,6 +693,11 @@ impl Config {
         }
         if self.guards.ipv6_prefix > 128 {
             bail!("guards.ipv6_prefix must be between 0 and 128");
+        }
+        crate::extract::phone::PhoneRegion::parse(&self.guards.phone_default_region)
+            .context("guards.phone_default_region")?;
+        if self.guards.send_code.window.is_zero() {
+            bail!("guards.send_code.window must be greater than 0");
         }
         if self.guards.max_tracked_keys == 0 || self.guards.max_captchas == 0 {
             bail!("guards.max_tracked_keys and guards.max_captchas must be greater than 0");

@@ -22,8 +22,8 @@ use hyper::body::Incoming;
 use crate::classify::{Class, Flavor, Route, RouteKind, RouteTable};
 use crate::client_ip::ClientIpResolver;
 use crate::extract::{self, ExtractError, Facts, Password};
-use crate::guards::outcome::{self, Outcome};
-use crate::guards::{self, cors, LoginGate, Rejection};
+use crate::guards::outcome::{self, Outcome, Place};
+use crate::guards::{self, cors, Rejection};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
 use crate::proxy::{ForwardError, Upstream, UpstreamBody};
@@ -66,6 +66,10 @@ pub struct GuardSettings {
     pub inspect_response_bytes: usize,
     /// Time a client has to send a guarded body (`None`: no limit).
     pub body_read_timeout: Option<std::time::Duration>,
+    /// How identifiers are normalised.
+    pub normalize: extract::Normalize,
+    /// Limits on sending one-time codes.
+    pub send_code: crate::config::SendCodeConfig,
 }
 
 impl GuardSettings {
@@ -127,14 +131,31 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// What a request is about, for logs.
-struct Ctx<'a> {
+/// What a request is about, for logs and answers.
+#[derive(Clone)]
+struct Ctx {
+    /// The client (the end user, when a trusted backend names one).
     client_ip: IpAddr,
+    /// Its counter key.
     key: u128,
-    method: &'a Method,
-    path: &'a str,
+    /// The request came from `trusted_backends` on behalf of an end user.
+    via_backend: bool,
+    method: Method,
+    path: String,
     flavor: Flavor,
     allow_origin: Option<HeaderValue>,
+}
+
+impl Ctx {
+    /// The same request, about another end user (a call of a batch sent by
+    /// a trusted backend on behalf of several).
+    fn for_client(&self, (client_ip, key): (IpAddr, u128)) -> Ctx {
+        Ctx {
+            client_ip,
+            key,
+            ..self.clone()
+        }
+    }
 }
 
 /// The result of the request path: the answer, its route label and outcome label.
@@ -142,7 +163,11 @@ type Handled = (Response<RespBody>, &'static str, &'static str);
 
 impl Gateway {
     /// Handles one request end to end.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<RespBody> {
         self.metrics.inflight.inc();
         let _inflight = InflightGuard(&self.metrics.inflight);
         let method = method_label(req.method());
@@ -154,9 +179,20 @@ impl Gateway {
         resp
     }
 
-    async fn handle_inner(&self, req: Request<Incoming>, peer: SocketAddr) -> Handled {
+    async fn handle_inner(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Handled {
         let peer_ip = crate::client_ip::canonical(peer.ip());
-        let client_ip = self.client_ip.resolve(peer_ip, req.headers());
+        let mut client_ip = self.client_ip.resolve(peer_ip, req.headers());
+        // A trusted backend calling on behalf of its end users names them in
+        // `X-Real-IP` (and in the body's `clientIp`, read with the body).
+        let via_backend = self.client_ip.is_backend(client_ip);
+        let mut bad_real_ip = false;
+        if via_backend {
+            match ClientIpResolver::real_ip_header(req.headers()) {
+                Some(Ok(ip)) => client_ip = ip,
+                Some(Err(())) => bad_real_ip = true,
+                None => {}
+            }
+        }
         let policy = match self.policy.current() {
             Some(p) => p,
             None => {
@@ -185,12 +221,20 @@ impl Gateway {
         let mut ctx = Ctx {
             client_ip,
             key,
-            method: &method,
-            path: &path,
+            via_backend,
+            method,
+            path,
             flavor,
             allow_origin: None,
         };
+        let method = ctx.method.clone();
         let label = route.map_or("other", |r| r.kind.as_str());
+        if bad_real_ip {
+            let rej = bad_client_ip("X-Real-IP from a trusted backend is not one IP address");
+            if let Some(r) = self.reject(rej, &ctx) {
+                return (r, label, "rejected");
+            }
+        }
 
         // CORS first: preflights never reach a limit or the upstream.
         match cors::check(&policy, req.headers()) {
@@ -255,8 +299,18 @@ impl Gateway {
             Class::Route(r) => r.kind,
             _ => RouteKind::Other,
         };
-        // GraphQL is limited by the operation it turns out to be (see `guarded`).
-        if kind != RouteKind::Graphql {
+        // GraphQL is limited by the calls it turns out to make, and a trusted
+        // backend's guarded request by the end users it names (see `guarded`).
+        let guarded = matches!(
+            kind,
+            RouteKind::Login
+                | RouteKind::Register
+                | RouteKind::Password
+                | RouteKind::SendCode
+                | RouteKind::Verify
+                | RouteKind::Graphql
+        );
+        if kind != RouteKind::Graphql && !(guarded && via_backend) {
             if let Some(r) = self.rate_limit(kind, &ctx) {
                 return (r, label, "rejected");
             }
@@ -266,17 +320,14 @@ impl Gateway {
             (Class::Route(_), RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
                 self.captcha(kind, &ctx).await
             }
-            (
-                Class::Route(r),
-                RouteKind::Login | RouteKind::Register | RouteKind::Password | RouteKind::Graphql,
-            ) => self.guarded(req, r, &policy, peer_ip, &ctx).await,
+            (Class::Route(r), _) if guarded => self.guarded(req, r, &policy, peer_ip, &ctx).await,
             _ => self.forward_stream(req, peer_ip, label, &ctx).await,
         };
         (self.with_cors(resp, &ctx), label, outcome)
     }
 
     /// The per-client rate limit of `kind`: the 429 answer when over it.
-    fn rate_limit(&self, kind: RouteKind, ctx: &Ctx<'_>) -> Option<Response<RespBody>> {
+    fn rate_limit(&self, kind: RouteKind, ctx: &Ctx) -> Option<Response<RespBody>> {
         let wait = self.store.local.rate.check(kind, ctx.key).err()?;
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let rej = Rejection::http(
@@ -290,26 +341,31 @@ impl Gateway {
     }
 
     /// Logs and counts a rejection; returns the answer, or `None` in dry run.
-    fn reject(&self, rej: Rejection, ctx: &Ctx<'_>) -> Option<Response<RespBody>> {
+    fn reject(&self, rej: Rejection, ctx: &Ctx) -> Option<Response<RespBody>> {
         if self.settings.shadow(rej.guard) {
-            tracing::info!(
-                client_ip = %ctx.client_ip, method = %ctx.method, path = ctx.path,
-                guard = rej.guard, reason = rej.reason, code = rej.code,
-                "dry run: would reject"
-            );
-            self.metrics
-                .guard_decisions
-                .with_label_values(&[rej.guard, "shadow_reject", rej.reason])
-                .inc();
+            self.shadow(&rej, ctx);
             return None;
         }
         Some(self.refuse(rej, ctx))
     }
 
-    /// Logs, counts and answers a rejection (no dry run).
-    fn refuse(&self, rej: Rejection, ctx: &Ctx<'_>) -> Response<RespBody> {
-        tracing::warn!(
+    /// Logs and counts a rejection its guard's dry run lets through.
+    fn shadow(&self, rej: &Rejection, ctx: &Ctx) {
+        tracing::info!(
             client_ip = %ctx.client_ip, method = %ctx.method, path = ctx.path,
+            guard = rej.guard, reason = rej.reason, code = rej.code,
+            "dry run: would reject"
+        );
+        self.metrics
+            .guard_decisions
+            .with_label_values(&[rej.guard, "shadow_reject", rej.reason])
+            .inc();
+    }
+
+    /// Logs, counts and answers a rejection (no dry run).
+    fn refuse(&self, rej: Rejection, ctx: &Ctx) -> Response<RespBody> {
+        tracing::warn!(
+            client_ip = %ctx.client_ip, method = %ctx.method, path = %ctx.path,
             guard = rej.guard, reason = rej.reason, code = rej.code, status = rej.status.as_u16(),
             "request rejected"
         );
@@ -330,7 +386,7 @@ impl Gateway {
         self.with_cors(resp, ctx)
     }
 
-    fn with_cors(&self, mut resp: Response<RespBody>, ctx: &Ctx<'_>) -> Response<RespBody> {
+    fn with_cors(&self, mut resp: Response<RespBody>, ctx: &Ctx) -> Response<RespBody> {
         if let Some(o) = &ctx.allow_origin {
             cors::add_allow_origin(o, resp.headers_mut());
         }
@@ -338,7 +394,7 @@ impl Gateway {
     }
 
     /// Issues a captcha (v2: SVG image + cookie; v3: JSON with token).
-    async fn captcha(&self, kind: RouteKind, ctx: &Ctx<'_>) -> (Response<RespBody>, &'static str) {
+    async fn captcha(&self, kind: RouteKind, ctx: &Ctx) -> (Response<RespBody>, &'static str) {
         let issued = match self.store.issue_captcha(ctx.key).await {
             Ok(i) => i,
             Err(Unavailable) => return (self.refuse(store_unavailable(), ctx), "rejected"),
@@ -384,7 +440,7 @@ impl Gateway {
         req: Request<Incoming>,
         peer: IpAddr,
         label: &'static str,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
     ) -> (Response<RespBody>, &'static str) {
         let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
         let req = req.map(|b| Either::Left(Limited::new(b, limit)));
@@ -399,7 +455,7 @@ impl Gateway {
         req: Request<UpstreamBody>,
         peer: IpAddr,
         label: &'static str,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
     ) -> Result<Response<Incoming>, (Response<RespBody>, &'static str)> {
         let started = Instant::now();
         let trusted = self.client_ip.is_trusted(peer);
@@ -448,27 +504,111 @@ impl Gateway {
         })
     }
 
-    /// A login, registration, password or GraphQL request: read, judge, forward, learn.
+    /// A guarded request (login, registration, password, code, GraphQL):
+    /// read its body, judge every call it makes, forward, learn each
+    /// call's outcome.
     async fn guarded(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         route: &Route,
         policy: &CompiledPolicy,
         peer: IpAddr,
-        ctx: &Ctx<'_>,
+        ctx: &Ctx,
     ) -> (Response<RespBody>, &'static str) {
         let label = route.kind.as_str();
         let (mut parts, body) = req.into_parts();
-        let body_kind = extract::body_kind(
-            parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            parts
-                .headers
-                .get(header::CONTENT_ENCODING)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let bytes = match self.read_guarded_body(body, ctx).await {
+            Ok(b) => b,
+            Err(r) => return (r, "rejected"),
+        };
+        let calls = match self.calls(route, &parts.headers, &bytes, ctx) {
+            Ok(c) => c,
+            Err(r) => return (*r, "rejected"),
+        };
+        // Rate limits the request could not pass before its calls were known
+        // (GraphQL, and end users named by a trusted backend): one token per
+        // call, so a batch pays for every attempt in it.
+        if route.kind == RouteKind::Graphql || ctx.via_backend {
+            if calls.is_empty() {
+                if let Some(r) = self.rate_limit(RouteKind::Other, ctx) {
+                    return (r, "rejected");
+                }
+            }
+            for call in &calls {
+                let c = ctx.for_client(call.client);
+                if let Some(r) = self.rate_limit(call.kind, &c) {
+                    return (r, "rejected");
+                }
+            }
+        }
+        let holds = match self.judge(policy, &calls, &parts.headers, ctx).await {
+            Ok(h) => h,
+            Err(r) => return (*r, "rejected"),
+        };
+
+        // Forward the body we read. Outcomes are read from an uncompressed answer.
+        if holds.is_empty() {
+            let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+            return match self.forward(req, peer, label, ctx).await {
+                Ok(resp) => (resp.map(|b| Either::Left(Replay::new(b))), "forwarded"),
+                Err(r) => r,
+            };
+        }
+        parts.headers.remove(header::ACCEPT_ENCODING);
+        let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+        // Once forwarded, the attempt counts whatever the client does: the
+        // upstream's answer is read and the slots settled in a task of their
+        // own, which a client hanging up does not cancel. Such tasks are
+        // bounded by the slots they hold (at most the limits in flight).
+        let gw = self.clone();
+        let task_ctx = ctx.clone();
+        let places: Vec<Place> = calls.iter().map(|c| c.place.clone()).collect();
+        let kinds: Vec<RouteKind> = calls.iter().map(|c| c.kind).collect();
+        let task = tokio::spawn(async move {
+            let resp = match gw.forward(req, peer, label, &task_ctx).await {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            let (resp, verdicts) = gw.read_outcome(resp, &places).await;
+            for (kind, v) in kinds.iter().zip(&verdicts) {
+                if matches!(kind, RouteKind::Login) {
+                    gw.metrics
+                        .login_outcomes
+                        .with_label_values(&[v.as_str()])
+                        .inc();
+                }
+            }
+            Slot::settle_all(holds.into_iter().map(|h| {
+                let commit = verdicts.get(h.call).is_some_and(|v| h.on.commits(*v));
+                (h.slot, commit)
+            }));
+            (resp, "forwarded")
+        });
+        let mut watch = Abandoned {
+            done: false,
+            counter: &self.metrics.abandoned_attempts,
+        };
+        let out = match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the forwarding task failed");
+                (
+                    response::envelope(StatusCode::BAD_GATEWAY, 502, "upstream request failed"),
+                    "upstream_error",
+                )
+            }
+        };
+        watch.done = true;
+        out
+    }
+
+    /// Reads a guarded request's whole body (up to `inspect_body_bytes`, within
+    /// `body_read_timeout`).
+    async fn read_guarded_body(
+        &self,
+        body: Incoming,
+        ctx: &Ctx,
+    ) -> Result<Bytes, Response<RespBody>> {
         let collect = Limited::new(body, self.settings.inspect_body_bytes).collect();
         // A body that trickles in would hold the connection (and its slot)
         // for as long as the client likes: bound the read.
@@ -487,10 +627,10 @@ impl Gateway {
             // The rest of the body may still come: it must not be read as a request.
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (r, "rejected");
+            return Err(r);
         };
-        let bytes = match read {
-            Ok(b) => b.to_bytes(),
+        match read {
+            Ok(b) => Ok(b.to_bytes()),
             Err(e) => {
                 let rej = if e.is::<http_body_util::LengthLimitError>() {
                     Rejection::http(
@@ -508,291 +648,299 @@ impl Gateway {
                     )
                 };
                 // The body is gone: even in dry run there is nothing left to forward.
-                return (self.refuse(rej, ctx), "rejected");
+                Err(self.refuse(rej, ctx))
             }
+        }
+    }
+
+    /// The guarded calls a request makes: one for a REST route, one per
+    /// guarded field for GraphQL (none: forwarded as "other"). A body that
+    /// cannot be judged is refused (in dry run: forwarded unjudged).
+    fn calls(
+        &self,
+        route: &Route,
+        headers: &http::HeaderMap,
+        bytes: &[u8],
+        ctx: &Ctx,
+    ) -> Result<Vec<Call>, Box<Response<RespBody>>> {
+        let norm = self.settings.normalize;
+        let kind = extract::body_kind(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            headers
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let with_token = |mut facts: Facts, fields: &crate::classify::Fields| {
+            if facts.identifier.is_none() {
+                if let Some(h) = &fields.token_header {
+                    facts.identifier = extract::token_identifier(headers, h);
+                }
+            }
+            facts
         };
-        let judged = body_kind.and_then(|k| {
+        let read: Result<Vec<(RouteKind, Facts, Place)>, ExtractError> = kind.and_then(|k| {
             if route.kind == RouteKind::Graphql {
-                let v = extract::parse_body(k, &bytes)?;
-                extract::graphql(&v, self.routes.graphql_ops())
-                    .map(|c| c.map(|c| (c.op.kind, c.facts)))
+                let found = extract::graphql::calls(k, bytes, self.routes.graphql_ops())?;
+                // Errors without a `path` belong to every field of their request.
+                let alone =
+                    |i: Option<usize>| found.iter().filter(|c| c.batch_index == i).count() == 1;
+                found
+                    .iter()
+                    .map(|c| {
+                        let facts = extract::facts(&c.args, &c.op.fields, norm)?;
+                        Ok((
+                            c.op.kind,
+                            with_token(facts, &c.op.fields),
+                            Place::Graphql {
+                                batch: c.batch_index,
+                                key: c.response_key.clone(),
+                                alone: alone(c.batch_index),
+                            },
+                        ))
+                    })
+                    .collect()
             } else {
-                extract::body_facts(k, &bytes, &route.fields).map(|f| Some((route.kind, f)))
+                let facts = extract::body_facts(k, bytes, &route.fields, norm)?;
+                Ok(vec![(
+                    route.kind,
+                    with_token(facts, &route.fields),
+                    Place::Whole,
+                )])
             }
         });
-        let (kind, facts) = match judged {
-            Ok(Some(kf)) => kf,
-            Ok(None) => (RouteKind::Other, Facts::default()),
-            Err(e) => {
-                let (status, reason) = match e {
-                    ExtractError::ContentType(_) => (
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        "unsupported_content_type",
-                    ),
-                    ExtractError::Compressed => {
-                        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "compressed_body")
-                    }
-                    ExtractError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_body"),
-                    ExtractError::Graphql(_) => (StatusCode::BAD_REQUEST, "ambiguous_graphql"),
-                };
-                if let Some(r) =
-                    self.reject(Rejection::http("body", reason, status, e.to_string()), ctx)
-                {
-                    return (r, "rejected");
-                }
-                (RouteKind::Other, Facts::default())
-            }
-        };
-        if route.kind == RouteKind::Graphql {
-            if let Some(r) = self.rate_limit(kind, ctx) {
-                return (r, "rejected");
-            }
-        }
-        if matches!(facts.password, Some(Password::Encrypted)) {
-            self.metrics.encrypted_passwords.inc();
-        }
-
-        // Judge. Permits are held until the upstream answers.
-        let mut ip_permit: Option<Slot> = None;
-        let mut account_permit: Option<Slot> = None;
-        let mut register_permit: Option<Slot> = None;
-        match kind {
-            RouteKind::Login => match self.login(policy, &parts.headers, &facts, ctx).await {
-                Ok((ip, acct)) => {
-                    ip_permit = ip;
-                    account_permit = acct;
-                }
-                Err(r) => return (*r, "rejected"),
-            },
-            RouteKind::Register => {
-                if let Err(rej) = guards::registration(policy, &facts) {
-                    if let Some(r) = self.reject(rej, ctx) {
-                        return (r, "rejected");
-                    }
-                }
-                if let Some(limit) = policy.register_limit {
-                    match self.register_slot(limit, ctx).await {
-                        Ok(slot) => register_permit = slot,
-                        Err(r) => return (*r, "rejected"),
-                    }
-                }
-            }
-            RouteKind::Password => {
-                if let Err(rej) =
-                    guards::password_strength(&policy.password_rule, facts.password.as_ref())
-                {
-                    if let Some(r) = self.reject(rej, ctx) {
-                        return (r, "rejected");
-                    }
-                }
-            }
-            _ => {}
-        }
-
-        // Forward the body we read. Outcomes are read from an uncompressed answer.
-        let learn = ip_permit.is_some() || account_permit.is_some() || register_permit.is_some();
-        if learn {
-            parts.headers.remove(header::ACCEPT_ENCODING);
-        }
-        let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-        let resp = match self.forward(req, peer, label, ctx).await {
+        let read = match read {
             Ok(r) => r,
-            Err(r) => return r,
-        };
-        if !learn {
-            return (resp.map(|b| Either::Left(Replay::new(b))), "forwarded");
-        }
-        let (resp, verdict) = self.read_outcome(resp).await;
-        if kind == RouteKind::Login {
-            self.metrics
-                .login_outcomes
-                .with_label_values(&[verdict.as_str()])
-                .inc();
-        }
-        Slot::settle_all([
-            (
-                ip_permit,
-                matches!(verdict, Outcome::WrongPassword | Outcome::Failed),
-            ),
-            (account_permit, verdict == Outcome::WrongPassword),
-            (register_permit, verdict == Outcome::Success),
-        ]);
-        (resp, "forwarded")
-    }
-
-    /// The `frequentRegisterCheck` slot of a registration.
-    async fn register_slot(
-        &self,
-        limit: crate::policy::WindowLimit,
-        ctx: &Ctx<'_>,
-    ) -> Result<Option<Slot>, Box<Response<RespBody>>> {
-        let ask = Ask {
-            counter: Counter::RegisterIp,
-            subject: Subject::Client(ctx.key),
-            limit,
-        };
-        let too_frequent = |reason| {
-            Rejection::business("register_limit", reason, 2100, "注册过于频繁，请稍候再试")
-        };
-        let [r] = self
-            .store
-            .reserve([Some(ask)], false)
-            .await
-            .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?;
-        let rej = match r {
-            Some(Reservation::Held(slot)) => return Ok(Some(slot)),
-            None => return Ok(None),
-            Some(Reservation::Denied(wait)) => too_frequent("too_frequent").retry_after(wait),
-            // Fail closed: a registration we cannot count is refused.
-            Some(Reservation::Full) => {
-                too_frequent("store_full").retry_after(std::time::Duration::from_secs(10))
+            Err(e) => {
+                let (status, reason) = e.status_reason();
+                let rej = Rejection::http("body", reason, status, e.to_string());
+                return match self.reject(rej, ctx) {
+                    Some(r) => Err(Box::new(r)),
+                    // Dry run: forwarded unjudged.
+                    None => Ok(Vec::new()),
+                };
             }
         };
-        if let Some(r) = self.reject(rej, ctx) {
-            return Err(Box::new(r));
+        let mut calls = Vec::with_capacity(read.len());
+        for (kind, facts, place) in read {
+            let client = match self.end_user(&facts, ctx) {
+                Ok(c) => c,
+                Err(rej) => match self.reject(rej, ctx) {
+                    Some(r) => return Err(Box::new(r)),
+                    None => (ctx.client_ip, ctx.key),
+                },
+            };
+            calls.push(Call {
+                kind,
+                facts,
+                place,
+                client,
+            });
         }
-        // Dry run: forward, and count it all the same.
-        let [r] = self
-            .store
-            .reserve([Some(ask)], true)
-            .await
-            .unwrap_or([None]);
-        Ok(match r {
-            Some(Reservation::Held(slot)) => Some(slot),
-            _ => None,
-        })
+        Ok(calls)
     }
 
-    fn refuse_boxed(&self, rej: Rejection, ctx: &Ctx<'_>) -> Box<Response<RespBody>> {
-        Box::new(self.refuse(rej, ctx))
+    /// The end user of a call: the body's `clientIp` when a trusted backend
+    /// sent it, else the request's client.
+    fn end_user(&self, facts: &Facts, ctx: &Ctx) -> Result<(IpAddr, u128), Rejection> {
+        match (&facts.client_ip, ctx.via_backend) {
+            (Some(raw), true) => match crate::client_ip::parse_client_ip(raw) {
+                Some(ip) => Ok((ip, self.store.local.client_key(ip))),
+                None => Err(bad_client_ip("the body's clientIp is not an IP address")),
+            },
+            _ => Ok((ctx.client_ip, ctx.key)),
+        }
     }
 
-    /// The login checks: per-IP failures, per-account wrong passwords, captcha.
-    async fn login(
+    /// Judges every call of a request against the policy and the counters:
+    /// the slots to hold while it is forwarded, or the answer refusing it.
+    /// Every guard decides on its own; the request is refused by the first
+    /// violation whose guard is not in dry run, and each shadowed violation
+    /// is logged and counted under its own guard.
+    async fn judge(
         &self,
         policy: &CompiledPolicy,
+        calls: &[Call],
         headers: &http::HeaderMap,
-        facts: &Facts,
-        ctx: &Ctx<'_>,
-    ) -> Result<LoginPermits, Box<Response<RespBody>>> {
-        let account = facts
-            .identifier
-            .as_ref()
-            .filter(|_| facts.password.is_some())
-            .map(|id| id.value.as_str());
-        let ip_ask = policy.login_fail.map(|limit| Ask {
-            counter: Counter::LoginIp,
-            subject: Subject::Client(ctx.key),
-            limit,
-        });
-        let acct_ask = match (policy.password_fail, account) {
-            (Some(limit), Some(a)) => Some(Ask {
-                counter: Counter::Account,
-                subject: Subject::Account(a),
-                limit,
-            }),
-            _ => None,
-        };
-        // One call (one round trip to a shared store) for both counters.
-        let [ip_r, acct_r] = self
+        ctx: &Ctx,
+    ) -> Result<Vec<Hold>, Box<Response<RespBody>>> {
+        let mut violations: Vec<(usize, Rejection)> = Vec::new();
+        for (i, call) in calls.iter().enumerate() {
+            let rules = match call.kind {
+                RouteKind::Register => guards::registration_violations(policy, &call.facts),
+                RouteKind::Password => {
+                    guards::password_strength(&policy.password_rule, call.facts.password.as_ref())
+                        .err()
+                        .into_iter()
+                        .collect()
+                }
+                _ => Vec::new(),
+            };
+            if matches!(call.kind, RouteKind::Register | RouteKind::Password)
+                && matches!(call.facts.password, Some(Password::Encrypted))
+                && !matches!(policy.password_rule, crate::policy::PasswordRule::None)
+            {
+                self.metrics.encrypted_passwords.inc();
+            }
+            violations.extend(rules.into_iter().map(|r| (i, r)));
+        }
+
+        // Every counter of every call, in one round trip to a shared store.
+        let planned: Vec<Planned> = calls
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| plan(i, c, policy, &self.settings.send_code))
+            .collect();
+        let asks: Vec<Ask<'_>> = planned.iter().map(|p| p.ask(calls)).collect();
+        let answers = self
             .store
-            .reserve([ip_ask, acct_ask], false)
+            .reserve(&asks, false)
             .await
-            .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?;
-        // A client or account we cannot count (its counter is full) must solve
-        // a captcha: fail safe, but never a lockout, whatever the strategy,
-        // or anyone able to fill the table could lock every new account.
-        let full = std::time::Duration::from_secs(1);
-        let acct_full = matches!(acct_r, Some(Reservation::Full));
-        let split = |r: Option<Reservation>| match r {
-            Some(Reservation::Held(s)) => (Some(s), None),
-            Some(Reservation::Denied(wait)) => (None, Some(wait)),
-            Some(Reservation::Full) => (None, Some(full)),
-            None => (None, None),
-        };
-        let (mut ip_permit, ip_over) = split(ip_r);
-        let (mut acct_permit, acct_over) = split(acct_r);
-        let (ip_over, acct_over) = if acct_full {
-            (ip_over.or(Some(full)), None)
-        } else {
-            (ip_over, acct_over)
-        };
-        let token = facts
-            .captcha_token
-            .clone()
-            .or_else(|| captcha_cookie(headers));
-        let sent = facts.captcha_code.is_some();
-        let force = match guards::login_gate(policy, ip_over, acct_over, sent) {
-            LoginGate::Forward => false,
-            LoginGate::VerifyCaptcha => {
-                let code = facts.captcha_code.as_deref().unwrap_or("");
-                let checked = match token.as_deref() {
-                    Some(t) => self
-                        .store
-                        .verify_captcha(t, ctx.key, code)
-                        .await
-                        .map_err(|_| self.refuse_boxed(store_unavailable(), ctx))?,
-                    None => Err(crate::captcha::Rejected::Unknown),
-                };
-                match checked {
-                    Ok(()) => {
-                        let guard = if ip_over.is_some() {
-                            "login_fail"
+            .map_err(|_| Box::new(self.refuse(store_unavailable(), ctx)))?;
+
+        let mut holds = Vec::new();
+        let mut denied: Vec<usize> = Vec::new();
+        let mut over = vec![guards::Over::default(); calls.len()];
+        for (n, (p, answer)) in planned.iter().zip(answers).enumerate() {
+            let wait = match answer {
+                Reservation::Held(slot) => {
+                    holds.push(Hold {
+                        slot,
+                        call: p.call,
+                        on: p.on,
+                    });
+                    continue;
+                }
+                Reservation::Denied(wait) => Some(wait),
+                Reservation::Full => None,
+            };
+            denied.push(n);
+            let full = std::time::Duration::from_secs(1);
+            let o = &mut over[p.call];
+            match p.role {
+                Role::FailClient => o.client = Some(wait.unwrap_or(full)),
+                Role::FailAccount => {
+                    o.account = Some(wait.unwrap_or(full));
+                    o.account_full = wait.is_none();
+                }
+                // Fail closed: a registration we cannot count is refused.
+                Role::Register => violations.push((
+                    p.call,
+                    match wait {
+                        Some(w) => guards::register_too_frequent("too_frequent", w),
+                        None => guards::register_too_frequent(
+                            "store_full",
+                            std::time::Duration::from_secs(10),
+                        ),
+                    },
+                )),
+                Role::SendClient | Role::SendRecipient => violations.push((
+                    p.call,
+                    guards::send_code_limited(
+                        if p.role == Role::SendClient {
+                            "client_limit"
                         } else {
-                            "password_fail"
-                        };
-                        self.metrics
-                            .guard_decisions
-                            .with_label_values(&[guard, "allow_captcha", "captcha_solved"])
-                            .inc();
-                        true
-                    }
-                    Err(why) => {
-                        if let Some(r) = self.reject(guards::captcha_failed(why.as_str()), ctx) {
-                            return Err(Box::new(r));
+                            "recipient_limit"
+                        },
+                        wait.unwrap_or(std::time::Duration::from_secs(10)),
+                    ),
+                )),
+            }
+        }
+
+        // Calls over a failure limit: a captcha sent with them may let them through.
+        let cookie = captcha_cookie(headers);
+        for (i, call) in calls.iter().enumerate() {
+            let o = &over[i];
+            if !o.any() {
+                continue;
+            }
+            let captcha =
+                if guards::captcha_can_help(policy, o) && call.facts.captcha_code.is_some() {
+                    let code = call.facts.captcha_code.as_deref().unwrap_or("");
+                    let token = call.facts.captcha_token.as_deref().or(cookie.as_deref());
+                    let checked = match token {
+                        Some(t) => self
+                            .store
+                            .verify_captcha(t, call.client.1, code)
+                            .await
+                            .map_err(|_| Box::new(self.refuse(store_unavailable(), ctx)))?,
+                        None => Err(crate::captcha::Rejected::Unknown),
+                    };
+                    match checked {
+                        Ok(()) => {
+                            let guard = if o.client.is_some() {
+                                "login_fail"
+                            } else {
+                                "password_fail"
+                            };
+                            self.metrics
+                                .guard_decisions
+                                .with_label_values(&[guard, "allow_captcha", "captcha_solved"])
+                                .inc();
+                            guards::CaptchaCheck::Solved
                         }
-                        true
+                        Err(why) => guards::CaptchaCheck::Failed(why.as_str()),
                     }
-                }
-            }
-            LoginGate::Reject(rej) => {
-                if let Some(r) = self.reject(rej, ctx) {
-                    return Err(Box::new(r));
-                }
-                true
-            }
-        };
-        if force {
-            // A solved captcha (or a dry run) lets the attempt through; it still counts.
-            let ip_again = ip_ask.filter(|_| ip_permit.is_none());
-            let acct_again = acct_ask.filter(|_| acct_permit.is_none());
-            if ip_again.is_some() || acct_again.is_some() {
-                if let Ok([ip_r, acct_r]) = self.store.reserve([ip_again, acct_again], true).await {
-                    if let Some(Reservation::Held(s)) = ip_r {
-                        ip_permit = Some(s);
-                    }
-                    if let Some(Reservation::Held(s)) = acct_r {
-                        acct_permit = Some(s);
+                } else {
+                    guards::CaptchaCheck::NotSent
+                };
+            violations.extend(
+                guards::failure_violations(policy, o, captcha)
+                    .into_iter()
+                    .map(|r| (i, r)),
+            );
+        }
+
+        // Refused by the first violation not in dry run; the others are shadowed.
+        violations.sort_by_key(|(i, _)| *i);
+        if let Some(pos) = violations
+            .iter()
+            .position(|(_, r)| !self.settings.shadow(r.guard))
+        {
+            let (i, rej) = violations.swap_remove(pos);
+            return Err(Box::new(self.refuse(rej, &ctx.for_client(calls[i].client))));
+        }
+        for (i, rej) in violations {
+            self.shadow(&rej, &ctx.for_client(calls[i].client));
+        }
+
+        // What passed over a limit (a solved captcha, a dry run) still counts.
+        if !denied.is_empty() {
+            let again: Vec<Ask<'_>> = denied.iter().map(|&n| asks[n]).collect();
+            if let Ok(answers) = self.store.reserve(&again, true).await {
+                for (&n, answer) in denied.iter().zip(answers) {
+                    if let Reservation::Held(slot) = answer {
+                        holds.push(Hold {
+                            slot,
+                            call: planned[n].call,
+                            on: planned[n].on,
+                        });
                     }
                 }
             }
         }
-        Ok((ip_permit, acct_permit))
+        Ok(holds)
     }
 
-    /// Reads the upstream's answer (up to the limit) to learn the outcome, and
-    /// gives the client the same bytes.
-    async fn read_outcome(&self, resp: Response<Incoming>) -> (Response<RespBody>, Outcome) {
+    /// Reads the upstream's answer (up to the limit) to learn each call's
+    /// outcome, and gives the client the same bytes.
+    async fn read_outcome(
+        &self,
+        resp: Response<Incoming>,
+        places: &[Place],
+    ) -> (Response<RespBody>, Vec<Outcome>) {
         let (parts, mut body) = resp.into_parts();
         let compressed = parts
             .headers
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         if compressed {
-            let verdict = outcome::judge(parts.status, None);
+            let verdicts = outcome::judge_calls(parts.status, None, places);
             return (
                 Response::from_parts(parts, Either::Left(Replay::new(body))),
-                verdict,
+                verdicts,
             );
         }
         let mut buf = bytes::BytesMut::new();
@@ -813,7 +961,7 @@ impl Gateway {
                             502,
                             "upstream answer broke off",
                         ),
-                        Outcome::Unknown,
+                        vec![Outcome::Unknown; places.len()],
                     );
                 }
                 None => {
@@ -823,19 +971,188 @@ impl Gateway {
             }
         }
         let bytes = buf.freeze();
-        let verdict = outcome::judge(parts.status, ended.then_some(&bytes[..]));
+        let verdicts = outcome::judge_calls(parts.status, ended.then_some(&bytes[..]), places);
         let body = if ended {
             Either::Right(Full::new(bytes))
         } else {
             // Larger than we read: replay what we read, stream the rest.
             Either::Left(Replay::with_prefix(bytes, Some(body)))
         };
-        (Response::from_parts(parts, body), verdict)
+        (Response::from_parts(parts, body), verdicts)
     }
 }
 
-/// The per-IP and per-account slots a forwarded login holds.
-type LoginPermits = (Option<Slot>, Option<Slot>);
+/// One guarded operation of a request: the request itself (REST), or one
+/// guarded field of a GraphQL request or batch.
+struct Call {
+    kind: RouteKind,
+    facts: Facts,
+    /// Where its verdict is in the answer.
+    place: Place,
+    /// Its end user: address and counter key.
+    client: (IpAddr, u128),
+}
+
+/// What a counter slot stands for, to read its reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `loginFailCheck`: the client's failures.
+    FailClient,
+    /// `loginPasswordFailCheck`: the account's failures.
+    FailAccount,
+    /// `frequentRegisterCheck`.
+    Register,
+    /// `guards.send_code.per_client`.
+    SendClient,
+    /// `guards.send_code.per_recipient`.
+    SendRecipient,
+}
+
+/// Which outcome commits a held slot (any other releases it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitOn {
+    /// The attempt failed in any way (a client's failure counter).
+    Failure,
+    /// A wrong password; for a call that proves itself with a one-time
+    /// code or token instead, any failure (an account's counter).
+    AccountFailure {
+        /// The call's secret is a code or token, not a password.
+        code: bool,
+    },
+    /// It succeeded, or its answer could not be read (registrations, sends).
+    Success,
+}
+
+impl CommitOn {
+    fn commits(self, o: Outcome) -> bool {
+        match self {
+            CommitOn::Failure => matches!(
+                o,
+                Outcome::WrongPassword | Outcome::Failed | Outcome::Unreadable
+            ),
+            CommitOn::AccountFailure { code } => {
+                o == Outcome::WrongPassword || (code && o == Outcome::Failed)
+            }
+            CommitOn::Success => matches!(o, Outcome::Success | Outcome::Unreadable),
+        }
+    }
+}
+
+/// One counter a call asks for.
+struct Planned {
+    call: usize,
+    role: Role,
+    on: CommitOn,
+    limit: crate::policy::WindowLimit,
+}
+
+impl Planned {
+    fn ask<'a>(&self, calls: &'a [Call]) -> Ask<'a> {
+        let call = &calls[self.call];
+        let account = || {
+            Subject::Account(
+                call.facts
+                    .identifier
+                    .as_ref()
+                    .map_or("", |id| id.value.as_str()),
+            )
+        };
+        let (counter, subject) = match self.role {
+            Role::FailClient => (Counter::LoginIp, Subject::Client(call.client.1)),
+            Role::FailAccount => (Counter::Account, account()),
+            Role::Register => (Counter::RegisterIp, Subject::Client(call.client.1)),
+            Role::SendClient => (Counter::SendClient, Subject::Client(call.client.1)),
+            Role::SendRecipient => (Counter::SendRecipient, account()),
+        };
+        Ask {
+            counter,
+            subject,
+            limit: self.limit,
+        }
+    }
+}
+
+/// The counters a call asks for, with what commits each.
+fn plan(
+    i: usize,
+    call: &Call,
+    policy: &CompiledPolicy,
+    send: &crate::config::SendCodeConfig,
+) -> Vec<Planned> {
+    let f = &call.facts;
+    let mut out = Vec::new();
+    let mut push = |role, on, limit: Option<crate::policy::WindowLimit>| {
+        if let Some(limit) = limit {
+            out.push(Planned {
+                call: i,
+                role,
+                on,
+                limit,
+            });
+        }
+    };
+    // A guessing surface: a login or check, or any call proving itself
+    // with a code, token or old password.
+    let guesses = matches!(call.kind, RouteKind::Login | RouteKind::Verify) || f.proof;
+    if guesses {
+        push(Role::FailClient, CommitOn::Failure, policy.login_fail);
+        let secret = f.password.is_some() || f.proof;
+        if f.identifier.is_some() && secret {
+            let code = f.proof && (f.password.is_none() || !matches!(call.kind, RouteKind::Login));
+            push(
+                Role::FailAccount,
+                CommitOn::AccountFailure { code },
+                policy.password_fail,
+            );
+        }
+    }
+    match call.kind {
+        RouteKind::Register => push(Role::Register, CommitOn::Success, policy.register_limit),
+        RouteKind::SendCode => {
+            let lim = |n: u32| {
+                (n > 0).then_some(crate::policy::WindowLimit {
+                    limit: n,
+                    window: send.window,
+                })
+            };
+            push(Role::SendClient, CommitOn::Success, lim(send.per_client));
+            if f.identifier.is_some() {
+                push(
+                    Role::SendRecipient,
+                    CommitOn::Success,
+                    lim(send.per_recipient),
+                );
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A slot a forwarded call holds until its outcome is known.
+struct Hold {
+    slot: Slot,
+    call: usize,
+    on: CommitOn,
+}
+
+/// Counts a guarded request whose client went away after it was forwarded.
+struct Abandoned<'a> {
+    done: bool,
+    counter: &'a prometheus::IntCounter,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.counter.inc();
+        }
+    }
+}
+
+fn bad_client_ip(message: &'static str) -> Rejection {
+    Rejection::http("body", "bad_client_ip", StatusCode::BAD_REQUEST, message)
+}
 
 /// The answer when the shared store is down and its fallback is `closed`.
 fn store_unavailable() -> Rejection {

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub captchas_issued: prometheus::IntCounter,
     /// `poolgate_encrypted_passwords_total`: clear-text checks skipped because the password was encrypted.
     pub encrypted_passwords: prometheus::IntCounter,
+    /// `poolgate_abandoned_attempts_total`: guarded requests whose client went
+    /// away after they were forwarded (the answer is still read and counted).
+    pub abandoned_attempts: prometheus::IntCounter,
     /// `poolgate_store_duration_seconds{op}`: time of shared-store (Redis) calls.
     pub store_duration: HistogramVec,
     /// `poolgate_store_errors_total{op, kind}`: failed shared-store calls (timeout, io, server...).
@@ -226,6 +229,14 @@ impl Metrics {
                 IntGauge::new(
                     "poolgate_store_breaker_open",
                     "1 while the circuit breaker keeps the shared store out of the request path.",
+                )
+                .expect("valid metric"),
+            ),
+            abandoned_attempts: register(
+                r,
+                prometheus::IntCounter::new(
+                    "poolgate_abandoned_attempts_total",
+                    "Guarded requests whose client went away after poolgate forwarded them; their answer was still read and counted.",
                 )
                 .expect("valid metric"),
             ),

@@ -67,7 +67,7 @@ async fn an_upstream_that_hangs_on_a_login_gives_504_and_releases_the_reservatio
 }
 
 #[tokio::test]
-async fn an_upstream_that_fails_a_login_counts_nothing_against_the_client() {
+async fn an_upstream_that_fails_a_login_counts_nothing_and_an_unreadable_answer_is_no_success() {
     bounded("test", LIMIT, async {
         let (up, app, _dir) = start_fixture(|_| {}).await;
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
@@ -98,15 +98,15 @@ async fn an_upstream_that_fails_a_login_counts_nothing_against_the_client() {
         assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(ip_counter(admin).await, (0, 0), "5xx");
 
-        // A 2xx that is not JSON: the status is all there is to go by, and it
-        // says the login did not fail. Counted as no failure either.
+        // A 2xx that is not JSON says nothing readable about the login: never
+        // a success, so it counts against the client (not against an account).
         up.set_mode(UpMode::Raw(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 13\r\nconnection: close\r\n\r\n<html>oops</>",
         ));
         let r = login(gw).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.text(), "<html>oops</>", "passed through as it came");
-        assert_eq!(ip_counter(admin).await, (0, 0), "non-JSON 2xx");
+        assert_eq!(ip_counter(admin).await, (1, 0), "non-JSON 2xx");
 
         let m = metrics(admin).await;
         assert_eq!(
@@ -119,7 +119,7 @@ async fn an_upstream_that_fails_a_login_counts_nothing_against_the_client() {
             "the broken answer and the 5xx"
         );
         assert_eq!(
-            metric(&m, "poolgate_login_outcomes_total", &[("outcome", "success")]),
+            metric(&m, "poolgate_login_outcomes_total", &[("outcome", "unreadable")]),
             Some(1.0),
             "the non-JSON 2xx"
         );
@@ -128,12 +128,12 @@ async fn an_upstream_that_fails_a_login_counts_nothing_against_the_client() {
             None
         );
 
-        // Healthy again: a real wrong password is counted as one.
+        // Healthy again: a real wrong password is counted as one more.
         up.set_mode(UpMode::Raw(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 45\r\nconnection: close\r\n\r\n{\"code\":2333,\"message\":\"wrong\",\"data\":null}  ",
         ));
         let _ = login(gw).await;
-        assert_eq!(ip_counter(admin).await, (1, 0));
+        assert_eq!(ip_counter(admin).await, (2, 0));
         app.shutdown().await;
     })
     .await;

@@ -1,6 +1,6 @@
 //! Body field extraction: `extract::body_kind`, `extract::body_facts` (JSON
 //! through the lazy view, form bodies), `extract::parse_body` and
-//! `extract::graphql`.
+//! `extract::graphql::calls`.
 //!
 //! The body is the attacker's, and the facts read from it pick the account
 //! counter, the whitelist entry and the password judged. Besides "no panic":
@@ -13,7 +13,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use poolgate::classify::{default_graphql_ops, default_routes, Fields, IdField, IdKind};
-use poolgate::extract::{self, BodyKind, Facts, Password};
+use poolgate::extract::{self, BodyKind, Facts, Normalize, Password};
 use serde_json::Value;
 
 #[derive(Arbitrary, Debug)]
@@ -57,11 +57,11 @@ fn is_number_at(v: &Value, p: &Option<String>) -> bool {
 }
 
 fn check_json(body: &[u8], fields: &Fields) {
-    let lazy = extract::body_facts(BodyKind::Json, body, fields);
+    let lazy = extract::body_facts(BodyKind::Json, body, fields, Normalize::default());
     let full = extract::parse_body(BodyKind::Json, body);
     match (&lazy, &full) {
         (Ok(l), Ok(v)) => {
-            let f = match extract::facts(v, fields) {
+            let f = match extract::facts(v, fields, Normalize::default()) {
                 Ok(f) => f,
                 // `Value` renders an integer past u64 as a float, which is
                 // refused; the lazy view reads its digits.
@@ -133,6 +133,7 @@ fuzz_target!(|input: Input<'_>| {
             captcha_code: c.captcha_code.as_deref().map(pointer),
             captcha_token: c.captcha_token.as_deref().map(pointer),
             encrypt_type: c.encrypt_type.as_deref().map(pointer),
+            ..Fields::default()
         },
     };
 
@@ -141,23 +142,21 @@ fuzz_target!(|input: Input<'_>| {
         input.content_type.as_deref(),
         input.content_encoding.as_deref(),
     ) {
-        if let Ok(f) = extract::body_facts(k, input.body, &fields) {
+        if let Ok(f) = extract::body_facts(k, input.body, &fields, Normalize::default()) {
             check_facts(&f);
         }
     }
     check_json(input.body, &fields);
-    if let Ok(f) = extract::body_facts(BodyKind::Form, input.body, &fields) {
+    if let Ok(f) = extract::body_facts(BodyKind::Form, input.body, &fields, Normalize::default()) {
         check_facts(&f);
     }
 
-    // GraphQL: the body as JSON, as a bare document, and a built request.
+    // GraphQL: the body as JSON, form and a bare document, and a built request.
     let ops = default_graphql_ops();
-    let mut docs: Vec<Value> = Vec::new();
-    for k in [BodyKind::Json, BodyKind::GraphqlText] {
-        if let Ok(v) = extract::parse_body(k, input.body) {
-            docs.push(v);
-        }
-    }
+    let mut docs: Vec<(BodyKind, Vec<u8>)> = [BodyKind::Json, BodyKind::Form, BodyKind::GraphqlText]
+        .into_iter()
+        .map(|k| (k, input.body.to_vec()))
+        .collect();
     if let Some((query, vars)) = &input.graphql {
         let variables: serde_json::Map<String, Value> = vars
             .iter()
@@ -169,17 +168,19 @@ fuzz_target!(|input: Input<'_>| {
                 )
             })
             .collect();
-        docs.push(serde_json::json!({ "query": query, "variables": variables }));
+        let doc = serde_json::json!({ "query": query, "variables": variables });
+        docs.push((BodyKind::Json, doc.to_string().into_bytes()));
     }
-    for doc in &docs {
-        if let Ok(Some(call)) = extract::graphql(doc, &ops) {
-            check_facts(&call.facts);
-            // The operation found is named in one of the request's queries.
-            let queries: Vec<&str> = match doc {
-                Value::Array(a) => a.iter().filter_map(|r| r["query"].as_str()).collect(),
-                r => r["query"].as_str().into_iter().collect(),
-            };
-            assert!(queries.iter().any(|q| q.contains(call.op.name)));
+    for (k, body) in &docs {
+        if let Ok(calls) = extract::graphql::calls(*k, body, &ops) {
+            for call in calls {
+                if let Ok(f) = extract::facts(&call.args, &call.op.fields, Normalize::default()) {
+                    check_facts(&f);
+                }
+                // The operation found is named in the body.
+                let text = String::from_utf8_lossy(body);
+                assert!(text.contains(call.op.name));
+            }
         }
     }
 });

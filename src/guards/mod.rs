@@ -30,6 +30,7 @@ pub const GUARD_NAMES: &[&str] = &[
     "register_limit",
     "whitelist",
     "password_strength",
+    "send_code",
     "store",
 ];
 
@@ -106,56 +107,143 @@ pub fn captcha_failed(reason: &'static str) -> Rejection {
     Rejection::business("captcha", reason, 2001, "验证码验证失败(验证码错误)")
 }
 
-/// What a login may do, given the counters' answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoginGate {
-    /// Forward it.
-    Forward,
-    /// Over a limit and a captcha was sent: verify it; forward if right.
-    VerifyCaptcha,
-    /// Over a limit and no captcha: answer 2000.
-    Reject(Rejection),
+/// Where a call stands against its failure counters (`loginFailCheck` per
+/// client, `loginPasswordFailCheck` per account): `Some(retry_after)` when
+/// that counter is at its limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Over {
+    /// The client's failure counter is at its limit.
+    pub client: Option<Duration>,
+    /// The account's counter is at its limit.
+    pub account: Option<Duration>,
+    /// The account could not be counted (its counter is full): it must
+    /// solve a captcha, but is never locked, whatever the strategy, or
+    /// anyone able to fill the table could lock every new account.
+    pub account_full: bool,
 }
 
-/// Decides a login. `ip_over` / `account_over` are `Some(retry_after)` when
-/// that counter is at its limit.
-pub fn login_gate(
+impl Over {
+    /// Whether any counter is over.
+    pub fn any(&self) -> bool {
+        self.client.is_some() || self.account.is_some()
+    }
+}
+
+/// What the captcha sent with a call said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptchaCheck {
+    /// None sent, or not checked because no counter is over.
+    NotSent,
+    /// Solved: the call may pass the captcha-strategy limits.
+    Solved,
+    /// Wrong, expired, unknown or another client's (the reason label).
+    Failed(&'static str),
+}
+
+/// Whether a call over its limits could pass with a captcha (so one sent
+/// with it is worth checking): not when the account is locked.
+pub fn captcha_can_help(policy: &CompiledPolicy, over: &Over) -> bool {
+    over.any() && !account_locked(policy, over)
+}
+
+fn account_locked(policy: &CompiledPolicy, over: &Over) -> bool {
+    over.account.is_some()
+        && !over.account_full
+        && policy.fail_strategy == FailStrategy::BlockAccount
+}
+
+/// Every rejection a call earns from its failure counters, most severe
+/// first; empty means forward. Each names its own guard, so shadowing one
+/// guard never lets another's verdict through: an account over
+/// `loginPasswordFailCheck` is refused by `password_fail` even when
+/// `login_fail` is in dry run.
+pub fn failure_violations(
     policy: &CompiledPolicy,
-    ip_over: Option<Duration>,
-    account_over: Option<Duration>,
-    captcha_sent: bool,
-) -> LoginGate {
-    if let Some(wait) = account_over {
-        if policy.fail_strategy == FailStrategy::BlockAccount {
-            // A locked account stays locked, captcha or not.
-            return LoginGate::Reject(
-                Rejection::business(
-                    "password_fail",
-                    "account_locked",
-                    2057,
-                    "密码错误次数过多，账号已被锁定，请稍后再试",
-                )
-                .retry_after(wait),
-            );
+    over: &Over,
+    captcha: CaptchaCheck,
+) -> Vec<Rejection> {
+    let mut out = Vec::new();
+    if account_locked(policy, over) {
+        // A locked account stays locked, captcha or not.
+        out.push(
+            Rejection::business(
+                "password_fail",
+                "account_locked",
+                2057,
+                "密码错误次数过多，账号已被锁定，请稍后再试",
+            )
+            .retry_after(over.account.unwrap_or(Duration::from_secs(1))),
+        );
+    }
+    let needs = [
+        ("login_fail", over.client.is_some()),
+        (
+            "password_fail",
+            over.account.is_some() && !account_locked(policy, over),
+        ),
+    ];
+    for (guard, over_limit) in needs {
+        if !over_limit {
+            continue;
+        }
+        match captcha {
+            CaptchaCheck::Solved => {}
+            CaptchaCheck::NotSent => out.push(captcha_required(guard)),
+            CaptchaCheck::Failed(why) => {
+                let r = captcha_failed(why);
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
         }
     }
-    if ip_over.is_none() && account_over.is_none() {
-        return LoginGate::Forward;
-    }
-    if captcha_sent {
-        return LoginGate::VerifyCaptcha;
-    }
-    let guard = if ip_over.is_some() {
-        "login_fail"
-    } else {
-        "password_fail"
-    };
-    LoginGate::Reject(captcha_required(guard))
+    out
+}
+
+/// The answer when one-time codes were sent too often (per client or per
+/// recipient): HTTP 429 with `Retry-After`.
+pub fn send_code_limited(reason: &'static str, wait: Duration) -> Rejection {
+    Rejection::http(
+        "send_code",
+        reason,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many one-time codes sent, try again later",
+    )
+    .retry_after(wait)
+}
+
+/// The answer when registrations from one client are too frequent (2100).
+pub fn register_too_frequent(reason: &'static str, wait: Duration) -> Rejection {
+    Rejection::business("register_limit", reason, 2100, "注册过于频繁，请稍候再试")
+        .retry_after(wait)
 }
 
 /// Registration rules that need no counter: `registerDisabled`, `whitelist`,
-/// and the password rule.
+/// and the password rule; the first broken one.
 pub fn registration(policy: &CompiledPolicy, facts: &Facts) -> Result<(), Rejection> {
+    match registration_violations(policy, facts).into_iter().next() {
+        Some(r) => Err(r),
+        None => Ok(()),
+    }
+}
+
+/// Every registration rule a call breaks, in order: `registerDisabled`,
+/// `whitelist`, the password rule (shadow mode picks the first one not shadowed).
+pub fn registration_violations(policy: &CompiledPolicy, facts: &Facts) -> Vec<Rejection> {
+    let mut out = Vec::new();
+    if let Err(r) = registration_rules(policy, facts) {
+        out.push(r);
+    }
+    if let Err(r) = whitelist(policy, facts) {
+        out.push(r);
+    }
+    if let Err(r) = password_strength(&policy.password_rule, facts.password.as_ref()) {
+        out.push(r);
+    }
+    out
+}
+
+fn registration_rules(policy: &CompiledPolicy, _facts: &Facts) -> Result<(), Rejection> {
     if policy.register_disabled {
         return Err(Rejection::business(
             "register_disabled",
@@ -164,6 +252,10 @@ pub fn registration(policy: &CompiledPolicy, facts: &Facts) -> Result<(), Reject
             "应用已禁止注册用户",
         ));
     }
+    Ok(())
+}
+
+fn whitelist(policy: &CompiledPolicy, facts: &Facts) -> Result<(), Rejection> {
     let wl = &policy.whitelist;
     if let Some(id) = &facts.identifier {
         let set = match id.kind {
@@ -190,7 +282,7 @@ pub fn registration(policy: &CompiledPolicy, facts: &Facts) -> Result<(), Reject
             "该账号不在注册白名单中",
         ));
     }
-    password_strength(&policy.password_rule, facts.password.as_ref())
+    Ok(())
 }
 
 /// `passwordStrength` on a clear password; encrypted ones pass (the upstream judges them).
@@ -278,25 +370,84 @@ mod tests {
     }
 
     #[test]
-    fn gate_decisions() {
+    fn failure_decisions() {
         let p = policy(
             r#"{"loginFailStrategy": "captcha"}"#,
             WhitelistEntries::default(),
         );
         let w = Some(Duration::from_secs(5));
-        assert_eq!(login_gate(&p, None, None, false), LoginGate::Forward);
-        assert!(
-            matches!(login_gate(&p, w, None, false), LoginGate::Reject(r) if r.code == 2000 && r.guard == "login_fail")
+        let over = |client, account| Over {
+            client,
+            account,
+            account_full: false,
+        };
+        let guards = |v: Vec<Rejection>| v.iter().map(|r| (r.guard, r.code)).collect::<Vec<_>>();
+        assert!(failure_violations(&p, &over(None, None), CaptchaCheck::NotSent).is_empty());
+        assert_eq!(
+            guards(failure_violations(
+                &p,
+                &over(w, None),
+                CaptchaCheck::NotSent
+            )),
+            [("login_fail", 2000)]
         );
-        assert_eq!(login_gate(&p, w, None, true), LoginGate::VerifyCaptcha);
-        assert!(
-            matches!(login_gate(&p, None, w, false), LoginGate::Reject(r) if r.guard == "password_fail")
+        assert!(failure_violations(&p, &over(w, w), CaptchaCheck::Solved).is_empty());
+        // Both counters over: each guard names its own verdict, so shadowing
+        // one leaves the other in force.
+        assert_eq!(
+            guards(failure_violations(&p, &over(w, w), CaptchaCheck::NotSent)),
+            [("login_fail", 2000), ("password_fail", 2000)]
+        );
+        assert_eq!(
+            guards(failure_violations(
+                &p,
+                &over(w, w),
+                CaptchaCheck::Failed("captcha_wrong")
+            )),
+            [("captcha", 2001)]
         );
         let b = policy(
             r#"{"loginFailStrategy": "block-account"}"#,
             WhitelistEntries::default(),
         );
-        assert!(matches!(login_gate(&b, None, w, true), LoginGate::Reject(r) if r.code == 2057));
+        assert_eq!(
+            guards(failure_violations(&b, &over(None, w), CaptchaCheck::Solved)),
+            [("password_fail", 2057)]
+        );
+        assert!(!captcha_can_help(&b, &over(None, w)));
+        // A full account table asks for a captcha, never locks.
+        let full = Over {
+            client: None,
+            account: w,
+            account_full: true,
+        };
+        assert_eq!(
+            guards(failure_violations(&b, &full, CaptchaCheck::NotSent)),
+            [("password_fail", 2000)]
+        );
+        assert!(captcha_can_help(&b, &full));
+    }
+
+    #[test]
+    fn every_broken_registration_rule_is_reported() {
+        let wl = WhitelistEntries {
+            email: vec!["ok@x.com".into()],
+            ..Default::default()
+        };
+        let p = policy(
+            r#"{"registerDisabled": true, "whitelist": {"emailEnabled": true}, "passwordStrength": 1}"#,
+            wl,
+        );
+        let f = Facts {
+            identifier: Some(crate::extract::identify("no@x.com", IdKind::Auto)),
+            password: clear("123"),
+            ..Default::default()
+        };
+        let v: Vec<_> = registration_violations(&p, &f)
+            .iter()
+            .map(|r| r.guard)
+            .collect();
+        assert_eq!(v, ["register_disabled", "whitelist", "password_strength"]);
     }
 
     #[test]

@@ -25,7 +25,14 @@ use crate::classify::RouteKind;
 use crate::config::{Rate, RateLimitConfig};
 
 /// The class names, in the order of [`RateLimits`]'s limiters (metric labels).
-const CLASSES: [&str; 5] = ["login", "register", "password", "captcha", "other"];
+const CLASSES: [&str; 6] = [
+    "login",
+    "register",
+    "password",
+    "captcha",
+    "other",
+    "send_code",
+];
 
 /// A keyed GCRA state store with a hard cap on keys.
 ///
@@ -131,7 +138,7 @@ type Limiter = RateLimiter<u128, CappedStore, DefaultClock, NoOpMiddleware>;
 
 /// One limiter per route class; `None` where the class is not limited.
 pub struct RateLimits {
-    limiters: [Option<(Limiter, Arc<CapStats>)>; 5],
+    limiters: [Option<(Limiter, Arc<CapStats>)>; 6],
     clock: DefaultClock,
 }
 
@@ -160,6 +167,7 @@ impl RateLimits {
                 limiter(cfg.password, cap),
                 limiter(cfg.captcha, cap),
                 limiter(cfg.other, cap),
+                limiter(cfg.send_code, cap),
             ],
             clock: DefaultClock::default(),
         }
@@ -167,11 +175,12 @@ impl RateLimits {
 
     fn for_kind(&self, kind: RouteKind) -> Option<&Limiter> {
         let i = match kind {
-            RouteKind::Login => 0,
+            RouteKind::Login | RouteKind::Verify => 0,
             RouteKind::Register => 1,
             RouteKind::Password => 2,
             RouteKind::CaptchaV2 | RouteKind::CaptchaV3 => 3,
             RouteKind::Graphql | RouteKind::Other => 4,
+            RouteKind::SendCode => 5,
         };
         self.limiters[i].as_ref().map(|(l, _)| l)
     }

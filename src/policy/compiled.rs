@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::model::{PoolDetail, WhitelistEntries, WindowCheck};
 use super::origins::OriginMatcher;
+use crate::extract::Normalize;
 
 /// A limit of `limit` events per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,11 +140,9 @@ pub mod normalize {
     pub fn email(s: &str) -> String {
         s.trim().to_lowercase()
     }
-    /// Phone numbers lose spaces, dashes, dots and parentheses.
-    pub fn phone(s: &str) -> String {
-        s.chars()
-            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')' | '\t'))
-            .collect()
+    /// Phone numbers in E.164 (see [`crate::extract::phone`]).
+    pub fn phone(s: &str, region: crate::extract::phone::PhoneRegion) -> String {
+        crate::extract::phone::normalize(s, None, region)
     }
     /// Usernames lose surrounding space.
     pub fn username(s: &str) -> String {
@@ -255,11 +254,23 @@ fn window(
 }
 
 impl CompiledPolicy {
-    /// Compiles a pool document and its whitelist entries.
+    /// Compiles a pool document and its whitelist entries (phone numbers in
+    /// the default region).
     pub fn compile(
         pool: &PoolDetail,
         entries: &WhitelistEntries,
         source: &str,
+    ) -> Result<CompiledPolicy, CompileError> {
+        Self::compile_with(pool, entries, source, Normalize::default())
+    }
+
+    /// Compiles a pool document and its whitelist entries, normalising
+    /// whitelisted identifiers as request identifiers are.
+    pub fn compile_with(
+        pool: &PoolDetail,
+        entries: &WhitelistEntries,
+        source: &str,
+        norm: Normalize,
     ) -> Result<CompiledPolicy, CompileError> {
         let mut warnings = Vec::new();
         let login_fail = window("loginFailCheck", &pool.login_fail_check, &mut warnings)?;
@@ -297,18 +308,20 @@ impl CompiledPolicy {
                 .push("allowedOrigins has no usable entry: no browser origin is allowed".into());
         }
         let t = &pool.whitelist;
-        let set = |on: Option<bool>, list: &[String], norm: fn(&str) -> String| {
+        let set = |on: Option<bool>, list: &[String], f: &dyn Fn(&str) -> String| {
             (on == Some(true)).then(|| {
                 list.iter()
-                    .map(|s| norm(s))
+                    .map(|s| f(s))
                     .filter(|s| !s.is_empty())
                     .collect()
             })
         };
         let whitelist = Whitelist {
-            username: set(t.username_enabled, &entries.username, normalize::username),
-            email: set(t.email_enabled, &entries.email, normalize::email),
-            phone: set(t.phone_enabled, &entries.phone, normalize::phone),
+            username: set(t.username_enabled, &entries.username, &normalize::username),
+            email: set(t.email_enabled, &entries.email, &normalize::email),
+            phone: set(t.phone_enabled, &entries.phone, &|s| {
+                normalize::phone(s, norm.phone_region)
+            }),
         };
         let password_rule = match pool.password_strength.unwrap_or(0) {
             0 | 5 => PasswordRule::None,

@@ -28,6 +28,12 @@ pub struct GuardState {
     pub account: Arc<WindowCounter>,
     /// `frequentRegisterCheck`: registrations per client.
     pub register_ip: Arc<WindowCounter>,
+    /// `guards.send_code.per_client`: one-time codes sent per client.
+    pub send_client: Arc<WindowCounter>,
+    /// `guards.send_code.per_recipient`: one-time codes sent per recipient.
+    pub send_recipient: Arc<WindowCounter>,
+    /// The window of the send-code counters (from the configuration).
+    pub send_window: Duration,
     /// Issued captchas.
     pub captcha: CaptchaStore,
     /// Per-client rate limits.
@@ -43,6 +49,9 @@ impl GuardState {
             login_ip: WindowCounter::new("login_ip", g.max_tracked_keys),
             account: WindowCounter::new("account", g.max_tracked_keys),
             register_ip: WindowCounter::new("register_ip", g.max_tracked_keys),
+            send_client: WindowCounter::new("send_client", g.max_tracked_keys),
+            send_recipient: WindowCounter::new("send_recipient", g.max_tracked_keys),
+            send_window: g.send_code.window,
             captcha: CaptchaStore::new(g.captcha_ttl, g.max_captchas),
             rate: RateLimits::new(rate),
             ipv6_prefix: g.ipv6_prefix,
@@ -83,6 +92,8 @@ impl GuardState {
             Counter::LoginIp => &self.login_ip,
             Counter::Account => &self.account,
             Counter::RegisterIp => &self.register_ip,
+            Counter::SendClient => &self.send_client,
+            Counter::SendRecipient => &self.send_recipient,
         }
     }
 
@@ -102,9 +113,17 @@ impl GuardState {
         self.login_ip.sweep(w(|p| p.login_fail));
         self.account.sweep(w(|p| p.password_fail));
         self.register_ip.sweep(w(|p| p.register_limit));
+        self.send_client.sweep(Some(self.send_window));
+        self.send_recipient.sweep(Some(self.send_window));
         self.captcha.sweep();
         let rate_keys = self.rate.sweep();
-        for c in [&self.login_ip, &self.account, &self.register_ip] {
+        for c in [
+            &self.login_ip,
+            &self.account,
+            &self.register_ip,
+            &self.send_client,
+            &self.send_recipient,
+        ] {
             metrics
                 .tracked_keys
                 .with_label_values(&[c.name()])
@@ -143,6 +162,10 @@ pub enum Counter {
     Account,
     /// `frequentRegisterCheck`: registrations per client.
     RegisterIp,
+    /// One-time codes sent per client.
+    SendClient,
+    /// One-time codes sent per recipient (phone number, e-mail address).
+    SendRecipient,
 }
 
 impl Counter {
@@ -152,6 +175,8 @@ impl Counter {
             Counter::LoginIp => "login_ip",
             Counter::Account => "account",
             Counter::RegisterIp => "register_ip",
+            Counter::SendClient => "send_client",
+            Counter::SendRecipient => "send_recipient",
         }
     }
 }
@@ -207,14 +232,14 @@ enum SlotInner {
 impl Slot {
     /// Commits or releases each slot; those held in the shared store are
     /// settled together, in one round trip.
-    pub fn settle_all<const N: usize>(slots: [(Option<Slot>, bool); N]) {
+    pub fn settle_all(slots: impl IntoIterator<Item = (Slot, bool)>) {
         let mut shared = Vec::new();
         for (slot, commit) in slots {
-            match slot.map(|s| s.0) {
-                Some(SlotInner::Shared(h)) => shared.push((h, commit)),
-                Some(SlotInner::Local(p)) if commit => p.commit(),
-                Some(SlotInner::Local(p)) => p.release(),
-                Some(SlotInner::Free) | None => {}
+            match slot.0 {
+                SlotInner::Shared(h) => shared.push((h, commit)),
+                SlotInner::Local(p) if commit => p.commit(),
+                SlotInner::Local(p) => p.release(),
+                SlotInner::Free => {}
             }
         }
         if !shared.is_empty() {
@@ -296,40 +321,39 @@ impl Store {
 
     /// Reserves a slot in each counter asked for (at most one round trip to
     /// Redis); with `force`, over the limit too (a solved captcha, a dry run).
-    pub async fn reserve<const N: usize>(
+    /// The answers are in the order of `asks`.
+    pub async fn reserve(
         &self,
-        asks: [Option<Ask<'_>>; N],
+        asks: &[Ask<'_>],
         force: bool,
-    ) -> Result<[Option<Reservation>; N], Unavailable> {
+    ) -> Result<Vec<Reservation>, Unavailable> {
+        if asks.is_empty() {
+            return Ok(Vec::new());
+        }
         let Some(shared) = &self.shared else {
-            return Ok(asks.map(|a| a.map(|a| self.reserve_local(&a, force))));
+            return Ok(asks.iter().map(|a| self.reserve_local(a, force)).collect());
         };
         let wanted: Vec<_> = asks
             .iter()
-            .flatten()
             .map(|a| (a.counter, a.subject, a.limit))
             .collect();
-        if wanted.is_empty() {
-            return Ok(asks.map(|_| None));
-        }
         match shared.reserve(&wanted, force).await {
-            Ok(answers) => {
-                let mut answers = answers.into_iter();
-                Ok(asks.map(|a| {
-                    a.and_then(|_| answers.next()).map(|ans| match ans {
-                        Answer::Granted(h) => Reservation::Held(Slot(SlotInner::Shared(h))),
-                        Answer::Denied { retry_after } => Reservation::Denied(retry_after),
-                    })
-                }))
-            }
+            Ok(answers) => Ok(answers
+                .into_iter()
+                .map(|ans| match ans {
+                    Answer::Granted(h) => Reservation::Held(Slot(SlotInner::Shared(h))),
+                    Answer::Denied { retry_after } => Reservation::Denied(retry_after),
+                })
+                .collect()),
             Err(_) => {
                 self.fall_back("reserve")?;
-                Ok(asks.map(|a| {
-                    a.map(|a| match self.fallback {
+                Ok(asks
+                    .iter()
+                    .map(|a| match self.fallback {
                         StoreFallback::Open => Reservation::Held(Slot(SlotInner::Free)),
-                        _ => self.reserve_local(&a, force),
+                        _ => self.reserve_local(a, force),
                     })
-                }))
+                    .collect())
             }
         }
     }
