@@ -24,6 +24,8 @@ pub struct Admin {
     pub draining: Arc<AtomicBool>,
     /// The guards' counters, for inspection and unblocking.
     pub store: Arc<Store>,
+    /// How account identifiers are normalised (as in requests).
+    pub normalize: crate::extract::Normalize,
 }
 
 impl Admin {
@@ -124,7 +126,12 @@ impl Admin {
                 }),
             )
         } else if let Some(account) = param("account") {
-            let id = crate::extract::identify(&account, crate::classify::IdKind::Auto);
+            let id = crate::extract::identify_in(
+                &account,
+                crate::classify::IdKind::Auto,
+                None,
+                self.normalize,
+            );
             let who = Subject::Account(&id.value);
             if unblock {
                 if let Err(e) = store.clear(Counter::Account, who).await {

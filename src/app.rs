@@ -118,7 +118,8 @@ impl App {
             cfg.policy.refresh_interval,
             poll,
             reload.clone(),
-        );
+        )
+        .with_normalize(normalize_of(&cfg)?);
         if let Err(e) = refresher.initial().await {
             match source_kind {
                 SourceKind::File => return Err(e.context("no policy could be loaded")),
@@ -261,6 +262,7 @@ impl App {
         }
 
         let admin = Arc::new(Admin {
+            normalize: normalize_of(&cfg)?,
             policy: policy.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),

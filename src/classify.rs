@@ -912,7 +912,25 @@ impl RouteTable {
 
     /// Whether `path`, decoded (again) and canonicalised, is a guarded route.
     fn guarded_when_decoded(&self, path: &str) -> bool {
-        canonical_path(path).is_ok_and(|p| self.by_path.contains_key(p.as_ref()))
+        canonical_path(path).is_ok_and(|p| self.guarded_loosely(&p))
+    }
+
+    /// Whether a canonical path is a guarded route, also once the white
+    /// space around each segment is trimmed.
+    fn guarded_loosely(&self, canon: &str) -> bool {
+        if self.by_path.contains_key(canon) {
+            return true;
+        }
+        if !canon.contains(|c: char| c.is_whitespace()) {
+            return false;
+        }
+        let trimmed: Vec<&str> = canon
+            .split('/')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        self.by_path
+            .contains_key(format!("/{}", trimmed.join("/")).as_str())
     }
 
     /// Classifies a request line.
@@ -927,10 +945,23 @@ impl RouteTable {
             // it keeps "other" from ever covering a guarded path.
             Some(r) => Class::WrongMethod(r),
             None => {
-                // Matching only after a second decoding means the upstream
-                // might decode twice: refuse rather than guess.
-                if canon.contains('%') && self.guarded_when_decoded(&canon) {
-                    return Class::Ambiguous("double-encoded path of a guarded route");
+                // A `%` left after one decoding: an upstream that decodes twice
+                // reads another path. When that second decoding fails (`%2500`
+                // is a NUL byte) or names a guarded route (`%252e%252e`,
+                // `%2520`), refuse rather than guess.
+                if canon.contains('%') {
+                    match canonical_path(&canon) {
+                        Err(_) => return Class::Ambiguous("a second decoding of the path fails"),
+                        Ok(twice) if self.guarded_loosely(&twice) => {
+                            return Class::Ambiguous("double-encoded path of a guarded route")
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                // A guarded route but for white space around a segment: an
+                // upstream that trims it routes it as that route.
+                if canon.contains(|c: char| c.is_whitespace()) && self.guarded_loosely(&canon) {
+                    return Class::Ambiguous("white space in the path of a guarded route");
                 }
                 // The once-decoded text too, before dot segments are resolved:
                 // in `/api%252Fx/../v2/login/account` the `%` sits in a segment
@@ -1069,6 +1100,24 @@ mod tests {
         assert!(matches!(
             table.classify(&Method::POST, "/api/v2/login/%00account"),
             Class::Ambiguous(_)
+        ));
+        // A second decoding that fails, or that names a guarded route, is
+        // ambiguous whatever the route.
+        for p in [
+            "/api/v2/users/%2500",
+            "/api/v2/%252e%252e/v2/login/account",
+            "/api/v2/login/account%2520",
+            "/api/v2/login/%2520account",
+            "/api/v2/login/account%20",
+        ] {
+            assert!(
+                matches!(table.classify(&Method::POST, p), Class::Ambiguous(_)),
+                "{p}"
+            );
+        }
+        assert!(matches!(
+            table.classify(&Method::GET, "/api/v2/users/me%20too"),
+            Class::Other
         ));
         assert!(matches!(
             table.classify(&Method::GET, "/api/v2/login/account"),

@@ -181,7 +181,8 @@ async fn check(cfg: &Config) -> anyhow::Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("the {} source did not answer within 30s", source.name()))?
         .map_err(|e| anyhow::anyhow!("the {} source failed: {e}", source.name()))?;
-    let p = CompiledPolicy::compile(&doc.pool, &doc.whitelist, source.name())
+    let norm = poolgate::app::normalize_of(cfg)?;
+    let p = CompiledPolicy::compile_with(&doc.pool, &doc.whitelist, source.name(), norm)
         .map_err(|e| anyhow::anyhow!("the pool document is not a valid policy: {e}"))?;
     let routes = poolgate::app::route_table(cfg)?;
     println!("config      ok");

@@ -29,11 +29,14 @@ fn double_encoded_segment_removed_by_dot_dot_is_ambiguous() {
     // The same hiding place in front of a login.
     assert_eq!(classify("/api%252Fx/../v2/login/account"), "ambiguous");
     assert_eq!(classify("/api/v2%252Fx/../login/account"), "ambiguous");
-    // Once encoded it is simply the route, and harmless `%25`s stay "other".
+    // Once encoded it is simply the route, and a `%25` whose second
+    // decoding reads as another harmless path stays "other"...
     assert_eq!(
         classify("/api%2Fx/../v3/update-password"),
         "route /api/v3/update-password"
     );
-    assert_eq!(classify("/api/v2/users/%25me"), "other");
     assert_eq!(classify("/static%252Fx/../app.js"), "other");
+    // ...but one whose second decoding fails cannot be read the way every
+    // upstream reads it: refused.
+    assert_eq!(classify("/api/v2/users/%25me"), "ambiguous");
 }

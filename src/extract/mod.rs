@@ -328,10 +328,9 @@ pub fn identify_in(
             let t = raw.trim();
             if t.contains('@') {
                 IdKind::Email
-            } else if t.len() >= 5
-                && t.trim_start_matches('+')
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '-' | '(' | ')' | '.'))
+            } else if t.chars().filter(char::is_ascii_digit).count() >= 5
+                && t.chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'))
             {
                 IdKind::Phone
             } else {

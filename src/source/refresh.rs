@@ -27,6 +27,7 @@ pub struct Refresher {
     poll: Option<Duration>,
     reload: Arc<Notify>,
     failures: u32,
+    normalize: crate::extract::Normalize,
 }
 
 /// The outcome of one refresh.
@@ -61,7 +62,15 @@ impl Refresher {
             poll,
             reload,
             failures: 0,
+            normalize: crate::extract::Normalize::default(),
         }
+    }
+
+    /// Normalises whitelisted identifiers with `norm` (the phone region of
+    /// the configuration), as request identifiers are.
+    pub fn with_normalize(mut self, norm: crate::extract::Normalize) -> Self {
+        self.normalize = norm;
+        self
     }
 
     /// Loads the first policy: from the source, else from the snapshot.
@@ -75,7 +84,12 @@ impl Refresher {
             anyhow::bail!("{source_err} (and no snapshot_path is configured)");
         };
         let loaded = snapshot::load(&path).and_then(|(doc, src, saved_at)| {
-            let p = CompiledPolicy::compile(&doc.pool, &doc.whitelist, "snapshot")?;
+            let p = CompiledPolicy::compile_with(
+                &doc.pool,
+                &doc.whitelist,
+                "snapshot",
+                self.normalize,
+            )?;
             Ok((p, src, saved_at))
         });
         match loaded {
@@ -128,7 +142,12 @@ impl Refresher {
                 return Err(e.into());
             }
         };
-        let policy = match CompiledPolicy::compile(&doc.pool, &doc.whitelist, self.source.name()) {
+        let policy = match CompiledPolicy::compile_with(
+            &doc.pool,
+            &doc.whitelist,
+            self.source.name(),
+            self.normalize,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 self.failures += 1;

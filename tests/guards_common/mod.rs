@@ -57,6 +57,10 @@ pub struct Received {
 /// * `POST /graphql/v2`: a `login*` mutation with input password `right` -> data, else
 ///   `errors[0].message.code` 2333; a `register*` mutation -> data; anything else -> data.
 /// * registrations (`/api/v2/register*`, `/api/v3/signup`) -> success.
+/// * GraphQL batches (a JSON array) -> an array, each element answered as above;
+///   a login's `data` key is the field name the query uses (`loginBySubAccount`...).
+/// * any other route whose body holds a string starting with `wrong` (a wrong
+///   password, code or token) -> 2333 in the route's shape (v3 for `/api/v3/`).
 /// * anything else -> `{"code":200,"message":"ok","data":{}}`.
 ///
 /// Paths are matched the way Authing routes them (case-insensitive, dot
@@ -209,24 +213,23 @@ async fn upstream_answer(
             json!({"statusCode": 400, "apiCode": 2333, "message": "账号或密码错误", "data": null})
         }
     } else if c == "/graphql/v2" {
-        let query = v["query"].as_str().unwrap_or("");
-        if query.contains("login") {
-            let pw_right = !wrong_always
-                && v["variables"]
-                    .as_object()
-                    .is_some_and(|vars| vars.values().any(|i| i["password"] == "right"));
-            if pw_right {
-                json!({"data": {"loginByEmail": {"id": "u1"}}})
-            } else {
-                json!({"data": null, "errors": [{"message": {"code": 2333, "message": "x"}}]})
-            }
-        } else if query.contains("register") {
-            json!({"data": {"registerByEmail": {"id": "u2"}}})
-        } else {
-            json!({"data": {"user": null}})
+        match &v {
+            Value::Array(batch) => Value::Array(
+                batch
+                    .iter()
+                    .map(|one| graphql_answer(one, wrong_always))
+                    .collect(),
+            ),
+            one => graphql_answer(one, wrong_always),
         }
     } else if c == "/api/v3/signup" {
         json!({"statusCode": 200, "message": "", "apiCode": 200, "data": {"userId": "u2"}})
+    } else if !c.contains("register") && has_wrong_secret(&v) {
+        if c.starts_with("/api/v3/") {
+            json!({"statusCode": 400, "apiCode": 2333, "message": "账号或密码错误", "data": null})
+        } else {
+            json!({"code": 2333, "message": "账号或密码错误", "data": null})
+        }
     } else {
         // Registrations and everything else.
         json!({"code": 200, "message": "ok", "data": {}})
@@ -235,6 +238,68 @@ async fn upstream_answer(
     r.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     r
+}
+
+/// A string value starting with `wrong` anywhere in the body.
+fn has_wrong_secret(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.starts_with("wrong"),
+        Value::Array(a) => a.iter().any(has_wrong_secret),
+        Value::Object(o) => o.values().any(has_wrong_secret),
+        _ => false,
+    }
+}
+
+/// One GraphQL request's answer: logins check their password (`right`),
+/// other guarded fields fail when they carry a `wrong...` secret.
+fn graphql_answer(v: &Value, wrong_always: bool) -> Value {
+    let query = v["query"].as_str().unwrap_or("");
+    // The login field the query names (its data key).
+    let field = [
+        "loginBySubAccount",
+        "loginByUsername",
+        "loginByPhonePassword",
+        "loginByPhoneCode",
+    ]
+    .into_iter()
+    .find(|f| query.contains(f))
+    .unwrap_or("loginByEmail");
+    if query.contains("login") {
+        let pw_right = !wrong_always
+            && (v["variables"]
+                .as_object()
+                .is_some_and(|vars| vars.values().any(|i| i["password"] == "right"))
+                || v["variables"]["password"] == "right");
+        if pw_right {
+            json!({"data": {field: {"id": "u1"}}})
+        } else {
+            json!({"data": null, "errors": [{"message": {"code": 2333, "message": "x"}}]})
+        }
+    } else if query.contains("register") {
+        json!({"data": {"registerByEmail": {"id": "u2"}}})
+    } else if has_wrong_secret(&v["variables"]) || query.contains("\"wrong") {
+        json!({"data": null, "errors": [{"message": {"code": 2333, "message": "x"}}]})
+    } else {
+        let fields = [
+            "resetPasswordByFirstLoginToken",
+            "resetPasswordByForceResetToken",
+            "resetPassword",
+            "updatePassword",
+            "sendEmail",
+            "bindPhone",
+            "bindEmail",
+            "updatePhone",
+            "updateEmail",
+        ];
+        let mut data = serde_json::Map::new();
+        for f in fields.into_iter().filter(|f| query.contains(f)) {
+            data.insert(f.to_string(), json!({"code": 200, "message": "ok"}));
+        }
+        if data.is_empty() {
+            data.insert("user".into(), Value::Null);
+        }
+        json!({ "data": data })
+    }
 }
 
 fn form_to_json(body: &[u8]) -> Value {
@@ -293,6 +358,8 @@ pub struct Setup {
     pub trust_loopback: bool,
     /// Extra TOML sections (`[guards]`, `[rate_limit]`...), appended.
     pub extra_toml: String,
+    /// Extra lines for the `[server]` section.
+    pub server_extra: String,
     /// `[rate_limit] login` when `extra_toml` does not set a `[rate_limit]`:
     /// generous, so that only the tests about rate limits meet them.
     pub generous_rate_limits: bool,
@@ -305,8 +372,16 @@ impl Setup {
             whitelist: None,
             trust_loopback: false,
             extra_toml: String::new(),
+            server_extra: String::new(),
             generous_rate_limits: true,
         }
+    }
+
+    /// Adds a line to the `[server]` section.
+    pub fn server(mut self, line: &str) -> Setup {
+        self.server_extra.push_str(line);
+        self.server_extra.push('\n');
+        self
     }
 
     pub fn trusted(mut self) -> Setup {
@@ -356,6 +431,7 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_grace = "1s"
 {trusted}
+{server_extra}
 
 [upstream]
 url = "http://{upstream}"
@@ -376,6 +452,7 @@ poll_interval = "100ms"
             upstream = up.addr,
             pool_path = pool_path.display().to_string(),
             extra = self.extra_toml,
+            server_extra = self.server_extra,
         );
         let cfg = poolgate::Config::parse(&text)
             .unwrap_or_else(|e| panic!("test config does not parse: {e:#}\n{text}"));
