@@ -10,7 +10,8 @@ It listens on 127.0.0.1:PORT (0 or absent: a free port) and prints the port
 it chose as the first line of stdout. Then:
 
 - it RECORDS every request it receives (method, path with query, headers,
-  body) except its own control endpoints, and serves the records at
+  body, the body's JSON, every string in it that decrypts with the key below,
+  and for GraphQL the operation and root field) except its own control endpoints, and serves the records at
   `GET /__recorded` (JSON list, in arrival order); `POST /__reset` clears them;
 - `GET /__pubkey` gives `{"publicKey": PEM}`: an RSA key made at start whose
   private half only this process holds. Give it to the v2 SDKs
@@ -18,8 +19,8 @@ it chose as the first line of stdout. Then:
   passwords they encrypt (also served at `GET /api/v2/.well-known`, where the
   JS SDK looks when it is given no key);
 - it answers like Authing for one demo user: email `alice@example.com`,
-  username `alice`, phone `13800138000`, password `right-password`,
-  one-time code `123456` (LDAP/AD: `sAMAccountName`/`username` `alice`).
+  username `alice`, phone `13800138000`, password `right-password` (or
+  `right-password#<any tag>`, so the suite can tell its calls apart), one-time code `123456` (LDAP/AD: `sAMAccountName`/`username` `alice`).
   Success is `code 200` (v2 REST), `statusCode 200` (v3) or GraphQL `data`;
   a wrong password is `2333` (v2 REST and GraphQL `errors[0].message.code`)
   or `statusCode 400, apiCode 2333` (v3); a wrong code is 2001; registering
@@ -99,15 +100,46 @@ def decrypt(value):
         return None
 
 
+def is_right(plain):
+    """The demo password, optionally tagged `right-password#<tag>`: the tag
+    lets the suite tell its calls apart in the records."""
+    return isinstance(plain, str) and (plain == DEMO["password"] or plain.startswith(DEMO["password"] + "#"))
+
+
 def password_ok(value, encrypted):
     """`encrypted`: True (must be RSA with our key: the v2 SDKs always
     encrypt), False (clear text), None (either)."""
     if encrypted is False:
-        return value == DEMO["password"]
+        return is_right(value)
     plain = decrypt(value)
     if plain is not None:
-        return plain == DEMO["password"]
-    return encrypted is None and value == DEMO["password"]
+        return is_right(plain)
+    return encrypted is None and is_right(value)
+
+
+def decrypted_strings(v, out):
+    """Every string in a JSON value that decrypts with our key, decrypted."""
+    if isinstance(v, dict):
+        for x in v.values():
+            decrypted_strings(x, out)
+    elif isinstance(v, list):
+        for x in v:
+            decrypted_strings(x, out)
+    elif isinstance(v, str) and len(v) >= 100:
+        plain = decrypt(v)
+        if plain is not None:
+            out.append(plain)
+    return out
+
+
+def graphql_field(body):
+    """(operation, root field) of a GraphQL request body, or None."""
+    try:
+        doc = parse(body.get("query") or "")
+        op = [d for d in doc.definitions if isinstance(d, A.OperationDefinition)][0]
+        return [op.operation, op.selection_set.selections[0].name.value]
+    except Exception:
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -478,6 +510,9 @@ class Handler(BaseHTTPRequestHandler):
                 "headers": [[k.lower(), v] for k, v in self.headers.items()],
                 "body": text,
                 "json": body,
+                # Passwords the v2 SDKs encrypted, in clear.
+                "decrypted": decrypted_strings(body, []),
+                "graphql": graphql_field(body) if isinstance(body, dict) and "query" in body else None,
             })
         p = path.split("?", 1)[0]
         if p == "/graphql/v2" and self.command == "POST":
