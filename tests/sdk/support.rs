@@ -69,7 +69,12 @@ pub fn env() -> Option<Env> {
         if std::env::var("POOLGATE_REQUIRE_SDK").as_deref() == Ok("1") {
             panic!("{msg} (POOLGATE_REQUIRE_SDK=1)");
         }
-        eprintln!("{msg}");
+        // Straight to the stderr descriptor: libtest captures `eprintln!`
+        // of a passing test, and this line must be seen. Once per run.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            let _ = writeln!(std::io::stderr(), "{msg}");
+        });
         return None;
     }
     Some(Env {
