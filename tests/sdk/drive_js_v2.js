@@ -13,8 +13,8 @@
 // Prints one JSON line per call: {"row", "sdk": "js-v2", "ok", "code",
 // "message", "raw"}. The client throws `{code, message, data}` on a GraphQL
 // error or a REST answer whose code is not 200; `code` is that code (an
-// Error whose message is such JSON is read the same way). On success `code`
-// is 200. A failed call never stops the run.
+// Error whose message is such JSON is read the same way; for a v3 body
+// thrown whole, apiCode, else statusCode). On success `code` is 200. A failed call never stops the run.
 'use strict';
 const { AuthenticationClient } = require('authing-js-sdk');
 
@@ -62,7 +62,10 @@ async function main() {
         }
       }
       if (err && typeof err === 'object') {
-        emit(row, false, err.code === undefined ? null : err.code, err.message === undefined ? null : err.message, err.data === undefined ? null : err.data);
+        // {code, message, data}; signinByCredentials throws the whole v3
+        // body ({statusCode, apiCode, message, data}) instead.
+        const code = [err.code, err.apiCode, err.statusCode].find(c => c !== undefined && c !== null);
+        emit(row, false, code === undefined ? null : code, err.message === undefined ? null : err.message, err.data === undefined ? null : err.data);
       } else {
         emit(row, false, null, String(err), null);
       }

@@ -14,7 +14,7 @@ for). Calls with the same `client` options share one client.
 Prints one JSON line per call: {"row", "sdk": "py-v3", "ok", "code",
 "message", "raw"}. The v3 client does not raise on an error answer: it
 returns the body, so `code` is its `apiCode` when set, else its
-`statusCode`; `ok` is statusCode == 200. A failed call never stops the run.
+`statusCode` (else its v2 `code`); `ok` is statusCode (or code) == 200. A failed call never stops the run.
 """
 import json
 import sys
@@ -47,7 +47,9 @@ def main():
                 target = getattr(target, part)
             out = target(*(c.get("args") or []), **(c.get("kwargs") or {}))
             if isinstance(out, dict):
-                status = out.get("statusCode")
+                # v3 answers carry statusCode (+ apiCode); the few v2 routes
+                # the client calls (/api/v2/ecConn/...) answer with `code`.
+                status = out.get("statusCode", out.get("code"))
                 code = out.get("apiCode") if out.get("apiCode") is not None else status
                 emit(row, status == 200, code, out.get("message"), out)
             else:

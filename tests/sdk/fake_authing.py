@@ -361,6 +361,17 @@ def graphql_answer(body):
         if password_ok(args.get("oldPassword"), True) and decrypt(args.get("newPassword")):
             return ok(user())
         return err((2006, "原密码错误", None))
+    if name in ("bindPhone", "bindEmail", "updatePhone", "updateEmail"):
+        codes = [args.get(k) for k in ("phoneCode", "emailCode", "oldPhoneCode", "oldEmailCode") if args.get(k)]
+        if codes and all(c == DEMO["code"] for c in codes):
+            return ok(user())
+        return err(BAD_CODE)
+    if name in ("resetPasswordByFirstLoginToken", "resetPasswordByForceResetToken"):
+        return ok({"message": "重置密码成功", "code": 200})
+    if name == "updateUser":
+        return ok(user())
+    if name == "isUserExists":
+        return ok(True)
     if name in ("sendEmail",):
         return ok({"message": "发送成功", "code": 200})
     if name == "checkPasswordStrength":
@@ -374,7 +385,11 @@ def rest_answer(method, path, body):
     b = body if isinstance(body, dict) else {}
     # ---- v2 REST
     if p == "/api/v2/.well-known":
-        return 200, {"publicKey": PUBLIC_PEM}
+        # The JS SDK reads data.publicKey when it was given no key.
+        return 200, v2(200, "", {"publicKey": PUBLIC_PEM})
+    if p == "/api/v2/users/me":
+        # The Python v2 client asks before update_profile and the like.
+        return 200, v2(200, "", user())
     if p in ("/api/v2/ldap/verify-user", "/api/v2/ad/verify-user", "/api/v2/login/ldap", "/api/v2/login/ad"):
         if b.get("username") in ALICE_IDS and password_ok(b.get("password"), None):
             return 200, v2(200, "", user())

@@ -562,6 +562,12 @@ pub struct Call {
     pub never_path: Option<String>,
     /// Keys `raw.data` must have (py-v3 answers).
     pub data_keys: Vec<String>,
+    /// Instead of a marker: the request is the one on `via` whose body has
+    /// this value at this JSON pointer.
+    pub at: Option<(String, Value)>,
+    /// JSON pointers the request that reached the fake must have (the
+    /// inventory's field list; a null value counts as present).
+    pub fields: Vec<String>,
     /// Known to fail on today's poolgate (reported, still a failure).
     pub new: bool,
 }
@@ -578,6 +584,8 @@ pub fn call(row: &str, method: &str, args: Value) -> Call {
         via: None,
         never_path: None,
         data_keys: Vec::new(),
+        at: None,
+        fields: Vec::new(),
         new: false,
     }
 }
@@ -603,6 +611,25 @@ impl Call {
     pub fn reaches(mut self, marker: &str, path: &str, field: Option<&str>) -> Call {
         self.reach = Some((marker.to_string(), true));
         self.via = Some((path.to_string(), field.map(str::to_string)));
+        self
+    }
+    /// Must reach the fake on `path` (GraphQL: `field`), as a request whose
+    /// body has `value` at `pointer`.
+    pub fn reaches_at(
+        mut self,
+        path: &str,
+        field: Option<&str>,
+        pointer: &str,
+        value: Value,
+    ) -> Call {
+        self.reach = Some((format!("{pointer}={value}"), true));
+        self.via = Some((path.to_string(), field.map(str::to_string)));
+        self.at = Some((pointer.to_string(), value));
+        self
+    }
+    /// JSON pointers the request must carry.
+    pub fn fields(mut self, pointers: &[&str]) -> Call {
+        self.fields = pointers.iter().map(|s| s.to_string()).collect();
         self
     }
     /// Must not reach the fake: no request carrying `marker`.
@@ -772,8 +799,8 @@ impl Report {
                 }
                 _ => {}
             }
-            if let Some((marker, must)) = &c.reach {
-                let hits: Vec<&Rec> = recs.iter().filter(|r| r.carries(marker)).collect();
+            let hits = hits(c, &recs);
+            if let Some((_, must)) = &c.reach {
                 match (must, hits.is_empty()) {
                     (true, true) => problems.push("did not reach the fake".to_string()),
                     (false, false) => problems.push(format!(
@@ -781,6 +808,14 @@ impl Report {
                         hits[0].describe()
                     )),
                     (true, false) => {
+                        let missing: Vec<&String> = c
+                            .fields
+                            .iter()
+                            .filter(|p| hits.iter().all(|r| r.json.pointer(p).is_none()))
+                            .collect();
+                        if !missing.is_empty() {
+                            problems.push(format!("reached without {missing:?}: {}", hits[0].body));
+                        }
                         if let Some((path, field)) = &c.via {
                             let on = hits.iter().any(|r| {
                                 r.path.split('?').next() == Some(path.as_str())
@@ -813,8 +848,8 @@ impl Report {
                 }
             }
             let reached = match &c.reach {
-                Some((m, _)) => {
-                    if recs.iter().any(|r| r.carries(m)) {
+                Some(_) => {
+                    if !hits.is_empty() {
                         " reached"
                     } else {
                         " not-reached"
@@ -853,6 +888,22 @@ impl Report {
                 self.failures.join("\n")
             );
         }
+    }
+}
+
+/// The recorded requests that are this call's.
+fn hits<'a>(c: &Call, recs: &'a [Rec]) -> Vec<&'a Rec> {
+    match (&c.at, &c.reach, &c.via) {
+        (Some((ptr, val)), _, Some((path, field))) => recs
+            .iter()
+            .filter(|r| {
+                r.path.split('?').next() == Some(path.as_str())
+                    && (field.is_none() || r.graphql.as_ref().map(|g| &g.1) == field.as_ref())
+                    && r.json.pointer(ptr) == Some(val)
+            })
+            .collect(),
+        (_, Some((marker, _)), _) => recs.iter().filter(|r| r.carries(marker)).collect(),
+        _ => Vec::new(),
     }
 }
 
