@@ -73,7 +73,11 @@ async function main() {
   }
 }
 
-main().catch(e => {
-  process.stderr.write(`drive_js_v2: ${e && e.stack ? e.stack : e}\n`);
-  process.exit(2);
-});
+main()
+  // Exit once stdout is flushed, whatever the SDK left running (timers,
+  // sockets): the suite waits for stdout to close.
+  .then(() => process.stdout.write('', () => process.exit(0)))
+  .catch(e => {
+    process.stderr.write(`drive_js_v2: ${e && e.stack ? e.stack : e}\n`);
+    process.exit(2);
+  });
