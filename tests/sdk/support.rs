@@ -799,6 +799,14 @@ impl Report {
                 }
                 _ => {}
             }
+            // poolgate's own refusals: the SDK must surface its message too.
+            if let (Want::Code(w), Some((_, false))) = (&c.want, &c.reach) {
+                if let Some(m) = poolgate_message(*w) {
+                    if code_i == Some(*w) && o.message.as_str() != Some(m) {
+                        problems.push(format!("message {m:?} expected"));
+                    }
+                }
+            }
             let hits = hits(c, &recs);
             if let Some((_, must)) = &c.reach {
                 match (must, hits.is_empty()) {
@@ -888,6 +896,16 @@ impl Report {
                 self.failures.join("\n")
             );
         }
+    }
+}
+
+/// The message poolgate answers with a code (Authing's wording).
+fn poolgate_message(code: i64) -> Option<&'static str> {
+    match code {
+        2000 => Some("账号异常，需要输入验证码"),
+        2031 => Some("应用已禁止注册用户"),
+        2100 => Some("注册过于频繁，请稍候再试"),
+        _ => None,
     }
 }
 
