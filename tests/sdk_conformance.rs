@@ -185,6 +185,69 @@ async fn logins_and_gating() {
         |pw| json!([{"connection": "PASSWORD", "passwordPayload": {"email": EMAIL, "password": pw}, "options": {}}]),
     );
     report.run(&env, Sdk::JsV2, &gw, &fake, &calls).await;
+    // loginFailStrategy block-account: the account's sixth attempt, right
+    // password or not, gets 2057 (the per-client limit is out of the way).
+    let locking = Gateway::start(
+        fake.addr,
+        &pool(json!({
+            "loginFailStrategy": "block-account",
+            "loginFailCheck": {"enabled": true, "limit": 100, "timeInterval": 300},
+        })),
+        "",
+    )
+    .await
+    .expect("poolgate starts (block-account)");
+    for (sdk, method, ident, path, field) in [
+        (
+            Sdk::PyV2,
+            "login_by_email",
+            EMAIL,
+            gql,
+            Some("loginByEmail"),
+        ),
+        (
+            Sdk::JsV2,
+            "loginByUsername",
+            USERNAME,
+            gql,
+            Some("loginByUsername"),
+        ),
+        (
+            Sdk::PyV3,
+            "sign_in_by_phone_password",
+            PHONE,
+            "/api/v3/signin",
+            None,
+        ),
+    ] {
+        let tag = format!("{}.{method}.lock", sdk.name());
+        let mut calls = Vec::new();
+        for i in 1..=5 {
+            let wrong = format!("wrong#{tag}.{i}");
+            calls.push(
+                call(
+                    &format!("{method}.wrong{i} [block-account]"),
+                    method,
+                    json!([ident, wrong]),
+                )
+                .code(2333)
+                .reaches(&wrong, path, field),
+            );
+        }
+        let right = format!("right-password#{tag}");
+        calls.push(
+            call(
+                &format!("{method}.right locked [block-account]"),
+                method,
+                json!([ident, right]),
+            )
+            .code(2057)
+            .stopped(&right),
+        );
+        report.run(&env, sdk, &locking, &fake, &calls).await;
+    }
+    locking.stop().await;
+
     // What the SDKs sent, as it reached the fake: the v2 Python client's
     // schema fetch (gql) before each call, the SDK headers, passwords
     // encrypted with the key the SDK was given.
@@ -1219,6 +1282,151 @@ async fn inventory_rows_reach_the_service() {
             .fields(&["/codeType", "/smsCodePayload/phone", "/smsCodePayload/passCode"]),
     ];
     report.run(&env, Sdk::PyV3, &gw, &fake, &calls).await;
+    gw.stop().await;
+    report.finish();
+}
+
+/// passwordStrength and the registration whitelist, as the SDKs meet them.
+/// Only clear passwords can be judged: the v3 Python client sends them
+/// clear, the v2 clients encrypt them (forwarded unjudged).
+#[tokio::test]
+async fn password_strength_and_whitelist() {
+    let Some(env) = env() else { return };
+    let mut report = Report::new("password_strength_and_whitelist");
+    let fake = Fake::start(&env).await;
+
+    // passwordStrength 2: at least 6 characters and two of digit, letter, symbol.
+    let gw = Gateway::start(fake.addr, &pool(json!({"passwordStrength": 2})), "")
+        .await
+        .expect("poolgate starts (passwordStrength 2)");
+    let signup = "/api/v3/signup";
+    let calls = vec![
+        call(
+            "sign_up_by_username_password short [strength 2]",
+            "sign_up_by_username_password",
+            json!(["weak-short", "ab1"]),
+        )
+        .code(2029)
+        .stopped("weak-short"),
+        call(
+            "sign_up_by_username_password letters only [strength 2]",
+            "sign_up_by_username_password",
+            json!(["weak-letters", "abcdefgh"]),
+        )
+        .code(2061)
+        .stopped("weak-letters"),
+        call(
+            "sign_up_by_username_password strong [strength 2]",
+            "sign_up_by_username_password",
+            json!(["strong-user", "abc123!x"]),
+        )
+        .code(200)
+        .reaches("strong-user", signup, None),
+        call(
+            "reset_password short [strength 2]",
+            "reset_password",
+            json!(["ab1", "reset-token"]),
+        )
+        .code(2029)
+        .stopped("ab1"),
+        call(
+            "update_password letters only [strength 2]",
+            "update_password",
+            json!(["abcdefghij", "right-password"]),
+        )
+        .code(2061)
+        .stopped("abcdefghij"),
+    ];
+    report.run(&env, Sdk::PyV3, &gw, &fake, &calls).await;
+    // The v2 clients encrypt: poolgate cannot judge, the service does.
+    let calls = vec![call(
+        "register_by_username short, encrypted [strength 2]",
+        "register_by_username",
+        json!(["enc-short", "ab1"]),
+    )
+    .code(200)
+    .reaches("ab1", "/graphql/v2", Some("registerByUsername"))];
+    report.run(&env, Sdk::PyV2, &gw, &fake, &calls).await;
+    let calls = vec![call(
+        "registerByEmail short, encrypted [strength 2]",
+        "registerByEmail",
+        json!(["enc-short-js@example.com", "ab2"]),
+    )
+    .code(200)
+    .reaches("ab2", "/graphql/v2", Some("registerByEmail"))];
+    report.run(&env, Sdk::JsV2, &gw, &fake, &calls).await;
+    gw.stop().await;
+
+    // Whitelist: e-mail registration only for listed addresses (2040).
+    let wl =
+        json!({"email": ["listed@example.com", "listed-js@example.com", "listed-v2@example.com"]});
+    let gw = Gateway::start_with(
+        fake.addr,
+        &pool(json!({"whitelist": {"emailEnabled": true, "phoneEnabled": false, "usernameEnabled": false}})),
+        "",
+        Some(&wl),
+    )
+    .await
+    .expect("poolgate starts (whitelist)");
+    let calls = vec![
+        call(
+            "sign_up_by_email_password listed [whitelist]",
+            "sign_up_by_email_password",
+            json!(["Listed@Example.com", "right-password#wl.v3.listed"]),
+        )
+        .code(200)
+        .reaches("right-password#wl.v3.listed", signup, None),
+        call(
+            "sign_up_by_email_password not listed [whitelist]",
+            "sign_up_by_email_password",
+            json!(["stranger@example.com", "right-password#wl.v3.stranger"]),
+        )
+        .code(2040)
+        .stopped("right-password#wl.v3.stranger"),
+    ];
+    report.run(&env, Sdk::PyV3, &gw, &fake, &calls).await;
+    let calls = vec![
+        call(
+            "registerByEmail listed [whitelist]",
+            "registerByEmail",
+            json!(["listed-js@example.com", "right-password#wl.js.listed"]),
+        )
+        .code(200)
+        .reaches(
+            "right-password#wl.js.listed",
+            "/graphql/v2",
+            Some("registerByEmail"),
+        ),
+        call(
+            "registerByEmail not listed [whitelist]",
+            "registerByEmail",
+            json!(["stranger-js@example.com", "right-password#wl.js.stranger"]),
+        )
+        .code(2040)
+        .stopped("right-password#wl.js.stranger"),
+    ];
+    report.run(&env, Sdk::JsV2, &gw, &fake, &calls).await;
+    let calls = vec![
+        call(
+            "register_by_email listed [whitelist]",
+            "register_by_email",
+            json!(["listed-v2@example.com", "right-password#wl.v2.listed"]),
+        )
+        .code(200)
+        .reaches(
+            "right-password#wl.v2.listed",
+            "/graphql/v2",
+            Some("registerByEmail"),
+        ),
+        call(
+            "register_by_email not listed [whitelist]",
+            "register_by_email",
+            json!(["stranger-v2@example.com", "right-password#wl.v2.stranger"]),
+        )
+        .code(2040)
+        .stopped("right-password#wl.v2.stranger"),
+    ];
+    report.run(&env, Sdk::PyV2, &gw, &fake, &calls).await;
     gw.stop().await;
     report.finish();
 }
