@@ -329,7 +329,7 @@ fn route(path: &str, kind: RouteKind, flavor: Flavor, fields: Fields) -> Route {
 }
 
 /// The default table: every security-relevant call of Authing's official
-/// SDKs (README "Authing clients" lists them with their SDK methods).
+/// SDKs (docs/authing-clients.md lists them with their SDK methods).
 /// Sources: PyPI `authing` 4.5.x (`authing/v2/authentication`) and 5.1.x
 /// (`authing/AuthenticationClient.py`), npm `authing-js-sdk` 4.23.x
 /// (`src/lib/authentication/AuthenticationClient.ts`, `src/types/graphql.v2.ts`),
@@ -370,7 +370,8 @@ pub fn default_routes() -> Vec<Route> {
         v2,
         f().id("/email", Email)
             .proof("/code")
-            .captcha("/captchaCode"),
+            .captcha("/captchaCode")
+            .ip("/clientIp"),
     );
     for p in [
         "/api/v2/login/ldap",
@@ -412,7 +413,10 @@ pub fn default_routes() -> Vec<Route> {
             p,
             Register,
             v2,
-            f().id("/email", Email).pw("/password").proof("/code"),
+            f().id("/email", Email)
+                .pw("/password")
+                .proof("/code")
+                .ip("/clientIp"),
         );
     }
     add(
