@@ -84,7 +84,10 @@ impl Env {
         };
         let ip = self.resolver.resolve(self.peer, &self.headers);
         let key = self.state.client_key(ip) ^ salt;
-        let allowed = matches!(cors::check(&self.p, &self.headers), cors::Cors::Allowed(_));
+        let allowed = matches!(
+            cors::check(&self.p, &self.headers, None),
+            cors::Cors::Allowed(_)
+        );
         let rate_ok = self.state.rate.check(route.kind, key).is_ok();
         let facts = extract::body_facts(
             extract::BodyKind::Json,
@@ -136,7 +139,12 @@ fn decision(c: &mut Criterion) {
         b.iter(|| state.client_key(resolver.resolve(peer, black_box(headers))))
     });
     g.bench_function("cors", |b| {
-        b.iter(|| matches!(cors::check(p, black_box(headers)), cors::Cors::Allowed(_)))
+        b.iter(|| {
+            matches!(
+                cors::check(p, black_box(headers), None),
+                cors::Cors::Allowed(_)
+            )
+        })
     });
     g.bench_function("rate_limit", |b| {
         let route = match table.classify(&method, "/api/v2/login/account") {

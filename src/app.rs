@@ -158,7 +158,11 @@ impl App {
         }
         let state = store.local.clone();
         metrics.register_collector(state.rate.collector());
+        let rejection_log = Arc::new(crate::rejection_log::RejectionLog::new(
+            cfg.log.rejections_per_second,
+        ));
         let gateway = Arc::new(Gateway {
+            rejection_log: rejection_log.clone(),
             upstream,
             policy: policy.clone(),
             metrics: metrics.clone(),
@@ -175,6 +179,8 @@ impl App {
                 body_read_timeout: Some(cfg.server.body_read_timeout),
                 normalize: normalize_of(&cfg)?,
                 send_code: cfg.guards.send_code,
+                captcha_ttl: cfg.guards.captcha_ttl,
+                captcha_cookie_samesite: cfg.guards.captcha_cookie_samesite,
             },
         });
         let proxy_listeners = crate::server::bind_reuseport(cfg.server.listen, workers)
@@ -205,6 +211,7 @@ impl App {
         };
         let limits = Arc::new(HeadLimits {
             max_header_bytes: cfg.server.max_header_bytes,
+            rejection_log: gateway.rejection_log.clone(),
             metrics: metrics.clone(),
         });
         // Thread per core, as nginx and Pingora do: each worker accepts on its
@@ -292,6 +299,10 @@ impl App {
             policy.clone(),
             metrics.clone(),
             cfg.guards.sweep_interval,
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(rejection_log.run_reporter(
+            std::time::Duration::from_secs(10),
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(refresher.run(shutdown_rx)));

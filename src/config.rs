@@ -75,6 +75,33 @@ pub struct GuardsConfig {
     pub phone_default_region: String,
     /// Limits on sending one-time codes (SMS, e-mail): per client and per recipient.
     pub send_code: SendCodeConfig,
+    /// `SameSite` of the v2 captcha cookie: `lax`, `strict`, or `none` (for a
+    /// login page on another site than the gateway; implies `Secure`).
+    pub captcha_cookie_samesite: SameSite,
+}
+
+/// A cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites, not on their requests.
+    #[default]
+    Lax,
+    /// Never sent from another site.
+    Strict,
+    /// Sent from every site (the cookie must then be `Secure`).
+    None,
+}
+
+impl SameSite {
+    /// The attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
 }
 
 /// Limits on sending one-time codes, so the gateway stops SMS pumping: codes
@@ -116,6 +143,7 @@ impl Default for GuardsConfig {
             replace_default_routes: false,
             phone_default_region: "CN".to_string(),
             send_code: SendCodeConfig::default(),
+            captcha_cookie_samesite: SameSite::Lax,
         }
     }
 }
@@ -524,6 +552,9 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `poolgate=debug,info`; `RUST_LOG` wins when set.
     pub level: String,
+    /// Most rejection log lines written per second (0: no limit); the others
+    /// are tallied per guard in a summary line every 10 s. Metrics count all.
+    pub rejections_per_second: u32,
 }
 
 impl Default for LogConfig {
@@ -531,6 +562,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
+            rejections_per_second: 100,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Gateway {
     pub store: Arc<Store>,
     /// Dry-run settings and body limits.
     pub settings: GuardSettings,
+    /// The budget on rejection log lines.
+    pub rejection_log: Arc<crate::rejection_log::RejectionLog>,
 }
 
 /// Guard settings from the configuration.
@@ -70,6 +72,10 @@ pub struct GuardSettings {
     pub normalize: extract::Normalize,
     /// Limits on sending one-time codes.
     pub send_code: crate::config::SendCodeConfig,
+    /// How long an issued captcha lives (the v2 cookie's `Max-Age`).
+    pub captcha_ttl: std::time::Duration,
+    /// `SameSite` of the v2 captcha cookie.
+    pub captcha_cookie_samesite: crate::config::SameSite,
 }
 
 impl GuardSettings {
@@ -140,6 +146,8 @@ struct Ctx {
     key: u128,
     /// The request came from `trusted_backends` on behalf of an end user.
     via_backend: bool,
+    /// A trusted proxy says the client reached it over TLS.
+    tls: bool,
     method: Method,
     path: String,
     flavor: Flavor,
@@ -197,7 +205,9 @@ impl Gateway {
             Some(p) => p,
             None => {
                 // Fail closed: without a policy nothing can be judged.
-                tracing::warn!(%client_ip, method = %req.method(), path = req.uri().path(), reason = "policy_not_ready", "request rejected");
+                if self.rejection_log.allow("policy") {
+                    tracing::warn!(%client_ip, method = %req.method(), path = req.uri().path(), reason = "policy_not_ready", "request rejected");
+                }
                 self.metrics
                     .rejections
                     .with_label_values(&["policy_not_ready"])
@@ -222,6 +232,7 @@ impl Gateway {
             client_ip,
             key,
             via_backend,
+            tls: false,
             method,
             path,
             flavor,
@@ -237,7 +248,14 @@ impl Gateway {
         }
 
         // CORS first: preflights never reach a limit or the upstream.
-        match cors::check(&policy, req.headers()) {
+        // The scheme the page used, as far as a trusted proxy tells it.
+        let proto = self
+            .client_ip
+            .is_trusted(peer_ip)
+            .then(|| cors::forwarded_proto(req.headers()))
+            .flatten();
+        ctx.tls = proto.as_deref() == Some("https");
+        match cors::check(&policy, req.headers(), proto.as_deref()) {
             cors::Cors::Denied(rej) => {
                 if let Some(r) = self.reject(rej, &ctx) {
                     return (r, label, "rejected");
@@ -351,11 +369,13 @@ impl Gateway {
 
     /// Logs and counts a rejection its guard's dry run lets through.
     fn shadow(&self, rej: &Rejection, ctx: &Ctx) {
-        tracing::info!(
-            client_ip = %ctx.client_ip, method = %ctx.method, path = ctx.path,
-            guard = rej.guard, reason = rej.reason, code = rej.code,
-            "dry run: would reject"
-        );
+        if self.rejection_log.allow(rej.guard) {
+            tracing::info!(
+                client_ip = %ctx.client_ip, method = %ctx.method, path = %ctx.path,
+                guard = rej.guard, reason = rej.reason, code = rej.code,
+                "dry run: would reject"
+            );
+        }
         self.metrics
             .guard_decisions
             .with_label_values(&[rej.guard, "shadow_reject", rej.reason])
@@ -364,11 +384,13 @@ impl Gateway {
 
     /// Logs, counts and answers a rejection (no dry run).
     fn refuse(&self, rej: Rejection, ctx: &Ctx) -> Response<RespBody> {
-        tracing::warn!(
-            client_ip = %ctx.client_ip, method = %ctx.method, path = %ctx.path,
-            guard = rej.guard, reason = rej.reason, code = rej.code, status = rej.status.as_u16(),
-            "request rejected"
-        );
+        if self.rejection_log.allow(rej.guard) {
+            tracing::warn!(
+                client_ip = %ctx.client_ip, method = %ctx.method, path = %ctx.path,
+                guard = rej.guard, reason = rej.reason, code = rej.code, status = rej.status.as_u16(),
+                "request rejected"
+            );
+        }
         self.metrics
             .guard_decisions
             .with_label_values(&[rej.guard, "reject", rej.reason])
@@ -424,8 +446,12 @@ impl Gateway {
                 HeaderValue::from_static("image/svg+xml"),
             );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            let cookie =
-                format!("{CAPTCHA_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600");
+            let cookie = captcha_set_cookie(
+                &token,
+                self.settings.captcha_ttl,
+                self.settings.captcha_cookie_samesite,
+                ctx.tls,
+            );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 h.insert(header::SET_COOKIE, v);
             }
@@ -893,17 +919,20 @@ impl Gateway {
             );
         }
 
-        // Refused by the first violation not in dry run; the others are shadowed.
+        // Every shadowed violation is logged and counted under its own guard;
+        // the first one not in dry run refuses the request.
         violations.sort_by_key(|(i, _)| *i);
-        if let Some(pos) = violations
-            .iter()
-            .position(|(_, r)| !self.settings.shadow(r.guard))
-        {
-            let (i, rej) = violations.swap_remove(pos);
-            return Err(Box::new(self.refuse(rej, &ctx.for_client(calls[i].client))));
-        }
+        let mut refusal = None;
         for (i, rej) in violations {
-            self.shadow(&rej, &ctx.for_client(calls[i].client));
+            let c = ctx.for_client(calls[i].client);
+            if self.settings.shadow(rej.guard) {
+                self.shadow(&rej, &c);
+            } else if refusal.is_none() {
+                refusal = Some((rej, c));
+            }
+        }
+        if let Some((rej, c)) = refusal {
+            return Err(Box::new(self.refuse(rej, &c)));
         }
 
         // What passed over a limit (a solved captcha, a dry run) still counts.
@@ -1163,6 +1192,24 @@ fn store_unavailable() -> Rejection {
         "the counter store is unavailable, try again later",
     )
     .retry_after(std::time::Duration::from_secs(5))
+}
+
+/// The v2 captcha cookie: `HttpOnly`, living as long as the captcha,
+/// `Secure` when the client came over TLS (as a trusted proxy reports) or
+/// when `SameSite=None` (browsers drop a cross-site cookie that is not).
+fn captcha_set_cookie(
+    token: &str,
+    ttl: std::time::Duration,
+    same_site: crate::config::SameSite,
+    tls: bool,
+) -> String {
+    let secure = tls || same_site == crate::config::SameSite::None;
+    format!(
+        "{CAPTCHA_COOKIE}={token}; Path=/; HttpOnly; SameSite={}; Max-Age={}{}",
+        same_site.as_str(),
+        ttl.as_secs().max(1),
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 fn captcha_cookie(headers: &http::HeaderMap) -> Option<String> {

@@ -20,6 +20,7 @@ pub mod guards;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod rejection_log;
 pub mod response;
 pub mod server;
 pub mod source;

@@ -301,6 +301,8 @@ pub struct HeadLimits {
     pub max_header_bytes: usize,
     /// Where rejections are counted.
     pub metrics: Metrics,
+    /// The budget on rejection log lines (shared with the gateway).
+    pub rejection_log: Arc<crate::rejection_log::RejectionLog>,
 }
 
 impl<S> RequestHygiene<S> {
@@ -368,11 +370,13 @@ where
         } else {
             return Box::pin(self.inner.call(req));
         };
-        tracing::warn!(
-            client_ip = %self.peer.ip(), method = %req.method(), path = req.uri().path(),
-            reason, status = status.as_u16(), head_bytes = size,
-            "request rejected"
-        );
+        if self.limits.rejection_log.allow("head") {
+            tracing::warn!(
+                client_ip = %self.peer.ip(), method = %req.method(), path = req.uri().path(),
+                reason, status = status.as_u16(), head_bytes = size,
+                "request rejected"
+            );
+        }
         let m = &self.limits.metrics;
         m.rejections.with_label_values(&[reason]).inc();
         m.requests

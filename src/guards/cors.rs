@@ -18,14 +18,18 @@ pub enum Cors {
     Denied(Rejection),
 }
 
-/// Judges the request's `Origin` against the policy. An `Origin` naming the
-/// request's own `Host` is same-origin and always allowed.
-pub fn check(policy: &CompiledPolicy, headers: &HeaderMap) -> Cors {
+/// Judges the request's `Origin` against the policy. An `Origin` that is the
+/// request's own origin — scheme, host and port — is allowed without being
+/// listed. poolgate usually sits behind a TLS terminator, so its own
+/// listener's scheme is not the page's: `scheme` is the one a trusted proxy
+/// reported (`X-Forwarded-Proto`, `Forwarded: proto=`), and without it the
+/// request's own origin is unknown and the shortcut is not taken.
+pub fn check(policy: &CompiledPolicy, headers: &HeaderMap, scheme: Option<&str>) -> Cors {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Cors::NoOrigin;
     };
     let allowed = match origin.to_str() {
-        Ok(o) => policy.origins.allows(o) || same_origin(o, headers),
+        Ok(o) => policy.origins.allows(o) || scheme.is_some_and(|sc| same_origin(o, headers, sc)),
         Err(_) => false,
     };
     if allowed {
@@ -40,13 +44,59 @@ pub fn check(policy: &CompiledPolicy, headers: &HeaderMap) -> Cors {
     }
 }
 
-fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+/// Whether `origin` is `scheme://Host` (ports compared with the scheme's
+/// default filled in, so `https://a.com` is `https://a.com:443`).
+fn same_origin(origin: &str, headers: &HeaderMap, scheme: &str) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
-    origin
-        .split_once("://")
-        .is_some_and(|(_, authority)| !authority.is_empty() && authority.eq_ignore_ascii_case(host))
+    let Some((o_scheme, o_authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if !o_scheme.eq_ignore_ascii_case(scheme) || o_authority.is_empty() {
+        return false;
+    }
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "https" => "443",
+        "http" => "80",
+        _ => return false,
+    };
+    let split = |a: &str| -> (String, String) {
+        // `[v6]:port`, `host:port` or a bare host.
+        let (h, p) = match a.rfind(':') {
+            Some(i) if !a[i..].contains(']') => (&a[..i], &a[i + 1..]),
+            _ => (a, default),
+        };
+        (h.to_ascii_lowercase(), p.to_string())
+    };
+    split(o_authority) == split(host)
+}
+
+/// The scheme a trusted proxy says the client used: the last value of
+/// `X-Forwarded-Proto`, else the `proto=` of the last `Forwarded` element.
+/// The last is the nearest proxy's own: earlier values may have come from
+/// the client, and a proxy that appends rather than replaces would pass
+/// them on. Only ask when the peer is a trusted proxy.
+pub fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
+    let last = |name: &http::HeaderName| -> Option<String> {
+        let line = headers
+            .get_all(name)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())?;
+        line.rsplit(',').next().map(str::to_string)
+    };
+    if let Some(v) = last(&http::HeaderName::from_static("x-forwarded-proto")) {
+        let v = v.trim().to_ascii_lowercase();
+        return (!v.is_empty()).then_some(v);
+    }
+    let element = last(&header::FORWARDED)?;
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("proto")
+            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
+    })
 }
 
 /// Whether a request is a CORS preflight.
@@ -128,35 +178,66 @@ mod tests {
     #[test]
     fn verdicts() {
         let p = policy("https://app.sample.com");
-        assert_eq!(check(&p, &h(&[])), Cors::NoOrigin);
+        assert_eq!(check(&p, &h(&[]), None), Cors::NoOrigin);
         assert!(matches!(
-            check(&p, &h(&[("origin", "https://app.sample.com")])),
+            check(&p, &h(&[("origin", "https://app.sample.com")]), None),
             Cors::Allowed(_)
         ));
         assert!(
-            matches!(check(&p, &h(&[("origin", "https://evil.com")])), Cors::Denied(r) if r.status == 403)
+            matches!(check(&p, &h(&[("origin", "https://evil.com")]), None), Cors::Denied(r) if r.status == 403)
         );
-        // Same origin as the Host is allowed.
-        assert!(matches!(
-            check(
-                &p,
-                &h(&[
-                    ("origin", "https://gw.example:8443"),
-                    ("host", "gw.example:8443")
-                ])
-            ),
-            Cors::Allowed(_)
+        let same = |origin: &str, host: &str, scheme: Option<&str>| {
+            matches!(
+                check(&p, &h(&[("origin", origin), ("host", host)]), scheme),
+                Cors::Allowed(_)
+            )
+        };
+        // The request's own origin, when a trusted proxy says the scheme.
+        assert!(same(
+            "https://gw.example:8443",
+            "gw.example:8443",
+            Some("https")
         ));
-        assert!(matches!(
-            check(
-                &p,
-                &h(&[
-                    ("origin", "https://gw.example.evil"),
-                    ("host", "gw.example")
-                ])
-            ),
-            Cors::Denied(_)
+        assert!(same("https://gw.example", "gw.example:443", Some("https")));
+        assert!(same("https://GW.example", "gw.example", Some("https")));
+        // Scheme, host and port all count.
+        assert!(!same("http://gw.example", "gw.example", Some("https")));
+        assert!(!same("ftp://gw.example", "gw.example", Some("https")));
+        assert!(!same(
+            "https://gw.example:8443",
+            "gw.example",
+            Some("https")
         ));
+        assert!(!same(
+            "https://gw.example.evil",
+            "gw.example",
+            Some("https")
+        ));
+        // Without a scheme from a trusted proxy the own origin is unknown.
+        assert!(!same("https://gw.example", "gw.example", None));
+        assert!(!same("http://gw.example", "gw.example", None));
+    }
+
+    #[test]
+    fn forwarded_scheme() {
+        assert_eq!(
+            forwarded_proto(&h(&[("x-forwarded-proto", "HTTPS")])).as_deref(),
+            Some("https")
+        );
+        assert_eq!(
+            forwarded_proto(&h(&[(
+                "forwarded",
+                "for=1.2.3.4;proto=http, for=5.6.7.8;proto=https"
+            )]))
+            .as_deref(),
+            Some("https")
+        );
+        // The nearest proxy's value, not what the client put first.
+        assert_eq!(
+            forwarded_proto(&h(&[("x-forwarded-proto", "https, http")])).as_deref(),
+            Some("http")
+        );
+        assert_eq!(forwarded_proto(&h(&[])), None);
     }
 
     #[test]
