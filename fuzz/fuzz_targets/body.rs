@@ -153,10 +153,11 @@ fuzz_target!(|input: Input<'_>| {
 
     // GraphQL: the body as JSON, form and a bare document, and a built request.
     let ops = default_graphql_ops();
-    let mut docs: Vec<(BodyKind, Vec<u8>)> = [BodyKind::Json, BodyKind::Form, BodyKind::GraphqlText]
-        .into_iter()
-        .map(|k| (k, input.body.to_vec()))
-        .collect();
+    let mut docs: Vec<(BodyKind, Vec<u8>)> =
+        [BodyKind::Json, BodyKind::Form, BodyKind::GraphqlText]
+            .into_iter()
+            .map(|k| (k, input.body.to_vec()))
+            .collect();
     if let Some((query, vars)) = &input.graphql {
         let variables: serde_json::Map<String, Value> = vars
             .iter()

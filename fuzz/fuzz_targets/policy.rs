@@ -152,7 +152,9 @@ fn judge(pool: &PoolDetail, entries: &WhitelistEntries, passwords: &[String]) {
             normalize::username as fn(&str) -> String,
         ),
         (&c.whitelist.email, normalize::email),
-        (&c.whitelist.phone, normalize::phone),
+        (&c.whitelist.phone, |p: &str| {
+            normalize::phone(p, Default::default())
+        }),
     ] {
         if let Some(set) = set {
             for e in set {
