@@ -23,6 +23,7 @@ use crate::classify::{Class, Flavor, Route, RouteKind, RouteTable};
 use crate::client_ip::ClientIpResolver;
 use crate::extract::{self, ExtractError, Facts, Password};
 use crate::guards::outcome::{self, Outcome, Place};
+use crate::guards::plan::{CommitOn, Role};
 use crate::guards::{self, cors, Rejection};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
@@ -1022,52 +1023,7 @@ struct Call {
     client: (IpAddr, u128),
 }
 
-/// What a counter slot stands for, to read its reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// `loginFailCheck`: the client's failures.
-    FailClient,
-    /// `loginPasswordFailCheck`: the account's failures.
-    FailAccount,
-    /// `frequentRegisterCheck`.
-    Register,
-    /// `guards.send_code.per_client`.
-    SendClient,
-    /// `guards.send_code.per_recipient`.
-    SendRecipient,
-}
-
-/// Which outcome commits a held slot (any other releases it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CommitOn {
-    /// The attempt failed in any way (a client's failure counter).
-    Failure,
-    /// A wrong password; for a call that proves itself with a one-time
-    /// code or token instead, any failure (an account's counter).
-    AccountFailure {
-        /// The call's secret is a code or token, not a password.
-        code: bool,
-    },
-    /// It succeeded, or its answer could not be read (registrations, sends).
-    Success,
-}
-
-impl CommitOn {
-    fn commits(self, o: Outcome) -> bool {
-        match self {
-            CommitOn::Failure => matches!(
-                o,
-                Outcome::WrongPassword | Outcome::Failed | Outcome::Unreadable
-            ),
-            CommitOn::AccountFailure { code } => {
-                o == Outcome::WrongPassword || (code && o == Outcome::Failed)
-            }
-            CommitOn::Success => matches!(o, Outcome::Success | Outcome::Unreadable),
-        }
-    }
-}
-
-/// One counter a call asks for.
+/// One counter a call asks for, with the call it belongs to.
 struct Planned {
     call: usize,
     role: Role,
@@ -1101,61 +1057,22 @@ impl Planned {
     }
 }
 
-/// The counters a call asks for, with what commits each.
+/// The counters call `i` asks for.
 fn plan(
     i: usize,
     call: &Call,
     policy: &CompiledPolicy,
     send: &crate::config::SendCodeConfig,
 ) -> Vec<Planned> {
-    let f = &call.facts;
-    let mut out = Vec::new();
-    let mut push = |role, on, limit: Option<crate::policy::WindowLimit>| {
-        if let Some(limit) = limit {
-            out.push(Planned {
-                call: i,
-                role,
-                on,
-                limit,
-            });
-        }
-    };
-    // A guessing surface: a login or check, or any call proving itself
-    // with a code, token or old password.
-    let guesses = matches!(call.kind, RouteKind::Login | RouteKind::Verify) || f.proof;
-    if guesses {
-        push(Role::FailClient, CommitOn::Failure, policy.login_fail);
-        let secret = f.password.is_some() || f.proof;
-        if f.identifier.is_some() && secret {
-            let code = f.proof && (f.password.is_none() || !matches!(call.kind, RouteKind::Login));
-            push(
-                Role::FailAccount,
-                CommitOn::AccountFailure { code },
-                policy.password_fail,
-            );
-        }
-    }
-    match call.kind {
-        RouteKind::Register => push(Role::Register, CommitOn::Success, policy.register_limit),
-        RouteKind::SendCode => {
-            let lim = |n: u32| {
-                (n > 0).then_some(crate::policy::WindowLimit {
-                    limit: n,
-                    window: send.window,
-                })
-            };
-            push(Role::SendClient, CommitOn::Success, lim(send.per_client));
-            if f.identifier.is_some() {
-                push(
-                    Role::SendRecipient,
-                    CommitOn::Success,
-                    lim(send.per_recipient),
-                );
-            }
-        }
-        _ => {}
-    }
-    out
+    guards::plan::counters(call.kind, &call.facts, policy, send)
+        .into_iter()
+        .map(|c| Planned {
+            call: i,
+            role: c.role,
+            on: c.on,
+            limit: c.limit,
+        })
+        .collect()
 }
 
 /// A slot a forwarded call holds until its outcome is known.

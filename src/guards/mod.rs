@@ -7,6 +7,7 @@
 
 pub mod cors;
 pub mod outcome;
+pub mod plan;
 pub mod ratelimit;
 
 use std::borrow::Cow;
