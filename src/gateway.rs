@@ -335,12 +335,16 @@ impl Gateway {
             }
         }
 
-        let (resp, outcome) = match (class, kind) {
+        let (resp, outcome, label) = match (class, kind) {
             (Class::Route(_), RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
-                self.captcha(kind, &ctx).await
+                let (r, o) = self.captcha(kind, &ctx).await;
+                (r, o, label)
             }
             (Class::Route(r), _) if guarded => self.guarded(req, r, &policy, peer_ip, &ctx).await,
-            _ => self.forward_stream(req, peer_ip, label, &ctx).await,
+            _ => {
+                let (r, o) = self.forward_stream(req, peer_ip, label, &ctx).await;
+                (r, o, label)
+            }
         };
         (self.with_cors(resp, &ctx), label, outcome)
     }
@@ -533,7 +537,8 @@ impl Gateway {
 
     /// A guarded request (login, registration, password, code, GraphQL):
     /// read its body, judge every call it makes, forward, learn each
-    /// call's outcome.
+    /// call's outcome. Also returns the request's route label: what its
+    /// (first) call is, so a GraphQL login counts as `login`.
     async fn guarded(
         self: &Arc<Self>,
         req: Request<Incoming>,
@@ -541,17 +546,38 @@ impl Gateway {
         policy: &CompiledPolicy,
         peer: IpAddr,
         ctx: &Ctx,
-    ) -> (Response<RespBody>, &'static str) {
+    ) -> (Response<RespBody>, &'static str, &'static str) {
         let label = route.kind.as_str();
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let bytes = match self.read_guarded_body(body, ctx).await {
             Ok(b) => b,
-            Err(r) => return (r, "rejected"),
+            Err(r) => return (r, "rejected", label),
         };
         let calls = match self.calls(route, &parts.headers, &bytes, ctx) {
             Ok(c) => c,
-            Err(r) => return (*r, "rejected"),
+            Err(r) => return (*r, "rejected", label),
         };
+        let label = calls.first().map_or(label, |c| c.kind.as_str());
+        let (resp, outcome) = self
+            .judge_and_forward(parts, bytes, calls, route, policy, peer, label, ctx)
+            .await;
+        (resp, outcome, label)
+    }
+
+    /// Judges the calls of a guarded request, forwards it, and settles what
+    /// its calls hold from the answer.
+    #[allow(clippy::too_many_arguments)]
+    async fn judge_and_forward(
+        self: &Arc<Self>,
+        mut parts: http::request::Parts,
+        bytes: Bytes,
+        calls: Vec<Call>,
+        route: &Route,
+        policy: &CompiledPolicy,
+        peer: IpAddr,
+        label: &'static str,
+        ctx: &Ctx,
+    ) -> (Response<RespBody>, &'static str) {
         // Rate limits the request could not pass before its calls were known
         // (GraphQL, and end users named by a trusted backend): one token per
         // call, so a batch pays for every attempt in it.

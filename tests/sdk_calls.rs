@@ -88,6 +88,16 @@ async fn a_gated_client_is_gated_on_every_login_route() {
     .await;
     assert_eq!(v3_err(&r), 2000, "{}", r.text());
     assert_eq!(s.up.total(), before, "nothing reached the login service");
+    // GraphQL logins are labelled by what they are, not by their transport.
+    let m = metrics(s.admin()).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_requests_total{method="POST",outcome="forwarded",route="login"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
     s.shutdown().await;
 }
 
