@@ -247,13 +247,6 @@ pub enum Class<'a> {
     Other,
 }
 
-impl Class<'_> {
-    /// Whether the request is not a guarded route.
-    pub fn is_other(&self) -> bool {
-        matches!(self, Class::Other)
-    }
-}
-
 /// The route table, compiled for lookups by canonical path.
 #[derive(Debug, Clone)]
 pub struct RouteTable {

@@ -11,8 +11,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
-// A constant name: looking a header up by `&str` parses the name every time.
-const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-For`, as a constant: looking a header up by `&str` parses
+/// the name every time.
+pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Resolves the client address of a request.
 #[derive(Debug, Clone, Default)]

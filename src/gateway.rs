@@ -124,20 +124,6 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
-/// Method label with bounded cardinality.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
 /// What a request is about, for logs and answers.
 #[derive(Clone)]
 struct Ctx {
@@ -179,7 +165,7 @@ impl Gateway {
     ) -> Response<RespBody> {
         self.metrics.inflight.inc();
         let _inflight = InflightGuard(&self.metrics.inflight);
-        let method = method_label(req.method());
+        let method = crate::server::method_label(req.method());
         let (resp, route, outcome) = self.handle_inner(req, peer).await;
         self.metrics
             .requests
@@ -202,6 +188,10 @@ impl Gateway {
                 None => {}
             }
         }
+        // The request keeps this policy to its end (across the upstream call),
+        // so it holds an `Arc`: arc-swap's borrowed guards are meant to be
+        // short-lived, and a proxy's many in-flight requests would exhaust
+        // their fast path anyway.
         let policy = match self.policy.current() {
             Some(p) => p,
             None => {

@@ -374,11 +374,21 @@ impl CompiledPolicy {
     }
 }
 
-/// A short, stable hash of the document: the policy's version label.
+/// A short, stable hash of what the gateway enforces — the checks, the
+/// strategy, the origins, registration and password rules, and the whitelist
+/// entries — as the policy's version label: it changes exactly when the
+/// enforced policy does (the pool's name, id and `updatedAt` are not in it,
+/// so a renamed pool is the same policy).
 pub fn version_of(pool: &PoolDetail, entries: &WhitelistEntries) -> String {
+    let enforced = PoolDetail {
+        id: None,
+        name: None,
+        updated_at: None,
+        ..pool.clone()
+    };
     let mut h = Sha256::new();
     // Serialising our own types cannot fail; an empty hash would still be a valid label.
-    h.update(serde_json::to_vec(pool).unwrap_or_default());
+    h.update(serde_json::to_vec(&enforced).unwrap_or_default());
     h.update([0]);
     h.update(serde_json::to_vec(entries).unwrap_or_default());
     let d = h.finalize();
@@ -401,6 +411,16 @@ mod tests {
         let c = CompiledPolicy::compile(&p, &WhitelistEntries::default(), "file").unwrap();
         assert_eq!(c.version.len(), 12);
         assert!(c.origins.allows_all());
+    }
+
+    #[test]
+    fn the_version_follows_what_is_enforced() {
+        let a = pool(r#"{"name": "a", "updatedAt": "1", "registerDisabled": true}"#);
+        let b = pool(r#"{"name": "b", "updatedAt": "2", "registerDisabled": true}"#);
+        let c = pool(r#"{"name": "a", "updatedAt": "1", "registerDisabled": false}"#);
+        let e = WhitelistEntries::default();
+        assert_eq!(version_of(&a, &e), version_of(&b, &e));
+        assert_ne!(version_of(&a, &e), version_of(&c, &e));
     }
 
     #[test]

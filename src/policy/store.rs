@@ -19,16 +19,10 @@ impl PolicyStore {
         Self::default()
     }
 
-    /// The policy in force, if any.
+    /// The policy in force, if any: one atomic load and a reference count.
     #[inline]
     pub fn current(&self) -> Option<Arc<CompiledPolicy>> {
         self.current.load_full()
-    }
-
-    /// A cheap guard on the policy in force, for the request path.
-    #[inline]
-    pub fn load(&self) -> arc_swap::Guard<Option<Arc<CompiledPolicy>>> {
-        self.current.load()
     }
 
     /// Whether a policy is in force.
@@ -36,7 +30,17 @@ impl PolicyStore {
         self.current.load().is_some()
     }
 
-    /// Makes `policy` the one in force; returns whether its version differs from the previous one.
+    /// Whether `policy` is the one in force already: the same version from
+    /// the same source (the one place this is decided).
+    pub fn is_in_force(&self, policy: &CompiledPolicy) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.version == policy.version && p.source == policy.source)
+    }
+
+    /// Makes `policy` the one in force; returns whether its version differs
+    /// from the previous one (the enforced rules changed, not just the source).
     pub fn install(&self, policy: CompiledPolicy) -> bool {
         let changed = self
             .current

@@ -160,11 +160,7 @@ impl Refresher {
         };
         self.failures = 0;
         self.metrics.policy_last_success.set(unix_now());
-        let in_force = self.store.current();
-        let same = in_force
-            .as_ref()
-            .is_some_and(|p| p.version == policy.version && p.source == policy.source);
-        if same {
+        if self.store.is_in_force(&policy) {
             self.metrics
                 .policy_reloads
                 .with_label_values(&["unchanged"])
@@ -176,7 +172,11 @@ impl Refresher {
         }
         tracing::info!(
             version = %policy.version,
-            previous = in_force.as_ref().map(|p| p.version.as_str()).unwrap_or("none"),
+            previous = self
+                .store
+                .current()
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |p| p.version.clone()),
             source = self.source.name(),
             "policy applied"
         );
