@@ -612,7 +612,29 @@ impl Gateway {
                 Ok(r) => r,
                 Err(r) => return r,
             };
-            let (resp, verdicts) = gw.read_outcome(resp, &places).await;
+            // The answer's body is timed too, so a task a client left behind
+            // cannot be held open by an upstream that trickles its answer.
+            let limit = gw.upstream.request_timeout();
+            let (resp, verdicts) = match tokio::time::timeout(limit, gw.read_outcome(resp, &places))
+                .await
+            {
+                Ok(read) => read,
+                Err(_) => {
+                    tracing::warn!(path = %task_ctx.path, "upstream answer not read within upstream.request_timeout");
+                    gw.metrics
+                        .rejections
+                        .with_label_values(&["upstream_timeout"])
+                        .inc();
+                    (
+                        response::envelope(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            504,
+                            "upstream answer too slow",
+                        ),
+                        vec![Outcome::Unknown; places.len()],
+                    )
+                }
+            };
             for (kind, v) in kinds.iter().zip(&verdicts) {
                 if matches!(kind, RouteKind::Login) {
                     gw.metrics
@@ -726,9 +748,14 @@ impl Gateway {
         let read: Result<Vec<(RouteKind, Facts, Place)>, ExtractError> = kind.and_then(|k| {
             if route.kind == RouteKind::Graphql {
                 let found = extract::graphql::calls(k, bytes, self.routes.graphql_ops())?;
-                // Errors without a `path` belong to every field of their request.
-                let alone =
-                    |i: Option<usize>| found.iter().filter(|c| c.batch_index == i).count() == 1;
+                // Errors without a `path` belong to every field of their
+                // request: a field alone in its request owns them.
+                let mut per_request: std::collections::HashMap<Option<usize>, usize> =
+                    std::collections::HashMap::new();
+                for c in &found {
+                    *per_request.entry(c.batch_index).or_default() += 1;
+                }
+                let alone = |i: Option<usize>| per_request.get(&i) == Some(&1);
                 found
                     .iter()
                     .map(|c| {

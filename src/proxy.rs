@@ -96,6 +96,11 @@ impl Upstream {
         })
     }
 
+    /// How long the upstream has to answer (`upstream.request_timeout`).
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Forwards `req` (already stripped of nothing) from client `peer`.
     pub async fn forward(
         &self,

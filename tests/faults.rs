@@ -291,3 +291,31 @@ async fn a_snapshot_that_cannot_be_written_is_counted_and_the_gateway_keeps_serv
     })
     .await;
 }
+
+/// An upstream that sends its headers in time but trickles the body of a
+/// login's answer: the read is timed like the headers
+/// (`upstream.request_timeout`), so neither the client nor a task left
+/// behind by a client that hung up waits for it forever. No verdict: the
+/// attempt counts as neither.
+#[tokio::test]
+async fn an_upstream_trickling_a_login_answer_times_out() {
+    bounded("test", LIMIT, async {
+        let (up, app, _dir) = start_fixture(|c| {
+            c.upstream.request_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let (gw, admin) = (app.proxy_addr(), app.admin_addr());
+        up.set_mode(UpMode::StallBody(Duration::from_secs(5)));
+        let started = std::time::Instant::now();
+        let r = login(gw).await;
+        assert_envelope_exact(&r, 504, "upstream answer too slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(ip_counter(admin).await, (0, 0));
+        app.shutdown().await;
+    })
+    .await;
+}

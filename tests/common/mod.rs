@@ -203,6 +203,9 @@ pub enum UpMode {
     /// Answer 200 with a chunked JSON body that breaks off after its first
     /// bytes (the connection is aborted; the body never ends cleanly).
     BreakBody,
+    /// Answer 200 with the first bytes of a JSON body, then nothing for this
+    /// long, then the rest (an upstream that trickles its answer).
+    StallBody(Duration),
 }
 
 struct UpState {
@@ -439,6 +442,25 @@ async fn upstream_answer(
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         let e = std::io::Error::other("fake upstream: body broke off");
                         Some((Err(e), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let mut r = Response::new(StreamBody::new(Box::pin(frames)).boxed());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            return Ok(r);
+        }
+        UpMode::StallBody(pause) => {
+            let frames = futures_util::stream::unfold(0u8, move |step| async move {
+                match step {
+                    0 => {
+                        let part = Bytes::from_static(b"{\"code\":2333,\"message\":\"x\",");
+                        Some((Ok::<_, std::io::Error>(Frame::data(part)), 1))
+                    }
+                    1 => {
+                        tokio::time::sleep(pause).await;
+                        Some((Ok(Frame::data(Bytes::from_static(b"\"data\":null}"))), 2))
                     }
                     _ => None,
                 }
