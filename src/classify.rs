@@ -254,6 +254,18 @@ pub struct RouteTable {
     graphql: Vec<GraphqlOp>,
 }
 
+/// One builder step per pointer field: `fn pw(self, "/password") -> Self`.
+macro_rules! pointer_setters {
+    ($($step:ident => $field:ident),* $(,)?) => {
+        $(
+            fn $step(mut self, pointer: &str) -> Self {
+                self.$field = Some(pointer.into());
+                self
+            }
+        )*
+    };
+}
+
 /// Builder steps for the default tables: each names one JSON pointer.
 impl Fields {
     fn id(mut self, pointer: &str, kind: IdKind) -> Self {
@@ -263,33 +275,14 @@ impl Fields {
         });
         self
     }
-    fn pw(mut self, pointer: &str) -> Self {
-        self.password = Some(pointer.into());
-        self
-    }
-    fn captcha(mut self, code: &str) -> Self {
-        self.captcha_code = Some(code.into());
-        self
-    }
-    fn token(mut self, pointer: &str) -> Self {
-        self.captcha_token = Some(pointer.into());
-        self
-    }
-    fn enc(mut self, pointer: &str) -> Self {
-        self.encrypt_type = Some(pointer.into());
-        self
-    }
-    fn proof(mut self, pointer: &str) -> Self {
-        self.proof = Some(pointer.into());
-        self
-    }
-    fn cc(mut self, pointer: &str) -> Self {
-        self.phone_country_code = Some(pointer.into());
-        self
-    }
-    fn ip(mut self, pointer: &str) -> Self {
-        self.client_ip = Some(pointer.into());
-        self
+    pointer_setters! {
+        pw => password,
+        captcha => captcha_code,
+        token => captcha_token,
+        enc => encrypt_type,
+        proof => proof,
+        cc => phone_country_code,
+        ip => client_ip,
     }
     fn bearer(mut self) -> Self {
         self.token_header = Some("authorization".into());

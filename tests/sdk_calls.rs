@@ -162,21 +162,22 @@ async fn v2_password_calls_with_top_level_arguments_are_judged() {
     let update = "mutation updatePassword($newPassword: String!, $oldPassword: String) { updatePassword(newPassword: $newPassword, oldPassword: $oldPassword) { id } }";
     let first = "mutation resetPasswordByFirstLoginToken($token: String!, $password: String!) { resetPasswordByFirstLoginToken(token: $token, password: $password) { message code } }";
     let force = "mutation resetPasswordByForceResetToken($token: String!, $oldPassword: String!, $newPassword: String!) { resetPasswordByForceResetToken(token: $token, oldPassword: $oldPassword, newPassword: $newPassword) { message code } }";
-    let ok = [
-        gql(
-            reset,
-            json!({"phone": "13800138000", "code": "1234", "newPassword": "long-enough"}),
-        ),
-        gql(
-            update,
-            json!({"newPassword": "long-enough", "oldPassword": "old-one"}),
-        ),
-        gql(first, json!({"token": "t", "password": "long-enough"})),
-        gql(
-            force,
-            json!({"token": "t", "oldPassword": "old-one", "newPassword": "long-enough"}),
-        ),
-    ];
+    // Each call with a new password `pw` (and an old one where it takes one).
+    let calls = |pw: &str| {
+        [
+            gql(
+                reset,
+                json!({"phone": "13800138000", "code": "1234", "newPassword": pw}),
+            ),
+            gql(update, json!({"newPassword": pw, "oldPassword": "old-one"})),
+            gql(first, json!({"token": "t", "password": pw})),
+            gql(
+                force,
+                json!({"token": "t", "oldPassword": "old-one", "newPassword": pw}),
+            ),
+        ]
+    };
+    let ok = calls("long-enough");
     for body in &ok {
         let r = post_json(s.gw(), GRAPHQL, body, &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -184,21 +185,7 @@ async fn v2_password_calls_with_top_level_arguments_are_judged() {
     }
     assert_eq!(s.up.count(GRAPHQL), ok.len());
     // Their new passwords are judged like any other.
-    let weak = [
-        gql(
-            reset,
-            json!({"email": "a@x.com", "code": "1234", "newPassword": "123"}),
-        ),
-        gql(
-            update,
-            json!({"newPassword": "123", "oldPassword": "old-one"}),
-        ),
-        gql(first, json!({"token": "t", "password": "123"})),
-        gql(
-            force,
-            json!({"token": "t", "oldPassword": "o", "newPassword": "123"}),
-        ),
-    ];
+    let weak = calls("123");
     for body in &weak {
         let r = post_json(s.gw(), GRAPHQL, body, &[]).await;
         assert_eq!(gql_code(&r), 2029, "{}", r.text());
