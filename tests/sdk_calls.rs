@@ -271,6 +271,16 @@ async fn v3_identity_comes_from_the_connection() {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
         assert_eq!(r.json()["statusCode"], 400);
     }
+    // A form body nesting the payload the `qs` way hides it from a flat
+    // reading: refused.
+    let r = post_raw(
+        s.gw(),
+        SIGNIN,
+        "connection=PASSWORD&passwordPayload[email]=victim%40x.com&passwordPayload[password]=x",
+        &[("content-type", "application/x-www-form-urlencoded")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     // Two different accounts in the named payload: refused, not guessed.
     let two = json!({"connection": "PASSWORD", "passwordPayload": {"email": "ok@x.com", "username": "other", "password": "p"}});
     let r = post_json(s.gw(), SIGNIN, &two, &[]).await;

@@ -182,6 +182,13 @@ fn parse_form(body: &[u8]) -> Result<Value, ExtractError> {
                 .map_err(|_| ExtractError::Malformed("form value is not UTF-8".into()))
         };
         let key = dec(k)?;
+        // `qs`-style parsers (Express's default) nest `a[b]=` into objects;
+        // read flat, such a key hides the field poolgate reads: refused.
+        if key.contains(['[', ']']) {
+            return Err(ExtractError::Malformed(format!(
+                "form field {key:?}: bracket syntax is not accepted on guarded routes"
+            )));
+        }
         // A repeated field is ambiguous: which one will the upstream read?
         if map.insert(key.clone(), Value::String(dec(v)?)).is_some() {
             return Err(ExtractError::Malformed(format!(
@@ -391,6 +398,8 @@ mod tests {
         assert_eq!(v["account"], "A@x.com");
         assert_eq!(v["password"], "p w");
         assert!(parse_body(BodyKind::Form, b"a=1&a=2").is_err());
+        assert!(parse_body(BodyKind::Form, b"passwordPayload[account]=victim").is_err());
+        assert!(parse_body(BodyKind::Form, b"passwordPayload%5Baccount%5D=victim").is_err());
         assert!(parse_body(BodyKind::Form, b"a=%zz").is_err());
     }
 
