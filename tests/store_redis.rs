@@ -476,3 +476,49 @@ async fn with_redis_down_a_closed_fallback_refuses_and_an_open_one_forwards() {
     assert_eq!(s.up.count(LOGIN), 4);
     s.shutdown().await;
 }
+
+/// Hanging up does not make an attempt free with the shared store either:
+/// 30 wrong logins over two replicas, each on a connection closed 20 ms
+/// after sending while the login service takes 300 ms, and at most the
+/// limit reaches it; every forwarded one is counted in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_up_does_not_free_an_attempt_in_the_shared_store() {
+    use tokio::io::AsyncWriteExt;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let stacks = replicas(
+        2,
+        json!({"loginFailCheck": check(5, 300)}),
+        &store_toml(&redis, "hangup", ""),
+        false,
+    )
+    .await;
+    for s in &stacks {
+        s.up.set_delay_ms(300);
+    }
+    let body = login_body("victim@x.com", "wrong").to_string();
+    let raw = format!(
+        "POST {LOGIN} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for i in 0..30 {
+        let gw = stacks[i % stacks.len()].gw();
+        let mut c = tokio::net::TcpStream::connect(gw).await.expect("connect");
+        c.write_all(raw.as_bytes()).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, c) = admin_get(stacks[0].admin(), "/counters?ip=127.0.0.1").await;
+        let c: Value = serde_json::from_str(&c).expect("counters JSON");
+        if c["login_failures"]["count"] == 5 && c["login_failures"]["inflight"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(forwarded(&stacks, LOGIN), 5);
+    shutdown_all(stacks).await;
+}
