@@ -181,6 +181,10 @@ impl App {
                 send_code: cfg.guards.send_code,
                 captcha_ttl: cfg.guards.captcha_ttl,
                 captcha_cookie_samesite: cfg.guards.captcha_cookie_samesite,
+                access_log: crate::gateway::AccessLog {
+                    on: cfg.log.access_log,
+                    sample: cfg.log.access_log_sample,
+                },
             },
         });
         let proxy_listeners = crate::server::bind_reuseport(cfg.server.listen, workers)

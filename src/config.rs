@@ -555,6 +555,10 @@ pub struct LogConfig {
     /// Most rejection log lines written per second (0: no limit); the others
     /// are tallied per guard in a summary line every 10 s. Metrics count all.
     pub rejections_per_second: u32,
+    /// One `access` line per request (target `poolgate::access`), in the log's format.
+    pub access_log: bool,
+    /// The share of requests the access log shows (0 to 1; 1: every one).
+    pub access_log_sample: f64,
 }
 
 impl Default for LogConfig {
@@ -563,6 +567,8 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".to_string(),
             rejections_per_second: 100,
+            access_log: false,
+            access_log_sample: 1.0,
         }
     }
 }
@@ -728,6 +734,9 @@ impl Config {
         }
         crate::extract::phone::PhoneRegion::parse(&self.guards.phone_default_region)
             .context("guards.phone_default_region")?;
+        if !(0.0..=1.0).contains(&self.log.access_log_sample) {
+            bail!("log.access_log_sample must be between 0 and 1");
+        }
         if self.guards.send_code.window.is_zero() {
             bail!("guards.send_code.window must be greater than 0");
         }

@@ -77,6 +77,8 @@ pub struct GuardSettings {
     pub captcha_ttl: std::time::Duration,
     /// `SameSite` of the v2 captcha cookie.
     pub captcha_cookie_samesite: crate::config::SameSite,
+    /// The access log.
+    pub access_log: AccessLog,
 }
 
 impl GuardSettings {
@@ -171,6 +173,9 @@ impl Gateway {
             .requests
             .with_label_values(&[route, method, outcome])
             .inc();
+        if self.settings.access_log.sampled() {
+            access_line(&resp, method, route, outcome);
+        }
         resp
     }
 
@@ -395,6 +400,11 @@ impl Gateway {
             .with_label_values(&[rej.reason])
             .inc();
         let mut resp = response::error(ctx.flavor, rej.status, rej.code, &rej.message);
+        resp.extensions_mut().insert(Decided {
+            guard: rej.guard,
+            reason: rej.reason,
+            code: rej.code,
+        });
         if let Some(wait) = rej.retry_after {
             if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -406,6 +416,12 @@ impl Gateway {
     fn with_cors(&self, mut resp: Response<RespBody>, ctx: &Ctx) -> Response<RespBody> {
         if let Some(o) = &ctx.allow_origin {
             cors::add_allow_origin(o, resp.headers_mut());
+        }
+        if self.settings.access_log.enabled() {
+            resp.extensions_mut().insert(Seen {
+                client_ip: ctx.client_ip,
+                path: ctx.path.clone(),
+            });
         }
         resp
     }
@@ -480,11 +496,15 @@ impl Gateway {
     ) -> Result<Response<Incoming>, (Response<RespBody>, &'static str)> {
         let started = Instant::now();
         let trusted = self.client_ip.is_trusted(peer);
-        let result = self.upstream.forward(req, peer, trusted).await;
+        let mut result = self.upstream.forward(req, peer, trusted).await;
+        let took = started.elapsed();
         self.metrics
             .upstream_duration
             .with_label_values(&[label])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        if let Ok(r) = result.as_mut() {
+            r.extensions_mut().insert(UpstreamTime(took));
+        }
         result.map_err(|e| {
             let (status, message, outcome) = match &e {
                 ForwardError::Timeout => (
@@ -1141,6 +1161,68 @@ impl Drop for Abandoned<'_> {
 
 fn bad_client_ip(message: &'static str) -> Rejection {
     Rejection::http("body", "bad_client_ip", StatusCode::BAD_REQUEST, message)
+}
+
+/// The access log's settings: off, or every `1/sample`-th request on average.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLog {
+    /// Whether it is on.
+    pub on: bool,
+    /// The share of requests logged (0 to 1).
+    pub sample: f64,
+}
+
+impl AccessLog {
+    fn enabled(&self) -> bool {
+        self.on && self.sample > 0.0
+    }
+
+    fn sampled(&self) -> bool {
+        self.enabled() && (self.sample >= 1.0 || rand::random::<f64>() < self.sample)
+    }
+}
+
+/// Who asked for what, stamped on the answer for the access log.
+#[derive(Debug, Clone)]
+struct Seen {
+    client_ip: IpAddr,
+    path: String,
+}
+
+/// The rejection that answered a request, for the access log.
+#[derive(Debug, Clone, Copy)]
+struct Decided {
+    guard: &'static str,
+    reason: &'static str,
+    code: i64,
+}
+
+/// How long the upstream took to send its answer's head.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamTime(std::time::Duration);
+
+/// One access log line (target `poolgate::access`, INFO), in the log's format.
+fn access_line(resp: &Response<RespBody>, method: &str, route: &str, outcome: &str) {
+    let seen = resp.extensions().get::<Seen>();
+    let decided = resp.extensions().get::<Decided>();
+    let upstream_ms = resp
+        .extensions()
+        .get::<UpstreamTime>()
+        .map(|t| t.0.as_secs_f64() * 1000.0);
+    tracing::info!(
+        target: "poolgate::access",
+        method,
+        path = seen.map_or("", |s| s.path.as_str()),
+        route,
+        outcome,
+        status = resp.status().as_u16(),
+        client_ip = %seen.map_or_else(|| "-".to_string(), |s| s.client_ip.to_string()),
+        guard = decided.map_or("", |d| d.guard),
+        reason = decided.map_or("", |d| d.reason),
+        code = decided.map(|d| d.code),
+        upstream_ms,
+        "access"
+    );
 }
 
 /// The answer when the shared store is down and its fallback is `closed`.

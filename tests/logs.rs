@@ -1,7 +1,8 @@
-//! An attacker cannot set the log volume: rejection lines are written within
-//! `log.rejections_per_second`, the rest are tallied per guard in a summary
-//! line, and the metrics still count every rejection. Driven through the
-//! real binary, whose stderr is the log.
+//! The logs, through the real binary (its stderr is the log): an attacker
+//! cannot set their volume (rejection lines are written within
+//! `log.rejections_per_second`, the rest tallied per guard in a summary
+//! line, the metrics still count every rejection), and the access log says
+//! what happened to each request.
 
 mod common;
 
@@ -123,6 +124,92 @@ rejections_per_second = 50
             total as u64,
             "every line not written is in a summary"
         );
+    })
+    .await;
+}
+
+/// Starts the binary on a one-file pool with `extra` TOML appended.
+async fn start(
+    up: &FakeUpstream,
+    pool: &str,
+    extra: &str,
+) -> (Proc, std::net::SocketAddr, tempfile::TempDir) {
+    let dir = tempdir();
+    std::fs::write(dir.path().join("pool.json"), pool).unwrap();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n[upstream]\nurl = \"http://{}\"\n\n[policy]\nsource = \"file\"\n\n[policy.file]\npath = \"pool.json\"\n\n{extra}\n",
+        up.addr
+    );
+    let path = dir.path().join("poolgate.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let mut proc = Proc::spawn(
+        &[
+            "--config",
+            &path.display().to_string(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    let (gw, admin) = proc.listening().await;
+    assert_eq!(readyz(admin).await, StatusCode::OK);
+    (proc, gw, dir)
+}
+
+fn access_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "access")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_says_what_happened_to_each_request() {
+    bounded("test", Duration::from_secs(60), async {
+        let up = FakeUpstream::start().await;
+        let (mut proc, gw, _dir) = start(
+            &up,
+            r#"{"registerDisabled": true}"#,
+            "[log]\naccess_log = true",
+        )
+        .await;
+        let echoed = send(build("GET", gw, "/echo/hello", &[], "")).await;
+        let r = send(build(
+            "POST",
+            gw,
+            "/api/v2/register/email",
+            &[("content-type", "application/json")],
+            r#"{"email":"a@x.com","password":"long-enough"}"#,
+        ))
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+        proc.signal("TERM");
+        proc.wait_exit(Duration::from_secs(30)).await;
+        let lines = access_lines(&proc.stderr());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let fwd = &lines[0];
+        assert_eq!(fwd["path"], "/echo/hello");
+        assert_eq!(fwd["route"], "other");
+        assert_eq!(fwd["outcome"], "forwarded");
+        assert_eq!(fwd["status"], echoed.status.as_u16());
+        assert_eq!(fwd["client_ip"], "127.0.0.1");
+        assert!(fwd["upstream_ms"].as_f64().is_some(), "{fwd}");
+        assert_eq!(fwd["target"], "poolgate::access");
+        let rej = &lines[1];
+        assert_eq!(rej["route"], "register");
+        assert_eq!(rej["outcome"], "rejected");
+        assert_eq!(rej["guard"], "register_disabled");
+        assert_eq!(rej["code"], 2031);
+        assert!(rej["upstream_ms"].is_null(), "{rej}");
+
+        // Off by default; sampled at 0 it writes nothing either.
+        for extra in ["", "[log]\naccess_log = true\naccess_log_sample = 0.0"] {
+            let (mut proc, gw, _dir) = start(&up, "{}", extra).await;
+            let _ = send(build("GET", gw, "/echo/x", &[], "")).await;
+            proc.signal("TERM");
+            proc.wait_exit(Duration::from_secs(30)).await;
+            assert!(access_lines(&proc.stderr()).is_empty(), "{extra:?}");
+        }
     })
     .await;
 }
