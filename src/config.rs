@@ -596,11 +596,31 @@ impl std::str::FromStr for LogFormat {
 
 impl Config {
     /// Reads, overrides from the process environment, and validates a config file.
+    ///
+    /// Every key can come from the environment: `POOLGATE_<SECTION>__<KEY>`,
+    /// with a double underscore between levels (`POOLGATE_SERVER__TRUSTED_PROXIES`,
+    /// `POOLGATE_STORE__REDIS__KEY_PREFIX`), the value written as in TOML
+    /// (`'["10.0.0.0/8"]'`, `true`, `5s`). Such a variable wins over the file;
+    /// the older single names (`POOLGATE_LISTEN`, `POOLGATE_UPSTREAM_URL`, ...)
+    /// are applied after it and win over both.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
+        // The file alone first: toml's errors name the line and the key.
         let mut cfg = Config::parse(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
+        let env = figment::providers::Env::prefixed("POOLGATE_")
+            // Only nested names are keys: POOLGATE_CONFIG, POOLGATE_LISTEN
+            // and the secrets' variables are not.
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        let overridden = figment::Provider::data(&env)
+            .map(|d| d.values().any(|dict| !dict.is_empty()))
+            .unwrap_or(true);
+        if overridden {
+            cfg = Config::from_layers(&text, env)
+                .context("invalid configuration override (POOLGATE_<SECTION>__<KEY>)")?;
+        }
         // Relative pool paths are relative to the config file, so the sample
         // config works from any working directory.
         if let Some(dir) = path.parent() {
@@ -614,6 +634,17 @@ impl Config {
     /// Parses TOML text (no environment, no validation).
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// The file's TOML with `overrides` layered over it (figment: the
+    /// layering, key paths and type errors of a maintained crate rather than
+    /// hand-merged tables).
+    pub fn from_layers(text: &str, overrides: impl figment::Provider) -> anyhow::Result<Config> {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(text))
+            .merge(overrides)
+            .extract()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
@@ -874,6 +905,24 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.server.listen.port(), 18080);
         assert!(!format!("{cfg:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn any_key_can_be_layered_over_the_file() {
+        use figment::providers::Serialized;
+        let over = Serialized::default("server.trusted_proxies", vec!["10.0.0.0/8"]);
+        let cfg = Config::from_layers(MIN, over).unwrap();
+        assert_eq!(cfg.server.trusted_proxies.len(), 1);
+        let over = Serialized::default("guards.dry_run_guards", vec!["cors"]);
+        let cfg = Config::from_layers(MIN, over).unwrap();
+        assert_eq!(cfg.guards.dry_run_guards, vec!["cors".to_string()]);
+        // A wrong type or an unknown key is an error that names it.
+        let over = Serialized::default("server.workers", "many");
+        let err = format!("{:#}", Config::from_layers(MIN, over).unwrap_err());
+        assert!(err.contains("workers"), "{err}");
+        let over = Serialized::default("server.wrokers", 2);
+        let err = format!("{:#}", Config::from_layers(MIN, over).unwrap_err());
+        assert!(err.contains("wrokers"), "{err}");
     }
 
     #[test]

@@ -390,3 +390,45 @@ async fn debug_logs_hold_no_secret_or_token_in_text_or_json() {
     })
     .await;
 }
+
+/// Every key can come from the environment, `POOLGATE_<SECTION>__<KEY>`
+/// with its value written as in TOML; a bad override is named.
+#[tokio::test]
+async fn any_key_can_come_from_the_environment() {
+    bounded("test", LIMIT, async {
+        let dir = tempdir();
+        let cfg = file_setup(
+            dir.path(),
+            Some(fixture_text().as_bytes()),
+            "127.0.0.1:9",
+            "",
+        );
+        let (code, stdout, stderr) = run_binary(
+            &["check", "--config", &s(&cfg)],
+            &[
+                (
+                    "POOLGATE_GUARDS__DRY_RUN_GUARDS",
+                    r#"["cors", "whitelist"]"#,
+                ),
+                ("POOLGATE_SERVER__TRUSTED_PROXIES", r#"["10.0.0.0/8"]"#),
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(
+            stdout.lines().any(|l| l == "dry run     cors, whitelist"),
+            "{stdout}"
+        );
+        let out = run_binary(
+            &["check", "--config", &s(&cfg)],
+            &[("POOLGATE_SERVER__WORKERS", "many")],
+        )
+        .await;
+        assert_failed(
+            &out,
+            2,
+            &["POOLGATE_<SECTION>__<KEY>", "SERVER.WORKERS", "many"],
+        );
+    })
+    .await;
+}
