@@ -1,0 +1,254 @@
+//! The shared store over TLS (`rediss://`): a real `redis-server` started
+//! with `--tls-port`, a certificate authority made by the test (rcgen), the
+//! server's certificate verified against `store.redis.ca_file`, and a client
+//! certificate for servers that ask for one (`--tls-auth-clients yes`).
+
+mod guards_common;
+mod redis_procs;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use guards_common::*;
+use poolgate::config::{RedisConfig, Secret};
+use poolgate::metrics::Metrics;
+use poolgate::policy::WindowLimit;
+use poolgate::store::redis::{Answer, RedisStore};
+use poolgate::store::{Counter, Subject};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use redis_procs::{free_port, have, RedisProc};
+use serde_json::json;
+
+/// A CA, and a server and a client certificate it signed, as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = make_ca("poolgate test CA");
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
+        write("ca.crt", ca.pem());
+        for (name, sans) in [
+            ("server", vec!["127.0.0.1".to_string()]),
+            ("client", vec![]),
+        ] {
+            let key = KeyPair::generate().expect("a key");
+            let mut params = CertificateParams::new(sans).expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("poolgate test {name}"));
+            let cert = params.signed_by(&key, &ca).expect("signed");
+            write(&format!("{name}.crt"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        // Another CA, which signed nothing here.
+        write("other-ca.crt", make_ca("some other CA").pem());
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a key")).expect("a CA")
+}
+
+/// A `redis-server` that speaks only TLS; `auth_clients`: `yes` or `no`.
+fn tls_server(pki: &Pki, dir: &Path, auth_clients: &str) -> RedisProc {
+    let port = free_port();
+    let p = |n: &str| pki.path(n).display().to_string();
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &p("server.crt"),
+        "--tls-key-file",
+        &p("server.key"),
+        "--tls-ca-cert-file",
+        &p("ca.crt"),
+        "--tls-auth-clients",
+        auth_clients,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    RedisProc::start(port, dir, &args)
+}
+
+fn config(port: u16, ca: Option<PathBuf>, client: Option<(PathBuf, PathBuf)>) -> RedisConfig {
+    let (client_cert_file, client_key_file) = client.unzip();
+    RedisConfig {
+        url: Secret::new(format!("rediss://127.0.0.1:{port}/0")),
+        ca_file: ca,
+        client_cert_file,
+        client_key_file,
+        timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        key_prefix: "tls".into(),
+        ..RedisConfig::default()
+    }
+}
+
+fn store(cfg: &RedisConfig) -> Arc<RedisStore> {
+    Arc::new(RedisStore::new(cfg, Duration::from_secs(30), Metrics::new()).expect("a store"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_client_certificate_counts_in_redis() {
+    if !have("redis-server") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = tls_server(&pki, dir.path(), "yes");
+    let cfg = config(
+        server.port,
+        Some(pki.path("ca.crt")),
+        Some((pki.path("client.crt"), pki.path("client.key"))),
+    );
+    let s = store(&cfg);
+    s.ping()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    let limit = WindowLimit {
+        limit: 2,
+        window: Duration::from_secs(60),
+    };
+    let ask = [(Counter::LoginIp, Subject::Client(7), limit)];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut a = s.reserve(&ask, false).await.expect("reserve over TLS");
+        assert!(matches!(a[0], Answer::Granted(_)), "{a:?}");
+        held.append(&mut a);
+    }
+    let a = s.reserve(&ask, false).await.expect("reserve over TLS");
+    assert!(
+        matches!(a[0], Answer::Denied { .. }),
+        "the third is over the limit"
+    );
+    let shown = s
+        .show(Counter::LoginIp, &Subject::Client(7))
+        .await
+        .expect("show")
+        .expect("the counter exists in Redis");
+    assert_eq!(shown.inflight, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_one_login_limit_over_tls() {
+    if !have("redis-server") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Client certificates optional on this server: a CA file alone is enough.
+    let server = tls_server(&pki, dir.path(), "no");
+    let toml = format!(
+        "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"rediss://127.0.0.1:{}/0\"\n\
+         key_prefix = \"tls2\"\ntimeout = \"2s\"\nca_file = {:?}\n",
+        server.port,
+        pki.path("ca.crt").display().to_string()
+    );
+    let mut stacks = Vec::new();
+    for _ in 0..2 {
+        stacks.push(
+            Setup::new(json!({"loginFailCheck": check(3, 60)}))
+                .toml(&toml)
+                .start()
+                .await,
+        );
+    }
+    let answers = join_all((0..12).map(|i| wrong_login(stacks[i % 2].gw(), "bob", None))).await;
+    let forwarded: usize = stacks.iter().map(|s| s.up.count(LOGIN)).sum();
+    assert_eq!(
+        forwarded, 3,
+        "two gateways together forward exactly the limit"
+    );
+    let gated = answers
+        .iter()
+        .filter(|r| r.json() == captcha_required_v2())
+        .count();
+    assert_eq!(gated, 9);
+    for s in stacks {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_certificate_and_the_client_certificate_are_checked() {
+    if !have("redis-server") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = tls_server(&pki, dir.path(), "yes");
+    let client = || Some((pki.path("client.crt"), pki.path("client.key")));
+    // A CA that did not sign the server's certificate: refused.
+    let err = store(&config(
+        server.port,
+        Some(pki.path("other-ca.crt")),
+        client(),
+    ))
+    .ping()
+    .await
+    .expect_err("an unknown issuer is refused");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // No CA file: the public roots do not know a private CA either.
+    let err = store(&config(server.port, None, client()))
+        .ping()
+        .await
+        .expect_err("a private CA is not trusted by default");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // The right CA, but no client certificate where the server asks for one.
+    store(&config(server.port, Some(pki.path("ca.crt")), None))
+        .ping()
+        .await
+        .expect_err("the server wants a client certificate");
+    // All of it: accepted.
+    store(&config(server.port, Some(pki.path("ca.crt")), client()))
+        .ping()
+        .await
+        .expect("accepted");
+}
+
+#[test]
+fn unreadable_or_malformed_tls_files_are_start_up_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem");
+    let err = RedisStore::new(
+        &config(6380, Some(missing), None),
+        Duration::from_secs(30),
+        Metrics::new(),
+    )
+    .expect_err("a missing CA file");
+    assert!(err.to_string().contains("store.redis.ca_file"), "{err}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let err = RedisStore::new(
+        &config(6380, Some(junk.clone()), Some((junk.clone(), junk))),
+        Duration::from_secs(30),
+        Metrics::new(),
+    )
+    .expect_err("a file with no PEM in it");
+    assert!(err.to_string().contains("store.redis"), "{err}");
+}
