@@ -140,6 +140,11 @@ pub struct RateLimitConfig {
     /// clients share one overflow bucket (so a flood of fresh addresses is
     /// still limited, as one client) until the sweeper frees room.
     pub max_tracked_keys: usize,
+    /// Keep each client's rate state in the shared store (`store.kind =
+    /// "redis"`), so the replicas together allow the configured rate rather
+    /// than each of them; while Redis cannot be used, each replica's own
+    /// limiter applies. Off: every replica limits on its own.
+    pub shared: bool,
 }
 
 impl Default for RateLimitConfig {
@@ -170,6 +175,7 @@ impl Default for RateLimitConfig {
                 burst: 5,
             },
             max_tracked_keys: 1_000_000,
+            shared: false,
         }
     }
 }
@@ -791,6 +797,9 @@ impl Config {
         if self.rate_limit.max_tracked_keys == 0 {
             bail!("rate_limit.max_tracked_keys must be greater than 0");
         }
+        if self.rate_limit.shared && self.store.kind != StoreKind::Redis {
+            bail!("rate_limit.shared = true keeps the rates in Redis: it needs store.kind = \"redis\"");
+        }
         if self.guards.ipv6_prefix > 128 {
             bail!("guards.ipv6_prefix must be between 0 and 128");
         }
@@ -1008,6 +1017,20 @@ mod tests {
             let err = format!("{:#}", parse(bad).unwrap_err());
             assert!(err.contains(named), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn shared_rate_limits_need_the_redis_store() {
+        let text = format!("{MIN}\n[rate_limit]\nshared = true\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&text).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("rate_limit.shared"), "{err}");
+        let text = format!(
+            "{MIN}\n[rate_limit]\nshared = true\n[store]\nkind = \"redis\"\n[store.redis]\n"
+        );
+        Config::parse(&text).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The shared counter store: window counters, in-flight reservations and
-//! captcha answers in Redis, so several replicas enforce one limit. A single server (`redis://`, `rediss://` with
+//! The shared counter store: window counters, in-flight reservations,
+//! captcha answers and (optionally) rate-limit state in Redis, so several
+//! replicas enforce one limit. A single server (`redis://`, `rediss://` with
 //! TLS, `unix://`) or a Redis Cluster (`cluster = true`).
 //!
 //! Every check-and-reserve is a Lua script (atomic on the server); time is
@@ -13,6 +14,7 @@
 //! - `<p>:{<counter>:<subject>}:f`: a sorted set of reservations in flight,
 //!   each scored by the time it lapses if never settled (a replica that dies
 //!   mid-request cannot leak a slot for longer than `hold`);
+//! - `<p>:{rl:<class>:<client>}`: a client's GCRA state (`rate_limit.shared`);
 //! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL.
 //!
 //! On a single server, all the counters a request needs are reserved in one
@@ -106,6 +108,27 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local count = tonumber(redis.call('GET', KEYS[1]) or '-1') or 0
 return {count, redis.call('PTTL', KEYS[1]), redis.call('ZCOUNT', KEYS[2], now, '+inf')}
+";
+
+/// The shared per-client rate limit: GCRA, as the local limiter (governor)
+/// applies it, on Redis's clock.
+const RATE: &str = r"
+-- KEYS[1]: the client's theoretical arrival time (microseconds).
+-- ARGV[1]: interval between requests at the sustained rate (us), ARGV[2]: burst.
+-- Returns 0 (allowed, counted) or the microseconds to wait.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local new = tat + interval
+local over = new - now - interval * burst
+if over > 0 then
+  return math.ceil(over)
+end
+-- %.0f: tostring would round a 16-digit number to 14 digits.
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
+return 0
 ";
 
 /// Why a shared-store call failed.
@@ -291,6 +314,7 @@ pub struct RedisStore {
     reserve: Script,
     settle: Script,
     show: Script,
+    rate: Script,
     metrics: Metrics,
     fallback: &'static str,
 }
@@ -333,6 +357,7 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             show: Script::new(SHOW),
+            rate: Script::new(RATE),
             metrics,
             fallback: cfg.fallback.as_str(),
         })
@@ -515,6 +540,31 @@ impl RedisStore {
         let _ = self
             .call::<i64>("settle", inv.invoke_async(&mut conn))
             .await;
+    }
+
+    /// Takes one request from `client`'s shared rate state of `class`:
+    /// `Ok(Err(wait))` when over the rate. One script call; the key lives
+    /// as long as the state matters (at most `interval × burst`).
+    pub async fn rate_check(
+        &self,
+        class: &str,
+        client: u128,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let key = format!("{}:{{rl:{class}:{client:032x}}}", self.prefix);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut inv = self.rate.prepare_invoke();
+        inv.key(&key).arg(interval_us).arg(burst.max(1));
+        let mut conn = self.conn();
+        let wait_us: i64 = self.call("rate_limit", inv.invoke_async(&mut conn)).await?;
+        Ok(match u64::try_from(wait_us) {
+            Ok(0) => Ok(()),
+            Ok(us) => Err(Duration::from_micros(us)),
+            Err(_) => return Err(StoreError::Reply),
+        })
     }
 
     /// Stores a captcha answer for `client`, living `ttl`.
