@@ -318,3 +318,58 @@ async fn a_master_restarted_during_a_burst_costs_the_fallback_then_the_cluster_r
         .any(|l| l == "poolgate_store_breaker_open 1");
     assert!(!open, "the breaker is closed again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_is_not_up_at_start_is_used_once_it_is() {
+    if !have("redis-server") || !have("redis-cli") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let url = |p: u16| format!("redis://127.0.0.1:{p}");
+    let cfg = StoreConfig {
+        kind: StoreKind::Redis,
+        redis: Some(RedisConfig {
+            url: Secret::new(url(ports[0])),
+            nodes: vec![url(ports[1]), url(ports[2])],
+            cluster: true,
+            key_prefix: "c4".into(),
+            timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(300),
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_millis(200),
+            ..RedisConfig::default()
+        }),
+    };
+    let s = Store::new(
+        &cfg,
+        &GuardsConfig::default(),
+        &RateLimitConfig::default(),
+        Duration::from_secs(30),
+        Metrics::new(),
+    )
+    .expect("a store: Redis need not be up at start");
+    // Nothing listens yet: the local fallback answers.
+    assert!(attempt(&s, 1, "y", 1000).await);
+
+    let nodes: Vec<RedisProc> = ports.iter().map(|&p| node(dir.path(), p)).collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut args = vec!["--cluster", "create"];
+    args.extend(addrs.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    cli(&args);
+    let cluster = Cluster { nodes, _dir: dir };
+    cluster.wait_ok();
+    // Up now: the counts reach the cluster.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut client = 100;
+    while (0..3).map(|i| cluster.keys_on(i)).sum::<usize>() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing ever reached the cluster"
+        );
+        assert!(attempt(&s, client, "y", 1000).await);
+        client += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
