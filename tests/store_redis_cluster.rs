@@ -20,33 +20,57 @@ use poolgate::config::{
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
-use redis_procs::{cli, free_port, have, wait_until, RedisProc};
+use redis_procs::{cli, free_port, have, wait_until, Pki, RedisProc};
 use serde_json::json;
 
 /// Three masters, no replicas, killed on drop.
 struct Cluster {
     nodes: Vec<RedisProc>,
+    /// Certificates of a TLS cluster (`--tls-cluster yes`).
+    tls: Option<Pki>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Option<Cluster> {
+        Self::start_with(None)
+    }
+
+    fn start_with(tls: Option<Pki>) -> Option<Cluster> {
         if !have("redis-server") || !have("redis-cli") {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<RedisProc> = (0..3).map(|_| node(dir.path(), free_port())).collect();
-        let addrs: Vec<String> = nodes
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        Some(Cluster::create(dir, &ports, tls))
+    }
+
+    /// Starts a node on each port and joins them with `redis-cli --cluster create`.
+    fn create(dir: tempfile::TempDir, ports: &[u16], tls: Option<Pki>) -> Cluster {
+        let nodes = ports
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|&p| node(dir.path(), p, tls.as_ref()))
             .collect();
+        let c = Cluster {
+            nodes,
+            tls,
+            _dir: dir,
+        };
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        cli(&args);
-        let c = Cluster { nodes, _dir: dir };
+        c.cli(&args);
         c.wait_ok();
-        Some(c)
+        c
+    }
+
+    /// `redis-cli` with the TLS arguments where the cluster needs them.
+    fn cli(&self, args: &[&str]) -> String {
+        let tls = self.tls.as_ref().map(Pki::cli_args).unwrap_or_default();
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend(args);
+        cli(&all)
     }
 
     /// Waits until every node says `cluster_state:ok`.
@@ -56,20 +80,32 @@ impl Cluster {
             wait_until(
                 &format!("cluster_state:ok on port {port}"),
                 Duration::from_secs(20),
-                || cli(&["-p", &port, "cluster", "info"]).contains("cluster_state:ok"),
+                || {
+                    self.cli(&["-p", &port, "cluster", "info"])
+                        .contains("cluster_state:ok")
+                },
             );
         }
     }
 
     fn url(&self, i: usize) -> String {
-        format!("redis://127.0.0.1:{}", self.nodes[i].port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[i].port)
     }
 
     /// The `[store]` section: node 0 as `url`, the others as `nodes`.
     fn toml(&self, prefix: &str) -> String {
+        let ca = match &self.tls {
+            Some(pki) => format!("ca_file = {:?}\n", pki.path("ca.crt").display().to_string()),
+            None => String::new(),
+        };
         format!(
             "[store]\nkind = \"redis\"\n[store.redis]\nurl = {:?}\nnodes = [{:?}, {:?}]\n\
-             cluster = true\nkey_prefix = {prefix:?}\ntimeout = \"1s\"\n",
+             cluster = true\nkey_prefix = {prefix:?}\ntimeout = \"1s\"\n{ca}",
             self.url(0),
             self.url(1),
             self.url(2)
@@ -79,24 +115,37 @@ impl Cluster {
     /// Keys stored on node `i`.
     fn keys_on(&self, i: usize) -> usize {
         let port = self.nodes[i].port.to_string();
-        cli(&["-p", &port, "dbsize"]).trim().parse().unwrap_or(0)
+        self.cli(&["-p", &port, "dbsize"])
+            .trim()
+            .parse()
+            .unwrap_or(0)
     }
 }
 
-fn node(dir: &Path, port: u16) -> RedisProc {
-    let args: Vec<String> = [
-        "--port".to_string(),
-        port.to_string(),
+/// A cluster node on `port`, its cluster bus on another free port (not
+/// `port + 10000`, which may be taken or past 65535), its `nodes.conf` in
+/// `dir` so that a restart rejoins with the same identity and slots.
+fn node(dir: &Path, port: u16, tls: Option<&Pki>) -> RedisProc {
+    let mut args: Vec<String> = match tls {
+        Some(pki) => {
+            let mut a = pki.server_args(port, "no");
+            a.extend(["--tls-cluster".into(), "yes".into()]);
+            a
+        }
+        None => vec!["--port".into(), port.to_string()],
+    };
+    args.extend([
         "--cluster-enabled".into(),
         "yes".into(),
+        "--cluster-port".into(),
+        free_port().to_string(),
         "--cluster-config-file".into(),
         format!("nodes-{port}.conf"),
         // Long enough that a master restarted by the test is never marked
         // failed by the others (which would take the whole cluster down).
         "--cluster-node-timeout".into(),
         "15000".into(),
-    ]
-    .into();
+    ]);
     RedisProc::start(port, dir, &args)
 }
 
@@ -133,6 +182,32 @@ async fn three_gateways_on_a_cluster_forward_exactly_the_limit_per_client() {
     // The counters are spread over the masters (hash tags per counter and client).
     let spread = (0..3).filter(|&i| cluster.keys_on(i) > 0).count();
     assert!(spread >= 2, "eight clients' counters on {spread} master(s)");
+    for s in stacks {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_holds_the_limit_too() {
+    let Some(cluster) = Cluster::start_with(Some(Pki::new())) else {
+        return;
+    };
+    let mut stacks = Vec::new();
+    for _ in 0..2 {
+        stacks.push(
+            Setup::new(json!({"loginFailCheck": check(3, 60)}))
+                .trusted()
+                .toml(&cluster.toml("c5"))
+                .start()
+                .await,
+        );
+    }
+    let ips: Vec<String> = (0..4).map(|i| format!("198.51.100.{}", i + 1)).collect();
+    let burst = (0..40).map(|i| wrong_login(stacks[i % 2].gw(), "bob", Some(&ips[i % 4])));
+    join_all(burst).await;
+    let forwarded: usize = stacks.iter().map(|s| s.up.count(LOGIN)).sum();
+    assert_eq!(forwarded, 4 * 3, "over TLS, each client's limit exactly");
+    assert!((0..3).map(|i| cluster.keys_on(i)).sum::<usize>() > 0);
     for s in stacks {
         s.shutdown().await;
     }
@@ -352,14 +427,7 @@ async fn a_cluster_that_is_not_up_at_start_is_used_once_it_is() {
     // Nothing listens yet: the local fallback answers.
     assert!(attempt(&s, 1, "y", 1000).await);
 
-    let nodes: Vec<RedisProc> = ports.iter().map(|&p| node(dir.path(), p)).collect();
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut args = vec!["--cluster", "create"];
-    args.extend(addrs.iter().map(String::as_str));
-    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    cli(&args);
-    let cluster = Cluster { nodes, _dir: dir };
-    cluster.wait_ok();
+    let cluster = Cluster::create(dir, &ports, None);
     // Up now: the counts reach the cluster.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut client = 100;

@@ -17,76 +17,13 @@ use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::redis::{Answer, RedisStore};
 use poolgate::store::{Counter, Subject};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use redis_procs::{free_port, have, RedisProc};
+use redis_procs::{free_port, have, Pki, RedisProc};
 use serde_json::json;
-
-/// A CA, and a server and a client certificate it signed, as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = make_ca("poolgate test CA");
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
-        write("ca.crt", ca.pem());
-        for (name, sans) in [
-            ("server", vec!["127.0.0.1".to_string()]),
-            ("client", vec![]),
-        ] {
-            let key = KeyPair::generate().expect("a key");
-            let mut params = CertificateParams::new(sans).expect("params");
-            params
-                .distinguished_name
-                .push(DnType::CommonName, format!("poolgate test {name}"));
-            let cert = params.signed_by(&key, &ca).expect("signed");
-            write(&format!("{name}.crt"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        }
-        // Another CA, which signed nothing here.
-        write("other-ca.crt", make_ca("some other CA").pem());
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a key")).expect("a CA")
-}
 
 /// A `redis-server` that speaks only TLS; `auth_clients`: `yes` or `no`.
 fn tls_server(pki: &Pki, dir: &Path, auth_clients: &str) -> RedisProc {
     let port = free_port();
-    let p = |n: &str| pki.path(n).display().to_string();
-    let args: Vec<String> = [
-        "--port",
-        "0",
-        "--tls-port",
-        &port.to_string(),
-        "--tls-cert-file",
-        &p("server.crt"),
-        "--tls-key-file",
-        &p("server.key"),
-        "--tls-ca-cert-file",
-        &p("ca.crt"),
-        "--tls-auth-clients",
-        auth_clients,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    RedisProc::start(port, dir, &args)
+    RedisProc::start(port, dir, &pki.server_args(port, auth_clients))
 }
 
 fn config(port: u16, ca: Option<PathBuf>, client: Option<(PathBuf, PathBuf)>) -> RedisConfig {

@@ -10,6 +10,10 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,82 @@ pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A CA, and a server and a client certificate it signed, as PEM files.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Makes them in a tempdir of their own.
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = make_ca("poolgate test CA");
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
+        write("ca.crt", ca.pem());
+        for (name, sans) in [
+            ("server", vec!["127.0.0.1".to_string()]),
+            ("client", vec![]),
+        ] {
+            let key = KeyPair::generate().expect("a key");
+            let mut params = CertificateParams::new(sans).expect("params");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("poolgate test {name}"));
+            let cert = params.signed_by(&key, &ca).expect("signed");
+            write(&format!("{name}.crt"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        }
+        // Another CA, which signed nothing here.
+        write("other-ca.crt", make_ca("some other CA").pem());
+        Pki { dir }
+    }
+
+    /// `ca.crt`, `server.crt`, `server.key`, `client.crt`, `client.key`, `other-ca.crt`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn make_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate().expect("a key")).expect("a CA")
+}
+
+impl Pki {
+    /// `redis-server` arguments for a TLS-only server on `port` (client
+    /// certificates: `auth_clients`, `yes` or `no`).
+    pub fn server_args(&self, port: u16, auth_clients: &str) -> Vec<String> {
+        let p = |n: &str| self.path(n).display().to_string();
+        [
+            "--port".to_string(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            p("server.crt"),
+            "--tls-key-file".into(),
+            p("server.key"),
+            "--tls-ca-cert-file".into(),
+            p("ca.crt"),
+            "--tls-auth-clients".into(),
+            auth_clients.into(),
+        ]
+        .into()
+    }
+
+    /// `redis-cli` arguments to talk TLS to such a server.
+    pub fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.path("ca.crt").display().to_string(),
+        ]
     }
 }
 
