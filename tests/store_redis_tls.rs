@@ -8,15 +8,17 @@ mod redis_procs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use guards_common::*;
-use poolgate::config::{RedisConfig, Secret};
+use poolgate::config::{
+    GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
+};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::redis::{Answer, RedisStore};
-use poolgate::store::{Counter, Subject};
+use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
 use redis_procs::{free_port, have, Pki, RedisProc};
 use serde_json::json;
 
@@ -188,4 +190,100 @@ fn unreadable_or_malformed_tls_files_are_start_up_errors_naming_the_key() {
     )
     .expect_err("a file with no PEM in it");
     assert!(err.to_string().contains("store.redis"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes() {
+    if !have("redis-server") {
+        return;
+    }
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = tls_server(&pki, dir.path(), "yes");
+    let mut redis = config(
+        server.port,
+        Some(pki.path("ca.crt")),
+        Some((pki.path("client.crt"), pki.path("client.key"))),
+    );
+    redis.timeout = Duration::from_millis(300);
+    redis.connect_timeout = Duration::from_millis(300);
+    redis.breaker_failures = 2;
+    redis.breaker_cooldown = Duration::from_millis(200);
+    let metrics = Metrics::new();
+    let store = Store::new(
+        &StoreConfig {
+            kind: StoreKind::Redis,
+            redis: Some(redis),
+        },
+        &GuardsConfig::default(),
+        &RateLimitConfig::default(),
+        Duration::from_secs(30),
+        metrics.clone(),
+    )
+    .expect("a store");
+    let gauge = |m: &Metrics| {
+        m.render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("poolgate_store_breaker_open ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(-1.0)
+    };
+    let ask = |client: u128| Ask {
+        counter: Counter::LoginIp,
+        subject: Subject::Client(client),
+        limit: WindowLimit {
+            limit: 1,
+            window: Duration::from_secs(60),
+        },
+    };
+    // Healthy: reserved and committed in Redis, over TLS.
+    let first = store.reserve(&[ask(1)], false).await.expect("answers");
+    assert!(matches!(first[0], Reservation::Held(_)));
+    Slot::settle_all(first.into_iter().filter_map(|r| match r {
+        Reservation::Held(s) => Some((s, true)),
+        _ => None,
+    }));
+
+    server.kill();
+    // Down: the local counters answer (fallback `local`), the breaker opens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&metrics) != 1.0 {
+        let r = store.reserve(&[ask(2)], false).await;
+        assert!(r.is_ok(), "the local fallback always answers");
+        assert!(Instant::now() < deadline, "the breaker never opened");
+    }
+    let fallbacks = metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("poolgate_store_fallbacks_total") && l.contains("local"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert!(fallbacks >= 1.0);
+
+    server.restart();
+    // Back: a new TLS handshake (client certificate included) closes the breaker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&metrics) != 0.0 {
+        let _ = store.reserve(&[ask(3)], false).await;
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never closed:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Counting in Redis again: the restarted server was empty, and now holds client 3's slot.
+    let shown = store
+        .shared()
+        .expect("redis")
+        .show(Counter::LoginIp, &Subject::Client(3))
+        .await
+        .expect("show over TLS");
+    assert!(
+        shown.is_some(),
+        "the reservation reached the restarted server"
+    );
 }
