@@ -33,7 +33,9 @@ fn replica(port: u16, prefix: &str) -> (Arc<Store>, Metrics) {
             timeout: Duration::from_millis(200),
             connect_timeout: Duration::from_millis(200),
             breaker_failures: 2,
-            breaker_cooldown: Duration::from_millis(300),
+            // Long enough that no trial call (which may take up to `timeout`)
+            // falls inside the quick local-limiter checks of the outage test.
+            breaker_cooldown: Duration::from_secs(1),
             ..RedisConfig::default()
         }),
     };
