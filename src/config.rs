@@ -168,6 +168,11 @@ pub struct RateLimitConfig {
     /// clients share one overflow bucket (so a flood of fresh addresses is
     /// still limited, as one client) until the sweeper frees room.
     pub max_tracked_keys: usize,
+    /// Keep each client's rate state in the shared store (`store.kind =
+    /// "redis"`), so the replicas together allow the configured rate rather
+    /// than each of them; while Redis cannot be used, each replica's own
+    /// limiter applies. Off: every replica limits on its own.
+    pub shared: bool,
 }
 
 impl Default for RateLimitConfig {
@@ -198,6 +203,7 @@ impl Default for RateLimitConfig {
                 burst: 5,
             },
             max_tracked_keys: 1_000_000,
+            shared: false,
         }
     }
 }
@@ -456,10 +462,29 @@ pub enum StoreKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port/db`; `POOLGATE_REDIS_URL` overrides it
-    /// (keep a password out of the file).
+    /// `redis://[:password@]host:port/db`, `rediss://…` for TLS, or
+    /// `unix:///path`; `POOLGATE_REDIS_URL` overrides it (keep a password out
+    /// of the file). With `cluster = true`: one seed node of the cluster.
     #[serde(default = "default_redis_url")]
     pub url: Secret,
+    /// PEM file of the CA(s) that signed the server's certificate
+    /// (`rediss://` only; without it the public web roots are trusted).
+    /// The server's certificate is always verified, host name included.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) for mutual TLS (`rediss://` only), with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    /// Talk to a Redis Cluster: `url` and `nodes` are seed nodes, the slot map
+    /// is learnt from them and followed as it changes.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More seed nodes of the cluster (same scheme and credentials as `url`).
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// Multiplexed connections opened to Redis (requests are spread over them).
     #[serde(default = "default_redis_pool")]
     pub pool_size: usize,
@@ -515,10 +540,91 @@ impl Default for RedisConfig {
             key_prefix: default_redis_prefix(),
             timeout: default_redis_timeout(),
             connect_timeout: default_redis_connect_timeout(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            cluster: false,
+            nodes: Vec::new(),
             fallback: StoreFallback::default(),
             breaker_failures: default_breaker_failures(),
             breaker_cooldown: default_breaker_cooldown(),
         }
+    }
+}
+
+impl RedisConfig {
+    /// Whether the URL asks for TLS.
+    pub fn tls(&self) -> bool {
+        self.url.expose().starts_with("rediss://")
+    }
+
+    /// Checks the `[store.redis]` section on its own.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let url = self.url.expose();
+        let tls = self.tls();
+        if !(url.starts_with("redis://") || tls || url.starts_with("unix://")) {
+            bail!("store.redis.url must start with redis://, rediss:// (TLS) or unix://");
+        }
+        if !tls {
+            for (key, set) in [
+                ("ca_file", self.ca_file.is_some()),
+                ("client_cert_file", self.client_cert_file.is_some()),
+                ("client_key_file", self.client_key_file.is_some()),
+            ] {
+                if set {
+                    bail!("store.redis.{key} is for TLS: the url must start with rediss://");
+                }
+            }
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            bail!(
+                "store.redis.client_cert_file and client_key_file go together: set both or neither"
+            );
+        }
+        if self.cluster {
+            if url.starts_with("unix://") {
+                bail!(
+                    "store.redis.cluster needs TCP seed nodes (redis:// or rediss://), not unix://"
+                );
+            }
+            let scheme = if tls { "rediss://" } else { "redis://" };
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !n.starts_with(scheme) {
+                    bail!(
+                        "store.redis.nodes[{i}] must start with {scheme}, as store.redis.url does"
+                    );
+                }
+            }
+        } else if !self.nodes.is_empty() {
+            bail!(
+                "store.redis.nodes lists cluster seed nodes: it needs store.redis.cluster = true"
+            );
+        }
+        if self.pool_size == 0 || self.pool_size > 64 {
+            bail!("store.redis.pool_size must be between 1 and 64");
+        }
+        if self.timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.breaker_cooldown.is_zero()
+        {
+            bail!(
+                "store.redis.timeout, connect_timeout and breaker_cooldown must be greater than 0"
+            );
+        }
+        if self.breaker_failures == 0 {
+            bail!("store.redis.breaker_failures must be at least 1");
+        }
+        // `{` and `}` would turn the prefix into the hash tag and put every
+        // key of a cluster in one slot.
+        if self.key_prefix.is_empty()
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            bail!("store.redis.key_prefix must be non-empty, without spaces, {{ or }}");
+        }
+        Ok(())
     }
 }
 
@@ -760,6 +866,9 @@ impl Config {
         if self.rate_limit.max_tracked_keys == 0 {
             bail!("rate_limit.max_tracked_keys must be greater than 0");
         }
+        if self.rate_limit.shared && self.store.kind != StoreKind::Redis {
+            bail!("rate_limit.shared = true keeps the rates in Redis: it needs store.kind = \"redis\"");
+        }
         if self.guards.ipv6_prefix > 128 {
             bail!("guards.ipv6_prefix must be between 0 and 128");
         }
@@ -786,22 +895,7 @@ impl Config {
             let r = self.store.redis.as_ref().context(
                 "store.kind = \"redis\" needs a [store.redis] section (or POOLGATE_REDIS_URL)",
             )?;
-            let url = r.url.expose();
-            if !(url.starts_with("redis://") || url.starts_with("unix://")) {
-                bail!("store.redis.url must start with redis:// or unix:// (rediss:// is not built in)");
-            }
-            if r.pool_size == 0 || r.pool_size > 64 {
-                bail!("store.redis.pool_size must be between 1 and 64");
-            }
-            if r.timeout.is_zero() || r.connect_timeout.is_zero() || r.breaker_cooldown.is_zero() {
-                bail!("store.redis.timeout, connect_timeout and breaker_cooldown must be greater than 0");
-            }
-            if r.breaker_failures == 0 {
-                bail!("store.redis.breaker_failures must be at least 1");
-            }
-            if r.key_prefix.is_empty() || r.key_prefix.chars().any(|c| c.is_whitespace()) {
-                bail!("store.redis.key_prefix must be non-empty and without spaces");
-            }
+            r.validate()?;
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bail!("server.listen and server.admin_listen must differ");
@@ -972,6 +1066,61 @@ mod tests {
         let text =
             format!("{MIN}\n[store]\nkind = \"redis\"\n[store.redis]\nfallback = \"maybe\"\n");
         assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn redis_tls_and_cluster_settings_and_their_errors() {
+        let parse = |body: &str| {
+            let text = format!("{MIN}\n[store]\nkind = \"redis\"\n[store.redis]\n{body}\n");
+            Config::parse(&text).and_then(|c| c.validate().map(|()| c))
+        };
+        let cfg = parse(
+            "url = \"rediss://db:6380/0\"\nca_file = \"/etc/ca.pem\"\n\
+             client_cert_file = \"c.pem\"\nclient_key_file = \"k.pem\"",
+        )
+        .unwrap();
+        let r = cfg.store.redis.as_ref().unwrap();
+        assert!(r.tls() && !r.cluster);
+        let cfg = parse(
+            "url = \"redis://10.0.0.1:7000\"\ncluster = true\nnodes = [\"redis://10.0.0.2:7000\"]",
+        )
+        .unwrap();
+        assert_eq!(cfg.store.redis.as_ref().unwrap().nodes.len(), 1);
+        for (bad, named) in [
+            ("ca_file = \"ca.pem\"", "rediss://"),
+            (
+                "url = \"rediss://db\"\nclient_cert_file = \"c.pem\"",
+                "client_key_file",
+            ),
+            ("nodes = [\"redis://db2:6379\"]", "cluster = true"),
+            (
+                "url = \"rediss://a:7000\"\ncluster = true\nnodes = [\"redis://b:7000\"]",
+                "nodes[0] must start with rediss://",
+            ),
+            (
+                "url = \"unix:///run/redis.sock\"\ncluster = true",
+                "not unix://",
+            ),
+            ("key_prefix = \"{pg}\"", "key_prefix"),
+            ("url = \"http://db\"", "rediss://"),
+        ] {
+            let err = format!("{:#}", parse(bad).unwrap_err());
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn shared_rate_limits_need_the_redis_store() {
+        let text = format!("{MIN}\n[rate_limit]\nshared = true\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&text).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("rate_limit.shared"), "{err}");
+        let text = format!(
+            "{MIN}\n[rate_limit]\nshared = true\n[store]\nkind = \"redis\"\n[store.redis]\n"
+        );
+        Config::parse(&text).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -325,7 +325,7 @@ impl Gateway {
                 | RouteKind::Graphql
         );
         if kind != RouteKind::Graphql && !(guarded && via_backend) {
-            if let Some(r) = self.rate_limit(kind, &ctx) {
+            if let Some(r) = self.rate_limit(kind, &ctx).await {
                 return (r, label, "rejected");
             }
         }
@@ -345,8 +345,8 @@ impl Gateway {
     }
 
     /// The per-client rate limit of `kind`: the 429 answer when over it.
-    fn rate_limit(&self, kind: RouteKind, ctx: &Ctx) -> Option<Response<RespBody>> {
-        let wait = self.store.local.rate.check(kind, ctx.key).err()?;
+    async fn rate_limit(&self, kind: RouteKind, ctx: &Ctx) -> Option<Response<RespBody>> {
+        let wait = self.store.check_rate(kind, ctx.key).await.err()?;
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let rej = Rejection::http(
             "rate_limit",
@@ -593,13 +593,13 @@ impl Gateway {
         // call, so a batch pays for every attempt in it.
         if route.kind == RouteKind::Graphql || ctx.via_backend {
             if calls.is_empty() {
-                if let Some(r) = self.rate_limit(RouteKind::Other, ctx) {
+                if let Some(r) = self.rate_limit(RouteKind::Other, ctx).await {
                     return (r, "rejected");
                 }
             }
             for call in &calls {
                 let c = ctx.for_client(call.client);
-                if let Some(r) = self.rate_limit(call.kind, &c) {
+                if let Some(r) = self.rate_limit(call.kind, &c).await {
                     return (r, "rejected");
                 }
             }

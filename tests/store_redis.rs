@@ -381,7 +381,7 @@ async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
     // Healthy: counted in Redis.
     let r = wrong_login(s.gw(), "dave", Some(&ip(1))).await;
     assert_eq!(r.json(), wrong_password_v2());
-    assert!(!redis.keys("t5:login_ip:*").await.is_empty());
+    assert!(!redis.keys("t5:{login_ip:*").await.is_empty());
 
     redis.kill();
     // Down: every login still gets an answer, judged by this replica's own
@@ -432,7 +432,7 @@ async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Counting is in Redis again (the restarted server was empty).
-    let fresh = redis.keys("t5:login_ip:*").await;
+    let fresh = redis.keys("t5:{login_ip:*").await;
     assert!(!fresh.is_empty(), "counts are written to Redis again");
     s.shutdown().await;
 }

@@ -140,6 +140,31 @@ type Limiter = RateLimiter<u128, CappedStore, DefaultClock, NoOpMiddleware>;
 pub struct RateLimits {
     limiters: [Option<(Limiter, Arc<CapStats>)>; 6],
     clock: DefaultClock,
+    /// The quotas, for the shared limiter (`rate_limit.shared`); `None`
+    /// where the class is not limited or the limits are kept locally.
+    shared: [Option<SharedQuota>; 6],
+}
+
+/// A class's quota as the shared (Redis) limiter applies it: the same GCRA
+/// as the local limiter, one state per client for all replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedQuota {
+    /// The class name (`login`, `register`, …): part of the Redis key.
+    pub class: &'static str,
+    /// Time between two requests at the sustained rate (1 s / `per_second`).
+    pub interval: Duration,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+fn shared_quota(class: &'static str, r: Rate) -> Option<SharedQuota> {
+    let per_second = NonZeroU32::new(r.per_second)?;
+    Some(SharedQuota {
+        class,
+        interval: Duration::from_secs(1) / per_second.get(),
+        // As the local limiter: an unset burst is one second's worth.
+        burst: NonZeroU32::new(r.burst).unwrap_or(per_second).get(),
+    })
 }
 
 fn limiter(r: Rate, cap: usize) -> Option<(Limiter, Arc<CapStats>)> {
@@ -170,19 +195,41 @@ impl RateLimits {
                 limiter(cfg.send_code, cap),
             ],
             clock: DefaultClock::default(),
+            shared: if cfg.shared {
+                let rates = [
+                    cfg.login,
+                    cfg.register,
+                    cfg.password,
+                    cfg.captcha,
+                    cfg.other,
+                    cfg.send_code,
+                ];
+                std::array::from_fn(|i| shared_quota(CLASSES[i], rates[i]))
+            } else {
+                [None; 6]
+            },
         }
     }
 
-    fn for_kind(&self, kind: RouteKind) -> Option<&Limiter> {
-        let i = match kind {
+    fn index(kind: RouteKind) -> usize {
+        match kind {
             RouteKind::Login | RouteKind::Verify => 0,
             RouteKind::Register => 1,
             RouteKind::Password => 2,
             RouteKind::CaptchaV2 | RouteKind::CaptchaV3 => 3,
             RouteKind::Graphql | RouteKind::Other => 4,
             RouteKind::SendCode => 5,
-        };
-        self.limiters[i].as_ref().map(|(l, _)| l)
+        }
+    }
+
+    fn for_kind(&self, kind: RouteKind) -> Option<&Limiter> {
+        self.limiters[Self::index(kind)].as_ref().map(|(l, _)| l)
+    }
+
+    /// The quota of `kind` when `rate_limit.shared` keeps it in the shared
+    /// store ([`crate::store::Store::check_rate`]); `None`: local only.
+    pub fn shared_quota(&self, kind: RouteKind) -> Option<SharedQuota> {
+        self.shared[Self::index(kind)]
     }
 
     /// `Err(wait)` when `key` is over its class's rate.
@@ -309,6 +356,33 @@ mod tests {
         assert!(
             r.check(RouteKind::Other, 1).is_ok(),
             "other is off by default"
+        );
+    }
+
+    #[test]
+    fn shared_quotas_only_when_asked_for() {
+        let mut cfg = RateLimitConfig::default();
+        assert_eq!(RateLimits::new(&cfg).shared_quota(RouteKind::Login), None);
+        cfg.shared = true;
+        cfg.register = Rate {
+            per_second: 4,
+            burst: 0,
+        };
+        let r = RateLimits::new(&cfg);
+        assert_eq!(
+            r.shared_quota(RouteKind::Verify),
+            Some(SharedQuota {
+                class: "login",
+                interval: Duration::from_millis(100),
+                burst: 30
+            })
+        );
+        let reg = r.shared_quota(RouteKind::Register).unwrap();
+        assert_eq!((reg.interval, reg.burst), (Duration::from_millis(250), 4));
+        assert_eq!(
+            r.shared_quota(RouteKind::Other),
+            None,
+            "off classes stay off"
         );
     }
 

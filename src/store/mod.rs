@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::captcha::{CaptchaStore, Rejected};
+use crate::classify::RouteKind;
 use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreFallback, StoreKind};
 use crate::guards::ratelimit::RateLimits;
 use crate::metrics::Metrics;
@@ -251,7 +252,7 @@ impl Slot {
 /// The store the gateway and the admin API use: memory, or Redis with a fallback.
 pub struct Store {
     /// The in-memory state: the whole store for `memory`, the fallback (and
-    /// the rate limiters, which stay local) for `redis`.
+    /// the rate limiters, unless `rate_limit.shared`) for `redis`.
     pub local: Arc<GuardState>,
     shared: Option<Arc<RedisStore>>,
     fallback: StoreFallback,
@@ -356,6 +357,26 @@ impl Store {
                     .collect())
             }
         }
+    }
+
+    /// The per-client rate limit of `kind`: `Err(wait)` when `key` is over
+    /// it. With `rate_limit.shared`, the state is in Redis (one script call)
+    /// and the replicas together allow the configured rate; while Redis
+    /// cannot be used (an error, a timeout, the breaker open) this replica's
+    /// own limiter decides, whatever `store.redis.fallback` says: a rate
+    /// limit is no reason to refuse everything or nothing.
+    pub async fn check_rate(&self, kind: RouteKind, key: u128) -> Result<(), Duration> {
+        if let (Some(shared), Some(q)) = (&self.shared, self.local.rate.shared_quota(kind)) {
+            match shared.rate_check(q.class, key, q.interval, q.burst).await {
+                Ok(answer) => return answer,
+                Err(_) => self
+                    .metrics
+                    .store_fallbacks
+                    .with_label_values(&["rate_limit", StoreFallback::Local.as_str()])
+                    .inc(),
+            }
+        }
+        self.local.rate.check(kind, key)
     }
 
     /// Issues a captcha for `client`: its token and SVG (`None`: the memory store is full).

@@ -1,17 +1,27 @@
-//! The shared counter store: window counters, in-flight reservations and
-//! captcha answers in Redis, so several replicas enforce one limit.
+//! The shared counter store: window counters, in-flight reservations,
+//! captcha answers and (optionally) rate-limit state in Redis, so several
+//! replicas enforce one limit. A single server (`redis://`, `rediss://` with
+//! TLS, `unix://`) or a Redis Cluster (`cluster = true`).
 //!
-//! Every check-and-reserve is one Lua script (atomic on the server, one round
-//! trip for all the counters a request needs); time is Redis's own (`TIME`),
-//! so replicas with skewed clocks agree. Layout, under `key_prefix`:
+//! Every check-and-reserve is a Lua script (atomic on the server); time is
+//! Redis's own (`TIME`), so replicas with skewed clocks agree. Layout, under
+//! `key_prefix` `<p>` (the braces are the cluster hash tag: a counter's two
+//! keys share a slot, different counters and subjects spread over the slots):
 //!
-//! - `<p>:<counter>:<subject>`: events counted in the window; its TTL *is* the
-//!   window (it is created with the window's length when a key is first seen,
-//!   as the in-memory counter opens its window);
-//! - `<p>:<counter>:<subject>:f`: a sorted set of reservations in flight, each
-//!   scored by the time it lapses if never settled (a replica that dies mid-
-//!   request cannot leak a slot for longer than `hold`);
+//! - `<p>:{<counter>:<subject>}`: events counted in the window; its TTL *is*
+//!   the window (it is created with the window's length when a key is first
+//!   seen, as the in-memory counter opens its window);
+//! - `<p>:{<counter>:<subject>}:f`: a sorted set of reservations in flight,
+//!   each scored by the time it lapses if never settled (a replica that dies
+//!   mid-request cannot leak a slot for longer than `hold`);
+//! - `<p>:{rl:<class>:<client>}`: a client's GCRA state (`rate_limit.shared`);
 //! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL.
+//!
+//! On a single server, all the counters a request needs are reserved in one
+//! script call (one round trip). In a cluster their keys are in different
+//! slots, so each counter is reserved in its own call (sent together): each
+//! is atomic, the set is not (see README, "What is atomic, and what is
+//! bounded").
 //!
 //! Subjects are the client key in hex, or the SHA-256 of the normalised
 //! account (no e-mail address or phone number is written to Redis).
@@ -25,8 +35,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use sha2::{Digest, Sha256};
 
 use super::breaker::{Breaker, Tripped};
@@ -98,6 +110,27 @@ local count = tonumber(redis.call('GET', KEYS[1]) or '-1') or 0
 return {count, redis.call('PTTL', KEYS[1]), redis.call('ZCOUNT', KEYS[2], now, '+inf')}
 ";
 
+/// The shared per-client rate limit: GCRA, as the local limiter (governor)
+/// applies it, on Redis's clock.
+const RATE: &str = r"
+-- KEYS[1]: the client's theoretical arrival time (microseconds).
+-- ARGV[1]: interval between requests at the sustained rate (us), ARGV[2]: burst.
+-- Returns 0 (allowed, counted) or the microseconds to wait.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local new = tat + interval
+local over = new - now - interval * burst
+if over > 0 then
+  return math.ceil(over)
+end
+-- %.0f: tostring would round a 16-digit number to 14 digits.
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
+return 0
+";
+
 /// Why a shared-store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -141,9 +174,135 @@ pub enum Answer {
     },
 }
 
+/// One connection to the shared store: a single server (reconnecting
+/// multiplexed connection) or a cluster (one connection per node, commands
+/// routed by their keys' slot, the slot map refreshed on `MOVED`).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The TLS material of the configuration, read from its files.
+fn tls_certificates(cfg: &RedisConfig) -> anyhow::Result<Option<redis::TlsCertificates>> {
+    if !cfg.tls() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("store.redis.{key} {}: {e}", path.display()))
+    };
+    let root_cert = match &cfg.ca_file {
+        Some(p) => {
+            let pem = read("ca_file", p)?;
+            // An empty trust store would refuse every server, with an error
+            // that says nothing of this file.
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                anyhow::bail!(
+                    "store.redis.ca_file {}: no PEM certificate in it",
+                    p.display()
+                );
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let client_tls = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+            client_cert: read("client_cert_file", c)?,
+            client_key: read("client_key_file", k)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// The connections the configuration asks for (opened lazily).
+fn connections(cfg: &RedisConfig) -> anyhow::Result<Vec<Conn>> {
+    let url = cfg.url.expose();
+    let named =
+        |e: redis::RedisError| anyhow::anyhow!("store.redis.url {}: {e}", redacted_url(url));
+    let certs = tls_certificates(cfg)?;
+    let n = cfg.pool_size.max(1);
+    if cfg.cluster {
+        let seeds: Vec<&str> = std::iter::once(url)
+            .chain(cfg.nodes.iter().map(String::as_str))
+            .collect();
+        let mut b = ClusterClientBuilder::new(seeds)
+            .connection_timeout(cfg.connect_timeout)
+            .response_timeout(cfg.timeout)
+            // A node that is down fails the call quickly (the fallback
+            // answers) rather than after a long series of retries.
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(100);
+        if let Some(c) = certs {
+            b = b.certs(c);
+        }
+        let client = b.build().map_err(named)?;
+        let ccfg = ClusterConfig::new()
+            .set_connection_timeout(cfg.connect_timeout)
+            .set_response_timeout(cfg.timeout);
+        return Ok((0..n)
+            .map(|_| Conn::Cluster(client.get_pending_async_connection_with_config(ccfg.clone())))
+            .collect());
+    }
+    let client = match certs {
+        Some(c) => redis::Client::build_with_tls(url, c),
+        None => redis::Client::open(url),
+    }
+    .map_err(named)?;
+    let mcfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.connect_timeout))
+        .set_response_timeout(Some(cfg.timeout))
+        // Reconnection is retried on the next call, not in a long loop
+        // that would hold calls up past their timeout.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    (0..n)
+        .map(|_| {
+            ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone())
+                .map(Conn::Single)
+                .map_err(named)
+        })
+        .collect()
+}
+
 /// The Redis-backed store.
 pub struct RedisStore {
-    conns: Vec<ConnectionManager>,
+    conns: Vec<Conn>,
+    cluster: bool,
     next: AtomicUsize,
     prefix: String,
     timeout: Duration,
@@ -155,6 +314,7 @@ pub struct RedisStore {
     reserve: Script,
     settle: Script,
     show: Script,
+    rate: Script,
     metrics: Metrics,
     fallback: &'static str,
 }
@@ -180,21 +340,10 @@ impl RedisStore {
     /// `hold` is how long an unsettled reservation holds its slot: longer
     /// than any upstream request may take.
     pub fn new(cfg: &RedisConfig, hold: Duration, metrics: Metrics) -> anyhow::Result<Self> {
-        let client = redis::Client::open(cfg.url.expose()).map_err(|e| {
-            anyhow::anyhow!("store.redis.url {}: {e}", redacted_url(cfg.url.expose()))
-        })?;
-        let mcfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            // Reconnection is retried on the next call, not in a long loop
-            // that would hold calls up past their timeout.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conns = (0..cfg.pool_size.max(1))
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let conns = connections(cfg)?;
         Ok(RedisStore {
             conns,
+            cluster: cfg.cluster,
             next: AtomicUsize::new(0),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
@@ -208,12 +357,13 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             show: Script::new(SHOW),
+            rate: Script::new(RATE),
             metrics,
             fallback: cfg.fallback.as_str(),
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
     }
@@ -270,9 +420,12 @@ impl RedisStore {
         r
     }
 
+    /// The count key and in-flight set of a counter. The braces are the
+    /// key's hash tag: a counter's two keys share one cluster slot (a script
+    /// may touch both), while counters and subjects spread over the slots.
     fn keys(&self, counter: Counter, subject: &Subject<'_>) -> (String, String) {
-        let mut k = String::with_capacity(self.prefix.len() + 40);
-        let _ = write!(k, "{}:{}:", self.prefix, counter.as_str());
+        let mut k = String::with_capacity(self.prefix.len() + 44);
+        let _ = write!(k, "{}:{{{}:", self.prefix, counter.as_str());
         match subject {
             Subject::Client(c) => {
                 let _ = write!(k, "{c:032x}");
@@ -284,11 +437,16 @@ impl RedisStore {
                 }
             }
         }
+        k.push('}');
         let f = format!("{k}:f");
         (k, f)
     }
 
-    /// Reserves a slot in each counter of `asks`, in one round trip.
+    /// Reserves a slot in each counter of `asks`: in one round trip to a
+    /// single server; in a cluster, one script call per counter (their keys
+    /// live in different slots), sent together. Each counter's
+    /// check-and-reserve is atomic either way. If any call fails, the slots
+    /// the others granted are released (dropped) and the whole fails.
     pub async fn reserve(
         self: &Arc<Self>,
         asks: &[(Counter, Subject<'_>, WindowLimit)],
@@ -299,8 +457,29 @@ impl RedisStore {
             self.replica,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
+        if !self.cluster || asks.len() < 2 {
+            return self.reserve_in_one_call(&id, asks, force).await;
+        }
+        let calls = asks
+            .chunks(1)
+            .map(|one| self.reserve_in_one_call(&id, one, force));
+        let mut out = Vec::with_capacity(asks.len());
+        for r in futures_util::future::join_all(calls).await {
+            // On an error, `out` and the other results drop: their slots are released.
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    /// One RESERVE script call for `asks` (whose keys must share a slot in a cluster).
+    async fn reserve_in_one_call(
+        self: &Arc<Self>,
+        id: &str,
+        asks: &[(Counter, Subject<'_>, WindowLimit)],
+        force: bool,
+    ) -> Result<Vec<Answer>, StoreError> {
         let mut inv = self.reserve.prepare_invoke();
-        inv.arg(&id).arg(self.hold_ms).arg(u8::from(force));
+        inv.arg(id).arg(self.hold_ms).arg(u8::from(force));
         let mut keys = Vec::with_capacity(asks.len());
         for (counter, subject, limit) in asks {
             let (ck, fk) = self.keys(*counter, subject);
@@ -322,7 +501,7 @@ impl RedisStore {
                     Answer::Granted(Held {
                         store: Some(self.clone()),
                         count_key,
-                        id: id.clone(),
+                        id: id.to_string(),
                         window_ms: window_ms(limit.window),
                     })
                 } else {
@@ -336,9 +515,20 @@ impl RedisStore {
     }
 
     async fn settle_now(&self, settled: Vec<(Held, bool)>) {
+        if self.cluster && settled.len() > 1 {
+            // One call per counter: a cluster refuses a script whose keys
+            // are in different slots.
+            let calls = settled.chunks(1).map(|one| self.settle_in_one_call(one));
+            futures_util::future::join_all(calls).await;
+        } else {
+            self.settle_in_one_call(&settled).await;
+        }
+    }
+
+    async fn settle_in_one_call(&self, settled: &[(Held, bool)]) {
         let mut conn = self.conn();
         let mut inv = self.settle.prepare_invoke();
-        for (h, commit) in &settled {
+        for (h, commit) in settled {
             inv.key(&h.count_key)
                 .key(format!("{}:f", h.count_key))
                 .arg(&h.id)
@@ -350,6 +540,31 @@ impl RedisStore {
         let _ = self
             .call::<i64>("settle", inv.invoke_async(&mut conn))
             .await;
+    }
+
+    /// Takes one request from `client`'s shared rate state of `class`:
+    /// `Ok(Err(wait))` when over the rate. One script call; the key lives
+    /// as long as the state matters (at most `interval × burst`).
+    pub async fn rate_check(
+        &self,
+        class: &str,
+        client: u128,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let key = format!("{}:{{rl:{class}:{client:032x}}}", self.prefix);
+        let interval_us = u64::try_from(interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let mut inv = self.rate.prepare_invoke();
+        inv.key(&key).arg(interval_us).arg(burst.max(1));
+        let mut conn = self.conn();
+        let wait_us: i64 = self.call("rate_limit", inv.invoke_async(&mut conn)).await?;
+        Ok(match u64::try_from(wait_us) {
+            Ok(0) => Ok(()),
+            Ok(us) => Err(Duration::from_micros(us)),
+            Err(_) => return Err(StoreError::Reply),
+        })
     }
 
     /// Stores a captcha answer for `client`, living `ttl`.
