@@ -158,6 +158,18 @@ impl App {
         }
         let state = store.local.clone();
         metrics.register_collector(state.rate.collector());
+        metrics.precreate(&crate::metrics::Known {
+            source: source_kind.as_str(),
+            store_fallback: match (&cfg.store.kind, &cfg.store.redis) {
+                (crate::config::StoreKind::Redis, Some(r)) => Some(r.fallback.as_str()),
+                _ => None,
+            },
+            shadowed: crate::guards::GUARD_NAMES
+                .iter()
+                .copied()
+                .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.iter().any(|d| d == g))
+                .collect(),
+        });
         let gateway = Arc::new(Gateway {
             upstream,
             policy: policy.clone(),
@@ -295,7 +307,7 @@ impl App {
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(refresher.run(shutdown_rx)));
-        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = ?source_kind, "poolgate listening");
+        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = source_kind.as_str(), "poolgate listening");
         Ok(App {
             proxy_addr,
             admin_addr,

@@ -320,6 +320,16 @@ pub enum SourceKind {
     Authing,
 }
 
+impl SourceKind {
+    /// The name used in the file, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::Authing => "authing",
+        }
+    }
+}
+
 /// Settings of the `file` policy source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

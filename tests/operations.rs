@@ -1,0 +1,132 @@
+//! Operations: what an operator sees and relies on. Metrics present from the
+//! first scrape, the admin port's authentication, the healthcheck subcommand,
+//! the snapshot's file mode and a private CA for an `https` upstream. Real
+//! sockets on 127.0.0.1 throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Every series whose labels are known up front is exported at 0 before any
+/// request, with the build info and the process metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_has_every_known_series_at_zero() {
+    let (_up, app, _dir) = start_fixture(|_| {}).await;
+    let text = metrics(app.admin_addr()).await;
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            metric(&text, name, labels),
+            Some(0.0),
+            "{name}{labels:?} not exported at 0:\n{text}"
+        );
+    };
+    for outcome in poolgate::metrics::LOGIN_OUTCOMES {
+        zero("poolgate_login_outcomes_total", &[("outcome", outcome)]);
+    }
+    for (guard, reason) in poolgate::metrics::GUARD_REASONS {
+        zero(
+            "poolgate_guard_decisions_total",
+            &[("guard", guard), ("decision", "reject"), ("reason", reason)],
+        );
+        zero("poolgate_rejections_total", &[("reason", reason)]);
+    }
+    for reason in poolgate::metrics::OTHER_REJECTION_REASONS {
+        zero("poolgate_rejections_total", &[("reason", reason)]);
+    }
+    for reason in ["io", "parse"] {
+        zero(
+            "poolgate_policy_fetch_failures_total",
+            &[("source", "file"), ("reason", reason)],
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "poolgate_policy_fetch_failures_total",
+            &[("source", "authing")]
+        ),
+        None,
+        "only the configured source"
+    );
+    for (route, method, outcome) in poolgate::metrics::request_series() {
+        zero(
+            "poolgate_requests_total",
+            &[("route", route), ("method", method), ("outcome", outcome)],
+        );
+    }
+    zero(
+        "poolgate_upstream_duration_seconds_count",
+        &[("route", "login")],
+    );
+    zero(
+        "poolgate_connections_rejected_total",
+        &[("listener", "proxy")],
+    );
+    // No Redis configured: no store series.
+    assert_eq!(metric(&text, "poolgate_store_errors_total", &[]), None);
+
+    assert_eq!(
+        metric(
+            &text,
+            "poolgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("poolgate_build_info{"))
+        .expect("build info");
+    assert!(
+        build.contains("commit=\"") && build.contains("rustc=\""),
+        "{build}"
+    );
+    assert!(
+        metric(&text, "process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    assert!(metric(&text, "process_open_fds", &[]).is_some());
+    app.shutdown().await;
+}
+
+/// With a Redis store configured (not reachable: the series exist anyway),
+/// the store's error and fallback series are there from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_store_exports_its_series_at_zero() {
+    let nobody = unused_addr();
+    let (_up, app, _dir) = start_fixture(|cfg| {
+        cfg.store.kind = poolgate::config::StoreKind::Redis;
+        cfg.store.redis = Some(poolgate::config::RedisConfig {
+            url: poolgate::config::Secret::new(format!("redis://{nobody}/0")),
+            connect_timeout: Duration::from_millis(200),
+            ..Default::default()
+        });
+    })
+    .await;
+    let text = metrics(app.admin_addr()).await;
+    for op in poolgate::metrics::STORE_OPS {
+        for kind in poolgate::metrics::STORE_ERROR_KINDS {
+            assert!(
+                metric(
+                    &text,
+                    "poolgate_store_errors_total",
+                    &[("op", op), ("kind", kind)]
+                )
+                .is_some(),
+                "{op}/{kind}"
+            );
+        }
+    }
+    for op in poolgate::metrics::STORE_FALLBACK_OPS {
+        assert!(metric(
+            &text,
+            "poolgate_store_fallbacks_total",
+            &[("op", op), ("mode", "local")]
+        )
+        .is_some());
+    }
+    app.shutdown().await;
+}
