@@ -154,6 +154,17 @@ pub fn request_series() -> Vec<(&'static str, &'static str, &'static str)> {
     out
 }
 
+/// `counter` of `poolgate_tracked_keys` (the store's window counters, and the
+/// rate limiters together); 0 at start, updated every `guards.sweep_interval`.
+pub const TRACKED_COUNTERS: &[&str] = &[
+    "login_ip",
+    "account",
+    "register_ip",
+    "send_client",
+    "send_recipient",
+    "rate_limit",
+];
+
 /// Route classes whose requests are forwarded (`poolgate_upstream_duration_seconds{route}`).
 pub const FORWARDED_ROUTES: &[&str] = &[
     "login",
@@ -477,6 +488,9 @@ impl Metrics {
         for outcome in LOGIN_OUTCOMES {
             self.login_outcomes.with_label_values(&[outcome]);
         }
+        for counter in TRACKED_COUNTERS {
+            self.tracked_keys.with_label_values(&[counter]);
+        }
         for reason in fetch_failure_reasons(known.source) {
             self.policy_fetch_failures
                 .with_label_values(&[known.source, reason]);
@@ -600,6 +614,7 @@ mod tests {
             STORE_ERROR_KINDS,
             CONNECTION_ERROR_REASONS,
             FORWARDED_ROUTES,
+            TRACKED_COUNTERS,
             fetch_failure_reasons("file"),
             fetch_failure_reasons("authing"),
         ] {
