@@ -279,7 +279,12 @@ impl App {
             metrics: metrics.clone(),
             draining: draining.clone(),
             store: store.clone(),
+            auth: crate::admin::AdminAuth::new(&cfg.admin),
         });
+        if !admin.auth.has_token() && !admin_addr.ip().is_loopback() {
+            tracing::warn!(%admin_addr,
+                "the admin listener is not on loopback and no admin token is set: anyone who can reach it reads /policy and /counters; set [admin] token or POOLGATE_ADMIN_TOKEN");
+        }
         tasks.push(tokio::spawn(serve(
             admin_listener,
             ListenerOptions {
@@ -292,11 +297,11 @@ impl App {
             },
             shutdown_rx.clone(),
             |_| {},
-            move |_peer| {
+            move |peer: SocketAddr| {
                 let admin = admin.clone();
                 hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { admin.handle(req).await }
+                    async move { admin.handle(req, peer.ip()).await }
                 })
             },
         )));

@@ -42,6 +42,26 @@ pub struct Config {
     /// Where the guards' counters and captchas live.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Authentication of the admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Environment variable holding the admin token; wins over `[admin] token`.
+pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
+
+/// Shortest admin token accepted: a guessable token is no protection.
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+
+/// Authentication of the admin listener (see README, "Admin endpoints").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/unblock`, `/counters`, `/policy` (and `/metrics`
+    /// with `protect_metrics`). `POOLGATE_ADMIN_TOKEN` wins over it.
+    pub token: Option<Secret>,
+    /// Require the token for `/metrics` too.
+    pub protect_metrics: bool,
 }
 
 /// Enforcement settings that are not part of the pool policy.
@@ -627,6 +647,14 @@ impl Config {
                 f.path = v.into();
             }
         }
+        if let Some(v) = env(ADMIN_TOKEN_ENV) {
+            // Set but empty is a mistake (a missing Secret key, a typo), not
+            // a request to turn authentication off.
+            if v.trim().is_empty() {
+                bail!("{ADMIN_TOKEN_ENV} is set but empty");
+            }
+            self.admin.token = Some(Secret(v));
+        }
         if let Some(v) = env("POOLGATE_REDIS_URL").filter(|v| !v.is_empty()) {
             // The URL may carry a password: the environment is its place.
             self.store.kind = StoreKind::Redis;
@@ -740,6 +768,16 @@ impl Config {
             if r.key_prefix.is_empty() || r.key_prefix.chars().any(|c| c.is_whitespace()) {
                 bail!("store.redis.key_prefix must be non-empty and without spaces");
             }
+        }
+        if let Some(t) = &self.admin.token {
+            let t = t.expose();
+            if t.chars().count() < ADMIN_TOKEN_MIN_LEN || t.chars().any(char::is_whitespace) {
+                bail!(
+                    "admin.token (or {ADMIN_TOKEN_ENV}) must be at least {ADMIN_TOKEN_MIN_LEN} characters without spaces (e.g. `openssl rand -hex 32`)"
+                );
+            }
+        } else if self.admin.protect_metrics {
+            bail!("admin.protect_metrics = true needs admin.token (or {ADMIN_TOKEN_ENV})");
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bail!("server.listen and server.admin_listen must differ");
@@ -892,6 +930,45 @@ mod tests {
         let text =
             format!("{MIN}\n[store]\nkind = \"redis\"\n[store.redis]\nfallback = \"maybe\"\n");
         assert!(Config::parse(&text).is_err());
+    }
+
+    #[test]
+    fn admin_token_from_file_or_environment() {
+        let text = format!("{MIN}\n[admin]\ntoken = \"from-the-file-0123456789\"\n");
+        let mut cfg = Config::parse(&text).unwrap();
+        cfg.validate().unwrap();
+        assert!(
+            !format!("{cfg:?}").contains("from-the-file"),
+            "never printed"
+        );
+        cfg.apply_env(|k| (k == ADMIN_TOKEN_ENV).then(|| "from-the-env-0123456789".into()))
+            .unwrap();
+        assert_eq!(
+            cfg.admin.token.as_ref().unwrap().expose(),
+            "from-the-env-0123456789",
+            "the environment wins"
+        );
+        let err = format!(
+            "{:#}",
+            cfg.apply_env(|k| (k == ADMIN_TOKEN_ENV).then(String::new))
+                .unwrap_err()
+        );
+        assert!(err.contains(ADMIN_TOKEN_ENV), "{err}");
+
+        let short = format!("{MIN}\n[admin]\ntoken = \"short\"\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&short).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("admin.token"), "{err}");
+        let bare = format!("{MIN}\n[admin]\nprotect_metrics = true\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&bare).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("protect_metrics"), "{err}");
+        let typo = format!("{MIN}\n[admin]\ntokn = \"x\"\n");
+        assert!(Config::parse(&typo).is_err());
     }
 
     #[test]
