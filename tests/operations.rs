@@ -234,3 +234,20 @@ async fn without_a_token_reads_are_open_and_unblock_is_loopback_only() {
     }
     app.shutdown().await;
 }
+
+/// The snapshot holds whitelist entries (personal data): owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_snapshot_is_written_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempdir();
+    let snap = state.path().join("policy-snapshot.json");
+    let path = snap.clone();
+    let (_up, app, _dir) = start_fixture(move |cfg| cfg.policy.snapshot_path = Some(path)).await;
+    wait_for("the snapshot is written", Duration::from_secs(10), || {
+        snap.exists()
+    })
+    .await;
+    let mode = std::fs::metadata(&snap).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    app.shutdown().await;
+}
