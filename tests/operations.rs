@@ -251,3 +251,45 @@ async fn the_policy_snapshot_is_written_owner_only() {
     assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
     app.shutdown().await;
 }
+
+/// `poolgate healthcheck`: 0 when the admin `/readyz` says ready, 1 when it
+/// cannot be reached, 2 when the configuration cannot be loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_asks_readyz_and_says_so_in_its_exit_status() {
+    let (up, app, dir) = start_fixture(|_| {}).await;
+    let pool = dir.path().join("pool.json");
+    let config = |admin: std::net::SocketAddr| {
+        write_file(
+            dir.path(),
+            &format!("hc-{}.toml", admin.port()),
+            &format!(
+                "[server]\nadmin_listen = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n[policy]\nsource = \"file\"\n[policy.file]\npath = {}\n",
+                up.addr,
+                toml_str(&pool)
+            ),
+        )
+    };
+    let ready = config(app.admin_addr());
+    let (code, out, err) =
+        run_binary(&["healthcheck", "--config", ready.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ready"), "{out}");
+
+    let nobody = config(unused_addr());
+    let (code, _, err) =
+        run_binary(&["healthcheck", "--config", nobody.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/readyz"), "{err}");
+
+    let broken = write_file(dir.path(), "broken.toml", "[server]\nnot_a_key = 1\n");
+    let (code, _, err) =
+        run_binary(&["healthcheck", "--config", broken.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 2, "{err}");
+
+    // Shut down: nothing answers, so not healthy.
+    let admin = app.admin_addr();
+    app.shutdown().await;
+    let gone = config(admin);
+    let (code, _, _) = run_binary(&["healthcheck", "--config", gone.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 1);
+}
