@@ -288,6 +288,10 @@ pub struct UpstreamConfig {
     /// Forward the client's `Host` header (true) or use the upstream's authority (false).
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// PEM file of the CA certificates that sign an `https` upstream's
+    /// certificate (a private CA); when set, only they are trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -623,6 +627,9 @@ impl Config {
         if let Some(s) = self.policy.snapshot_path.as_mut() {
             fix(s);
         }
+        if let Some(c) = self.upstream.ca_file.as_mut() {
+            fix(c);
+        }
     }
 
     /// Applies `POOLGATE_*` overrides; `env` looks a variable up (the process
@@ -675,7 +682,13 @@ impl Config {
 
     /// Checks the coherence of the whole configuration.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.upstream_uri()?;
+        let upstream = self.upstream_uri()?;
+        if let Some(ca) = &self.upstream.ca_file {
+            if upstream.scheme_str() != Some("https") {
+                bail!("upstream.ca_file is set but upstream.url is not https://");
+            }
+            crate::proxy::load_ca_file(ca)?;
+        }
         if self.server.max_body_bytes == 0 {
             bail!("server.max_body_bytes must be greater than 0");
         }

@@ -293,3 +293,135 @@ async fn healthcheck_asks_readyz_and_says_so_in_its_exit_status() {
     let (code, _, _) = run_binary(&["healthcheck", "--config", gone.to_str().unwrap()], &[]).await;
     assert_eq!(code, 1);
 }
+
+/// A private CA and an `https` upstream on loopback signed by it.
+struct TlsUpstream {
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn private_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "poolgate test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (rcgen::Issuer::new(params, key), cert.pem())
+}
+
+/// An HTTPS server on 127.0.0.1 (certificate for the IP, signed by a fresh
+/// private CA) that answers every request `200 tls-ok`.
+async fn tls_upstream() -> TlsUpstream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let (ca, ca_pem) = private_ca();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A handshake the client refuses ends here: nothing to answer.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\nconnection: close\r\n\r\ntls-ok")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    TlsUpstream { addr, ca_pem, task }
+}
+
+/// `upstream.ca_file` makes poolgate trust a private CA for an `https`
+/// upstream; without it (the public roots) or with another CA the upstream's
+/// certificate is refused and the client gets 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_file_lets_poolgate_reach_an_https_upstream() {
+    let up = tls_upstream().await;
+    let certs = tempdir();
+    let ca = write_file(certs.path(), "ca.pem", &up.ca_pem);
+    let (_, other_pem) = private_ca();
+    let other = write_file(certs.path(), "other-ca.pem", &other_pem);
+    let url = format!("https://{}", up.addr);
+
+    for (ca_file, want) in [(Some(&ca), 200), (None, 502), (Some(&other), 502)] {
+        let (url, path) = (url.clone(), ca_file.cloned());
+        let (_fake, app, _dir) = start_fixture(move |cfg| {
+            cfg.upstream.url = url;
+            cfg.upstream.ca_file = path;
+        })
+        .await;
+        let r = get(app.proxy_addr(), "/some/unguarded/path").await;
+        assert_eq!(r.status, want, "ca_file {ca_file:?}: {}", r.text());
+        if want == 200 {
+            assert_eq!(r.text(), "tls-ok");
+        }
+        app.shutdown().await;
+    }
+}
+
+/// A `ca_file` that cannot be used is a configuration error naming the key.
+#[test]
+fn a_bad_ca_file_is_a_configuration_error() {
+    let dir = tempdir();
+    let pool = write_file(dir.path(), "pool.json", &fixture_text());
+    let garbage = write_file(dir.path(), "garbage.pem", "not a certificate\n");
+    let up: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (extra_url, ca, needle) in [
+        ("https", dir.path().join("missing.pem"), "cannot read"),
+        ("https", garbage.clone(), "no CERTIFICATE"),
+        ("http", garbage, "not https"),
+    ] {
+        let mut cfg = file_config(&pool, up, "");
+        cfg.upstream.url = format!("{extra_url}://{up}");
+        cfg.upstream.ca_file = Some(ca);
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(
+            err.contains("upstream.ca_file") && err.contains(needle),
+            "{err}"
+        );
+    }
+}
