@@ -425,3 +425,40 @@ fn a_bad_ca_file_is_a_configuration_error() {
         );
     }
 }
+
+/// JSON log lines carry plain values: the token expiry as an RFC 3339 string
+/// (not `Some(Rfc3339Timestamp(SystemTime {..}))`) and the source as `authing`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_spell_times_and_the_source_plainly() {
+    let api = FakeAuthing::start(fixture_pool()).await;
+    let up = FakeUpstream::start().await;
+    let dir = tempdir();
+    let config = write_file(
+        dir.path(),
+        "authing.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[policy]\nsource = \"authing\"\n[policy.authing]\napi_base = \"http://{}\"\nuser_pool_id = \"{FIXTURE_POOL_ID}\"\n[log]\nformat = \"json\"\n",
+            up.addr, api.addr
+        ),
+    );
+    let mut p = Proc::spawn(
+        &["--config", config.to_str().unwrap()],
+        &[("POOLGATE_AUTHING_SECRET", SECRET)],
+    );
+    let token = p
+        .wait_for_stderr(&["obtained a management token"], Duration::from_secs(30))
+        .await;
+    let v: serde_json::Value = serde_json::from_str(&token).expect("a JSON line");
+    let expiry = v["expires_at"].as_str().expect("expires_at is a string");
+    assert!(
+        humantime::parse_rfc3339(expiry).is_ok(),
+        "not RFC 3339: {token}"
+    );
+    let listening: serde_json::Value = serde_json::from_str(
+        &p.wait_for_stderr(&["poolgate listening"], Duration::from_secs(30))
+            .await,
+    )
+    .unwrap();
+    assert_eq!(listening["source"], "authing");
+    assert!(!p.stderr().contains("Rfc3339Timestamp") && !p.stderr().contains("\"Authing\""));
+}
