@@ -1,12 +1,16 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/policy`.
-//! Bind it to loopback or a pod-internal address: it is not meant for the internet.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/policy`,
+//! `/counters`, `/unblock`. Bind it to loopback or a pod-internal address: it
+//! is not meant for the internet. With a token (`[admin] token` or
+//! `POOLGATE_ADMIN_TOKEN`), `/policy`, `/counters` and `/unblock` (and
+//! `/metrics` with `protect_metrics`) need `Authorization: Bearer <token>`.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
@@ -26,6 +30,135 @@ pub struct Admin {
     pub store: Arc<Store>,
     /// How account identifiers are normalised (as in requests).
     pub normalize: crate::extract::Normalize,
+    /// Who may call what.
+    pub auth: AdminAuth,
+}
+
+/// The admin token check.
+///
+/// The token is kept as its SHA-256 and a presented token is hashed too, so
+/// the comparison is of two fixed-size digests, in constant time (`subtle`):
+/// neither the content nor the length of the token leaks through timing.
+#[derive(Clone, Default)]
+pub struct AdminAuth {
+    token: Option<[u8; 32]>,
+    protect_metrics: bool,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminAuth")
+            .field("token", &self.token.map(|_| "<set>"))
+            .field("protect_metrics", &self.protect_metrics)
+            .finish()
+    }
+}
+
+/// Whether a request may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Serve it.
+    Granted,
+    /// No or a wrong token: 401 with `WWW-Authenticate: Bearer`.
+    Unauthenticated {
+        /// A token was presented but is not the right one.
+        invalid: bool,
+    },
+    /// `/unblock` from another host with no token configured: 403.
+    Forbidden,
+}
+
+impl AdminAuth {
+    /// From the configuration.
+    pub fn new(cfg: &crate::config::AdminConfig) -> AdminAuth {
+        AdminAuth {
+            token: cfg.token.as_ref().map(|t| digest(t.expose().as_bytes())),
+            protect_metrics: cfg.protect_metrics,
+        }
+    }
+
+    /// Whether a token is configured.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Decides whether `path`, asked with `headers` by `peer`, is served.
+    ///
+    /// `/healthz` and `/readyz` are always open (probes); `/metrics` unless
+    /// `protect_metrics`; `/policy` and `/counters` need the token when one is
+    /// set; `/unblock` changes state and needs the token, or, when none is
+    /// configured, a caller on loopback (the default admin address).
+    pub fn check(&self, path: &str, headers: &HeaderMap, peer: IpAddr) -> Access {
+        let required = match path {
+            "/unblock" => true,
+            "/policy" | "/counters" => self.token.is_some(),
+            "/metrics" => self.protect_metrics,
+            _ => false,
+        };
+        if !required {
+            return Access::Granted;
+        }
+        let Some(want) = &self.token else {
+            return if crate::client_ip::canonical(peer).is_loopback() {
+                Access::Granted
+            } else {
+                Access::Forbidden
+            };
+        };
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let presented = match (values.next(), values.next()) {
+            (Some(v), None) => bearer(v.as_bytes()),
+            _ => None,
+        };
+        match presented {
+            None => Access::Unauthenticated { invalid: false },
+            Some(t) => {
+                use subtle::ConstantTimeEq;
+                if bool::from(digest(t).ct_eq(want)) {
+                    Access::Granted
+                } else {
+                    Access::Unauthenticated { invalid: true }
+                }
+            }
+        }
+    }
+}
+
+fn digest(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = v.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+fn refused(access: Access) -> Response<Full<Bytes>> {
+    match access {
+        Access::Unauthenticated { invalid } => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+            let challenge = if invalid {
+                r#"Bearer realm="poolgate-admin", error="invalid_token""#
+            } else {
+                r#"Bearer realm="poolgate-admin""#
+            };
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            r
+        }
+        _ => text(
+            StatusCode::FORBIDDEN,
+            "POST /unblock from another host needs an admin token ([admin] token or POOLGATE_ADMIN_TOKEN)\n",
+        ),
+    }
 }
 
 impl Admin {
@@ -33,8 +166,13 @@ impl Admin {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
+        peer: IpAddr,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path();
+        let access = self.auth.check(path, req.headers(), peer);
+        if access != Access::Granted {
+            return Ok(refused(access));
+        }
         if path == "/counters" || path == "/unblock" {
             return Ok(self.counters(&req).await);
         }
@@ -179,4 +317,80 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AdminConfig, Secret};
+
+    const TOKEN: &str = "0123456789abcdef-admin";
+
+    fn auth(token: Option<&str>, protect_metrics: bool) -> AdminAuth {
+        AdminAuth::new(&AdminConfig {
+            token: token.map(Secret::new),
+            protect_metrics,
+        })
+    }
+
+    fn with(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn who_may_call_what() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let far: IpAddr = "10.1.2.3".parse().unwrap();
+        let open = auth(None, false);
+        for p in ["/healthz", "/readyz", "/metrics", "/policy", "/counters"] {
+            assert_eq!(open.check(p, &with(None), far), Access::Granted, "{p}");
+        }
+        assert_eq!(open.check("/unblock", &with(None), lo), Access::Granted);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(open.check("/unblock", &with(None), mapped), Access::Granted);
+        assert_eq!(open.check("/unblock", &with(None), far), Access::Forbidden);
+
+        let a = auth(Some(TOKEN), false);
+        let good = format!("Bearer {TOKEN}");
+        for p in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(a.check(p, &with(None), far), Access::Granted, "{p}");
+        }
+        for p in ["/policy", "/counters", "/unblock"] {
+            assert_eq!(
+                a.check(p, &with(None), lo),
+                Access::Unauthenticated { invalid: false },
+                "{p}: loopback is no credential once a token is set"
+            );
+            assert_eq!(a.check(p, &with(Some(&good)), far), Access::Granted);
+            assert_eq!(
+                a.check(p, &with(Some(&format!("bEaReR {TOKEN}"))), far),
+                Access::Granted,
+                "the scheme is case-insensitive"
+            );
+            for bad in [
+                format!("Bearer {TOKEN}x"),
+                format!("Bearer {}", &TOKEN[1..]),
+                "Bearer ".to_string(),
+                format!("Basic {TOKEN}"),
+                TOKEN.to_string(),
+            ] {
+                assert_ne!(a.check(p, &with(Some(&bad)), lo), Access::Granted, "{bad}");
+            }
+        }
+        let mut two = with(Some(&good));
+        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_ne!(a.check("/policy", &two, lo), Access::Granted);
+
+        let m = auth(Some(TOKEN), true);
+        assert_eq!(
+            m.check("/metrics", &with(None), lo),
+            Access::Unauthenticated { invalid: false }
+        );
+        assert_eq!(m.check("/metrics", &with(Some(&good)), lo), Access::Granted);
+        assert!(!format!("{m:?}").contains(TOKEN));
+    }
 }

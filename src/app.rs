@@ -158,6 +158,18 @@ impl App {
         }
         let state = store.local.clone();
         metrics.register_collector(state.rate.collector());
+        metrics.precreate(&crate::metrics::Known {
+            source: source_kind.as_str(),
+            store_fallback: match (&cfg.store.kind, &cfg.store.redis) {
+                (crate::config::StoreKind::Redis, Some(r)) => Some(r.fallback.as_str()),
+                _ => None,
+            },
+            shadowed: crate::guards::GUARD_NAMES
+                .iter()
+                .copied()
+                .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.iter().any(|d| d == g))
+                .collect(),
+        });
         let rejection_log = Arc::new(crate::rejection_log::RejectionLog::new(
             cfg.log.rejections_per_second,
         ));
@@ -278,7 +290,12 @@ impl App {
             metrics: metrics.clone(),
             draining: draining.clone(),
             store: store.clone(),
+            auth: crate::admin::AdminAuth::new(&cfg.admin),
         });
+        if !admin.auth.has_token() && !admin_addr.ip().is_loopback() {
+            tracing::warn!(%admin_addr,
+                "the admin listener is not on loopback and no admin token is set: anyone who can reach it reads /policy and /counters; set [admin] token or POOLGATE_ADMIN_TOKEN");
+        }
         tasks.push(tokio::spawn(serve(
             admin_listener,
             ListenerOptions {
@@ -291,11 +308,11 @@ impl App {
             },
             shutdown_rx.clone(),
             |_| {},
-            move |_peer| {
+            move |peer: SocketAddr| {
                 let admin = admin.clone();
                 hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { admin.handle(req).await }
+                    async move { admin.handle(req, peer.ip()).await }
                 })
             },
         )));
@@ -310,7 +327,7 @@ impl App {
             shutdown_rx.clone(),
         )));
         tasks.push(tokio::spawn(refresher.run(shutdown_rx)));
-        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = ?source_kind, "poolgate listening");
+        tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = source_kind.as_str(), "poolgate listening");
         Ok(App {
             proxy_addr,
             admin_addr,

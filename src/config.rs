@@ -42,6 +42,26 @@ pub struct Config {
     /// Where the guards' counters and captchas live.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Authentication of the admin listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Environment variable holding the admin token; wins over `[admin] token`.
+pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
+
+/// Shortest admin token accepted: a guessable token is no protection.
+pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
+
+/// Authentication of the admin listener (see README, "Admin endpoints").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/unblock`, `/counters`, `/policy` (and `/metrics`
+    /// with `protect_metrics`). `POOLGATE_ADMIN_TOKEN` wins over it.
+    pub token: Option<Secret>,
+    /// Require the token for `/metrics` too.
+    pub protect_metrics: bool,
 }
 
 /// Enforcement settings that are not part of the pool policy.
@@ -302,6 +322,10 @@ pub struct UpstreamConfig {
     /// Forward the client's `Host` header (true) or use the upstream's authority (false).
     #[serde(default = "default_true")]
     pub preserve_host: bool,
+    /// PEM file of the CA certificates that sign an `https` upstream's
+    /// certificate (a private CA); when set, only they are trusted.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -352,6 +376,16 @@ pub enum SourceKind {
     File,
     /// Authing's management API.
     Authing,
+}
+
+impl SourceKind {
+    /// The name used in the file, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::Authing => "authing",
+        }
+    }
 }
 
 /// Settings of the `file` policy source.
@@ -768,6 +802,9 @@ impl Config {
         if let Some(s) = self.policy.snapshot_path.as_mut() {
             fix(s);
         }
+        if let Some(c) = self.upstream.ca_file.as_mut() {
+            fix(c);
+        }
     }
 
     /// Applies `POOLGATE_*` overrides; `env` looks a variable up (the process
@@ -792,6 +829,14 @@ impl Config {
                 f.path = v.into();
             }
         }
+        if let Some(v) = env(ADMIN_TOKEN_ENV) {
+            // Set but empty is a mistake (a missing Secret key, a typo), not
+            // a request to turn authentication off.
+            if v.trim().is_empty() {
+                bail!("{ADMIN_TOKEN_ENV} is set but empty");
+            }
+            self.admin.token = Some(Secret(v));
+        }
         if let Some(v) = env("POOLGATE_REDIS_URL").filter(|v| !v.is_empty()) {
             // The URL may carry a password: the environment is its place.
             self.store.kind = StoreKind::Redis;
@@ -812,7 +857,13 @@ impl Config {
 
     /// Checks the coherence of the whole configuration.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.upstream_uri()?;
+        let upstream = self.upstream_uri()?;
+        if let Some(ca) = &self.upstream.ca_file {
+            if upstream.scheme_str() != Some("https") {
+                bail!("upstream.ca_file is set but upstream.url is not https://");
+            }
+            crate::proxy::load_ca_file(ca)?;
+        }
         if self.server.max_body_bytes == 0 {
             bail!("server.max_body_bytes must be greater than 0");
         }
@@ -896,6 +947,16 @@ impl Config {
                 "store.kind = \"redis\" needs a [store.redis] section (or POOLGATE_REDIS_URL)",
             )?;
             r.validate()?;
+        }
+        if let Some(t) = &self.admin.token {
+            let t = t.expose();
+            if t.chars().count() < ADMIN_TOKEN_MIN_LEN || t.chars().any(char::is_whitespace) {
+                bail!(
+                    "admin.token (or {ADMIN_TOKEN_ENV}) must be at least {ADMIN_TOKEN_MIN_LEN} characters without spaces (e.g. `openssl rand -hex 32`)"
+                );
+            }
+        } else if self.admin.protect_metrics {
+            bail!("admin.protect_metrics = true needs admin.token (or {ADMIN_TOKEN_ENV})");
         }
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bail!("server.listen and server.admin_listen must differ");
@@ -1121,6 +1182,45 @@ mod tests {
             "{MIN}\n[rate_limit]\nshared = true\n[store]\nkind = \"redis\"\n[store.redis]\n"
         );
         Config::parse(&text).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn admin_token_from_file_or_environment() {
+        let text = format!("{MIN}\n[admin]\ntoken = \"from-the-file-0123456789\"\n");
+        let mut cfg = Config::parse(&text).unwrap();
+        cfg.validate().unwrap();
+        assert!(
+            !format!("{cfg:?}").contains("from-the-file"),
+            "never printed"
+        );
+        cfg.apply_env(|k| (k == ADMIN_TOKEN_ENV).then(|| "from-the-env-0123456789".into()))
+            .unwrap();
+        assert_eq!(
+            cfg.admin.token.as_ref().unwrap().expose(),
+            "from-the-env-0123456789",
+            "the environment wins"
+        );
+        let err = format!(
+            "{:#}",
+            cfg.apply_env(|k| (k == ADMIN_TOKEN_ENV).then(String::new))
+                .unwrap_err()
+        );
+        assert!(err.contains(ADMIN_TOKEN_ENV), "{err}");
+
+        let short = format!("{MIN}\n[admin]\ntoken = \"short\"\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&short).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("admin.token"), "{err}");
+        let bare = format!("{MIN}\n[admin]\nprotect_metrics = true\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&bare).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("protect_metrics"), "{err}");
+        let typo = format!("{MIN}\n[admin]\ntokn = \"x\"\n");
+        assert!(Config::parse(&typo).is_err());
     }
 
     #[test]

@@ -41,6 +41,10 @@ enum Command {
     /// Validate the configuration and the pool source, print the compiled
     /// policy, and exit non-zero on any error.
     Check,
+    /// Ask the running gateway's admin `/readyz` (for a container
+    /// HEALTHCHECK): exit 0 when ready, 1 when not (or unreachable within
+    /// 2s), 2 when the configuration cannot be loaded.
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -69,11 +73,58 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => rt.block_on(check(&cfg)),
         Command::Run => rt.block_on(run(cfg, cli.demo_upstream)),
+        Command::Healthcheck => return healthcheck(&cfg),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("poolgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `poolgate healthcheck` waits for each of connect, write, read.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /readyz` on the admin listener, blocking, with short timeouts.
+fn healthcheck(cfg: &Config) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut addr = cfg.server.admin_listen;
+    // Listening on every address: ask on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)?;
+        s.set_read_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        s.set_write_timeout(Some(HEALTHCHECK_TIMEOUT))?;
+        write!(
+            s,
+            "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = Vec::new();
+        // The answer is a few bytes; cap what is read all the same.
+        s.take(4096).read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    match ask() {
+        Ok(answer) => {
+            let status = answer.split(' ').nth(1).unwrap_or("");
+            let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
+            if status == "200" {
+                println!("ready ({addr})");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("poolgate: not ready ({addr}): {status} {body}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("poolgate: cannot ask {addr}/readyz: {e}");
             ExitCode::FAILURE
         }
     }

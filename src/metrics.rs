@@ -1,10 +1,195 @@
 //! Prometheus metrics. One registry per gateway instance (not the global
 //! default), so several instances can live in one process, as the tests do.
+//!
+//! Every counter whose label values are known up front is created at zero
+//! when the gateway starts ([`Metrics::precreate`]), so the first scrape
+//! already has every series an alert or a dashboard asks for, and `rate()`
+//! sees the first increment. The label sets live in the constants below.
 
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Every `(guard, reason)` a guard rejection can carry (the labels of
+/// `poolgate_guard_decisions_total` and, by reason, `poolgate_rejections_total`).
+/// Kept by hand from the `Rejection::business(`/`Rejection::http(`,
+/// `captcha_required(`, `captcha_failed(`, `register_too_frequent(` and
+/// `send_code_limited(` call sites in `src/guards/` and `src/gateway.rs`, the
+/// reasons of `ExtractError::status_reason`, `captcha::Rejected::as_str` and,
+/// for `rate_limit`, `RouteKind::as_str`. A pair missing here is still counted
+/// when it happens; it is only not exported at zero before.
+pub const GUARD_REASONS: &[(&str, &str)] = &[
+    ("cors", "origin_not_allowed"),
+    ("rate_limit", "login"),
+    ("rate_limit", "register"),
+    ("rate_limit", "password"),
+    ("rate_limit", "send_code"),
+    ("rate_limit", "verify"),
+    ("rate_limit", "captcha"),
+    ("rate_limit", "other"),
+    ("body", "ambiguous_path"),
+    ("body", "method_not_allowed"),
+    ("body", "body_too_large"),
+    ("body", "body_timeout"),
+    ("body", "client_body_error"),
+    ("body", "unsupported_content_type"),
+    ("body", "compressed_body"),
+    ("body", "malformed_body"),
+    ("body", "ambiguous_graphql"),
+    ("body", "ambiguous_body"),
+    ("body", "bad_client_ip"),
+    ("login_fail", "captcha_required"),
+    ("password_fail", "captcha_required"),
+    ("password_fail", "account_locked"),
+    ("captcha", "captcha_unknown"),
+    ("captcha", "captcha_other_client"),
+    ("captcha", "captcha_expired"),
+    ("captcha", "captcha_wrong"),
+    ("captcha", "captcha_store_full"),
+    ("register_disabled", "register_disabled"),
+    ("register_limit", "too_frequent"),
+    ("register_limit", "store_full"),
+    ("whitelist", "not_whitelisted"),
+    ("whitelist", "no_identifier"),
+    ("password_strength", "too_short"),
+    ("password_strength", "weak"),
+    ("password_strength", "custom_rule"),
+    ("send_code", "client_limit"),
+    ("send_code", "recipient_limit"),
+    ("store", "store_unavailable"),
+];
+
+/// Reasons of `poolgate_rejections_total` that are not guard reasons:
+/// refusals decided before a guard runs, and forwarding failures.
+pub const OTHER_REJECTION_REASONS: &[&str] = &[
+    "policy_not_ready",
+    "headers_too_large",
+    "bad_transfer_encoding",
+    "upstream_error",
+    "upstream_timeout",
+    "body_too_large",
+    "client_body_error",
+];
+
+/// `poolgate_login_outcomes_total{outcome}` (`guards::outcome::Outcome::as_str`).
+pub const LOGIN_OUTCOMES: &[&str] = &[
+    "success",
+    "wrong_password",
+    "failed",
+    "unknown",
+    "unreadable",
+];
+
+/// `poolgate_policy_fetch_failures_total{reason}` by source (`SourceError::reason`).
+pub fn fetch_failure_reasons(source: &str) -> &'static [&'static str] {
+    match source {
+        "file" => &["io", "parse"],
+        "authing" => &[
+            "timeout",
+            "connect",
+            "http_status",
+            "unauthorized",
+            "parse",
+            "api_error",
+        ],
+        _ => &[],
+    }
+}
+
+/// Redis operations (`op` of the `poolgate_store_*` metrics).
+pub const STORE_OPS: &[&str] = &[
+    "reserve",
+    "settle",
+    "captcha_put",
+    "captcha_take",
+    "show",
+    "clear",
+];
+/// Operations the store fallback can answer (`poolgate_store_fallbacks_total{op}`).
+pub const STORE_FALLBACK_OPS: &[&str] = &["reserve", "captcha_put", "captcha_take"];
+/// `kind` of `poolgate_store_errors_total`.
+pub const STORE_ERROR_KINDS: &[&str] = &["timeout", "io", "server", "reply", "breaker_open"];
+/// `reason` of `poolgate_connection_errors_total`.
+pub const CONNECTION_ERROR_REASONS: &[&str] = &[
+    "head_too_large",
+    "bad_request",
+    "header_timeout",
+    "client_gone",
+    "other",
+];
+
+/// The `(route, method, outcome)` series of `poolgate_requests_total`
+/// created at zero: each route class with the method its clients use (`GET`
+/// and `POST` for `other`) and the outcomes it can have. Other combinations
+/// (a `PUT` to an unguarded path, a preflight) appear when they first happen.
+pub fn request_series() -> Vec<(&'static str, &'static str, &'static str)> {
+    const FORWARDED: &[&str] = &[
+        "forwarded",
+        "rejected",
+        "upstream_error",
+        "upstream_timeout",
+    ];
+    let mut out = Vec::new();
+    for route in [
+        "login",
+        "register",
+        "password",
+        "send_code",
+        "verify",
+        "graphql",
+    ] {
+        for outcome in FORWARDED {
+            out.push((route, "POST", *outcome));
+        }
+    }
+    for method in ["GET", "POST"] {
+        for outcome in FORWARDED {
+            out.push(("other", method, *outcome));
+        }
+    }
+    for outcome in ["captcha_issued", "rejected"] {
+        out.push(("captcha", "GET", outcome));
+    }
+    out
+}
+
+/// `counter` of `poolgate_tracked_keys` (the store's window counters, and the
+/// rate limiters together); 0 at start, updated every `guards.sweep_interval`.
+pub const TRACKED_COUNTERS: &[&str] = &[
+    "login_ip",
+    "account",
+    "register_ip",
+    "send_client",
+    "send_recipient",
+    "rate_limit",
+];
+
+/// Route classes whose requests are forwarded (`poolgate_upstream_duration_seconds{route}`).
+pub const FORWARDED_ROUTES: &[&str] = &[
+    "login",
+    "register",
+    "password",
+    "send_code",
+    "verify",
+    "graphql",
+    "other",
+];
+
+/// The commit poolgate was built from (`build.rs`; `unknown` without git).
+pub const BUILD_COMMIT: &str = env!("POOLGATE_BUILD_COMMIT");
+/// The compiler poolgate was built with (`build.rs`; `unknown` if it could not tell).
+pub const BUILD_RUSTC: &str = env!("POOLGATE_BUILD_RUSTC");
+
+/// What [`Metrics::precreate`] needs to know of the configuration.
+pub struct Known<'a> {
+    /// The configured policy source (`file` or `authing`).
+    pub source: &'a str,
+    /// The Redis store's fallback mode, when a Redis store is configured.
+    pub store_fallback: Option<&'a str>,
+    /// Guards in dry run: their `shadow_reject` series are created instead of `reject`.
+    pub shadowed: Vec<&'a str>,
+}
 
 /// Every metric poolgate exports.
 #[derive(Clone)]
@@ -74,7 +259,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let r = &registry;
-        Metrics {
+        let m = Metrics {
             requests: counter_vec(
                 r,
                 "poolgate_requests_total",
@@ -249,6 +434,93 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "poolgate_build_info",
+                "Always 1; the labels name the poolgate version, the git commit and the compiler it was built from.",
+            ),
+            &["version", "commit", "rustc"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), BUILD_COMMIT, BUILD_RUSTC])
+            .set(1);
+        m.register_collector(Box::new(build_info));
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_max_fds, process_start_time_seconds... read
+        // from /proc at scrape time.
+        #[cfg(target_os = "linux")]
+        m.register_collector(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        m
+    }
+
+    /// Creates at zero every series whose labels are known from the
+    /// configuration (see the constants of this module), so that the first
+    /// scrape has them.
+    pub fn precreate(&self, known: &Known<'_>) {
+        for (route, method, outcome) in request_series() {
+            self.requests.with_label_values(&[route, method, outcome]);
+        }
+        for route in FORWARDED_ROUTES {
+            self.upstream_duration.with_label_values(&[route]);
+        }
+        for (guard, reason) in GUARD_REASONS {
+            // A guard in dry run shadows rather than rejects.
+            let decision = if known.shadowed.contains(guard) {
+                "shadow_reject"
+            } else {
+                "reject"
+            };
+            self.guard_decisions
+                .with_label_values(&[guard, decision, reason]);
+            self.rejections.with_label_values(&[reason]);
+        }
+        for guard in ["login_fail", "password_fail"] {
+            self.guard_decisions
+                .with_label_values(&[guard, "allow_captcha", "captcha_solved"]);
+        }
+        for reason in OTHER_REJECTION_REASONS {
+            self.rejections.with_label_values(&[reason]);
+        }
+        for outcome in LOGIN_OUTCOMES {
+            self.login_outcomes.with_label_values(&[outcome]);
+        }
+        for counter in TRACKED_COUNTERS {
+            self.tracked_keys.with_label_values(&[counter]);
+        }
+        for reason in fetch_failure_reasons(known.source) {
+            self.policy_fetch_failures
+                .with_label_values(&[known.source, reason]);
+        }
+        for result in ["applied", "unchanged", "invalid"] {
+            self.policy_reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            self.snapshot_writes.with_label_values(&[result]);
+            if known.source == "authing" {
+                self.token_renewals.with_label_values(&[result]);
+            }
+        }
+        for listener in ["proxy", "admin"] {
+            self.connections_rejected.with_label_values(&[listener]);
+            for reason in CONNECTION_ERROR_REASONS {
+                self.connection_errors
+                    .with_label_values(&[listener, reason]);
+            }
+        }
+        if let Some(mode) = known.store_fallback {
+            for op in STORE_OPS {
+                self.store_duration.with_label_values(&[op]);
+                for kind in STORE_ERROR_KINDS {
+                    self.store_errors.with_label_values(&[op, kind]);
+                }
+            }
+            for op in STORE_FALLBACK_OPS {
+                self.store_fallbacks.with_label_values(&[op, mode]);
+            }
         }
     }
 
@@ -312,4 +584,71 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
         r,
         IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn known_label_sets_are_non_empty_and_unique() {
+        assert!(!GUARD_REASONS.is_empty());
+        let pairs: HashSet<_> = GUARD_REASONS.iter().collect();
+        assert_eq!(
+            pairs.len(),
+            GUARD_REASONS.len(),
+            "a (guard, reason) pair twice"
+        );
+        for (guard, _) in GUARD_REASONS {
+            assert!(
+                crate::guards::GUARD_NAMES.contains(guard),
+                "unknown guard {guard}"
+            );
+        }
+        for list in [
+            OTHER_REJECTION_REASONS,
+            LOGIN_OUTCOMES,
+            STORE_OPS,
+            STORE_FALLBACK_OPS,
+            STORE_ERROR_KINDS,
+            CONNECTION_ERROR_REASONS,
+            FORWARDED_ROUTES,
+            TRACKED_COUNTERS,
+            fetch_failure_reasons("file"),
+            fetch_failure_reasons("authing"),
+        ] {
+            assert!(!list.is_empty());
+            assert_eq!(
+                list.iter().collect::<HashSet<_>>().len(),
+                list.len(),
+                "{list:?}"
+            );
+        }
+        let series = request_series();
+        assert_eq!(series.iter().collect::<HashSet<_>>().len(), series.len());
+    }
+
+    #[test]
+    fn precreated_series_are_rendered_at_zero() {
+        let m = Metrics::new();
+        m.precreate(&Known {
+            source: "authing",
+            store_fallback: Some("local"),
+            shadowed: vec!["cors"],
+        });
+        let text = m.render();
+        for needle in [
+            r#"poolgate_guard_decisions_total{decision="reject",guard="login_fail",reason="captcha_required"} 0"#,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="cors",reason="origin_not_allowed"} 0"#,
+            r#"poolgate_policy_fetch_failures_total{reason="unauthorized",source="authing"} 0"#,
+            r#"poolgate_store_fallbacks_total{mode="local",op="reserve"} 0"#,
+            r#"poolgate_login_outcomes_total{outcome="unreadable"} 0"#,
+            "poolgate_build_info{",
+        ] {
+            assert!(text.contains(needle), "{needle} missing");
+        }
+        assert!(!text.contains(r#"shadow_reject",guard="whitelist""#));
+        assert!(!text.contains(r#"decision="reject",guard="cors""#));
+    }
 }

@@ -58,6 +58,44 @@ pub struct Upstream {
     host_value: HeaderValue,
 }
 
+/// Reads the PEM certificates of `upstream.ca_file` (at least one).
+pub fn load_ca_file(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("upstream.ca_file: cannot read {}: {e}", path.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("upstream.ca_file {}: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "upstream.ca_file {}: no CERTIFICATE block in it",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// TLS settings that trust only the CAs of `upstream.ca_file` (ring provider,
+/// rustls's safe default protocol versions, no client certificate).
+fn private_ca_config(path: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_ca_file(path)? {
+        roots.add(cert).map_err(|e| {
+            anyhow::anyhow!(
+                "upstream.ca_file {}: not a usable CA certificate: {e}",
+                path.display()
+            )
+        })?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl Upstream {
     /// Pooled clients for the configured upstream, one per proxy worker.
     pub fn new(cfg: &UpstreamConfig, uri: &Uri, workers: usize) -> anyhow::Result<Upstream> {
@@ -66,11 +104,12 @@ impl Upstream {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let tls = hyper_rustls::HttpsConnectorBuilder::new();
+        let tls = match &cfg.ca_file {
+            Some(path) => tls.with_tls_config(private_ca_config(path)?),
+            None => tls.with_webpki_roots(),
+        };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
         let clients = (0..workers.max(1))
             .map(|_| {
                 Client::builder(TokioExecutor::new())

@@ -226,7 +226,12 @@ impl AuthingSource {
             .exp
             .filter(|&e| e > 0)
             .map(|e| UNIX_EPOCH + Duration::from_secs(e as u64));
-        tracing::info!(expires_at = ?expires_at.map(humantime::format_rfc3339_seconds), "obtained a management token");
+        // A plain RFC 3339 string (or "none": kept until refused), never a Debug rendering.
+        let expiry = expires_at.map_or_else(
+            || "none".to_string(),
+            |t| humantime::format_rfc3339_seconds(t).to_string(),
+        );
+        tracing::info!(expires_at = %expiry, "obtained a management token");
         let value = token.access_token;
         self.token = Some(Token {
             value: value.clone(),

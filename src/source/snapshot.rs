@@ -40,7 +40,16 @@ pub fn save(path: &Path, source: &str, doc: &Fetched) -> std::io::Result<()> {
     let tmp = std::path::PathBuf::from(tmp);
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
+        // Owner-only (0600): the whitelist entries are personal data. Created
+        // with that mode, so it is never readable by others, not even briefly;
+        // set again in case an older temporary file was left with another.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
@@ -85,6 +94,19 @@ mod tests {
             whitelist: WhitelistEntries::default(),
         };
         save(&path, "authing", &doc).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "owner-only, got {mode:o}");
+            // A leftover temporary file with a wider mode is narrowed too.
+            let tmp = dir.path().join("snap.json.tmp");
+            std::fs::write(&tmp, b"old").unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+            save(&path, "authing", &doc).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "owner-only, got {mode:o}");
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("\"s\"") && !text.contains("jwtSecret"));
         let (back, src, _) = load(&path).unwrap();
