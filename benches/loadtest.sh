@@ -2,12 +2,13 @@
 # Side-by-side load test: poolgate vs nginx (proxy_pass + keepalive + limit_req)
 # vs the upstream directly, on loopback, with the same load generator (wrk).
 #
-#   benches/loadtest.sh            # throughput/latency, ~4 min
+#   benches/loadtest.sh            # throughput/latency, ~7 min (3 rounds x 3 scenarios x 5 targets x 8 s)
 #   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
 #   SOAK=1 benches/loadtest.sh     # soak: mixed traffic, policy swaps, upstream faults, RSS (10 min)
 #
 # Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000),
-# REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip);
+# REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip),
+# CLUSTER (1: also run a third poolgate on a local three-master Redis Cluster; 0: skip);
 # soak: SOAK_SECS (600), SOAK_THREADS (8 client connections), SOAK_PORT (18380).
 # Targets are interleaved round by round so machine noise hits all alike.
 # Everything listens on 127.0.0.1 and is stopped on exit.
@@ -20,7 +21,12 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 KEYS=${KEYS:-1000000}
 REDIS=${REDIS:-1}
+# On by default like REDIS, so the README's Cluster figure comes from the plain
+# command; it costs one more target per scenario (a fifth of the run).
+CLUSTER=${CLUSTER:-1}
 UP=18181 NGX=18182 PG=18180 ADMIN=18190 RDS=18183 PGR=18184 ADMINR=18194
+# The cluster: three masters, their cluster-bus ports, its poolgate.
+CL=(18185 18186 18187) CLBUS=(18285 18286 18287) PGC=18188 ADMINC=18198
 
 soak() {
   # Mixed traffic (GET passthrough, wrong-password logins and registrations
@@ -143,6 +149,15 @@ need() {
 need nginx nginx
 need wrk wrk
 [ "$REDIS" = 1 ] && [ "$MODE" != memory ] && need redis-server redis-server
+if [ "$CLUSTER" = 1 ] && [ "$MODE" != memory ]; then
+  need redis-server redis-server
+  need redis-cli redis-tools
+  for p in "${CL[@]}" "${CLBUS[@]}" "$PGC" "$ADMINC"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "port $p is in use (the cluster's); stop what holds it or run with CLUSTER=0" >&2; exit 1
+    fi
+  done
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -260,6 +275,33 @@ if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
   wait_ready "$ADMINR" "$work/poolgate-redis.log"
 fi
 
+if [ "$CLUSTER" = 1 ] && [ "$MODE" != memory ]; then
+  # The same poolgate on a Redis Cluster of three masters (no replicas): a
+  # login's two counters hash to different slots, so one script call each.
+  for i in 0 1 2; do
+    redis-server --bind 127.0.0.1 --port "${CL[$i]}" --save "" --appendonly no --dir "$work" \
+      --cluster-enabled yes --cluster-port "${CLBUS[$i]}" --cluster-config-file "nodes-${CL[$i]}.conf" \
+      >"$work/cluster-${CL[$i]}.log" 2>&1 &
+    pids+=("$!")
+  done
+  for p in "${CL[@]}"; do
+    for _ in $(seq 50); do redis-cli -p "$p" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "127.0.0.1:${CL[0]}" "127.0.0.1:${CL[1]}" "127.0.0.1:${CL[2]}" \
+    --cluster-replicas 0 --cluster-yes >"$work/cluster-create.log" 2>&1 \
+    || { echo "redis-cli --cluster create failed:" >&2; cat "$work/cluster-create.log" >&2; exit 1; }
+  for p in "${CL[@]}"; do
+    for _ in $(seq 100); do redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break; sleep 0.1; done
+    redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || { echo "cluster not ok on port $p" >&2; exit 1; }
+  done
+  sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGC/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINC/" "$work/poolgate.toml" >"$work/poolgate-cluster.toml"
+  printf '[store]\nkind = "redis"\n[store.redis]\nurl = "redis://127.0.0.1:%s/"\ncluster = true\nnodes = ["redis://127.0.0.1:%s/", "redis://127.0.0.1:%s/"]\n' \
+    "${CL[0]}" "${CL[1]}" "${CL[2]}" >>"$work/poolgate-cluster.toml"
+  ./target/release/poolgate --config "$work/poolgate-cluster.toml" >"$work/poolgate-cluster.log" 2>&1 &
+  pids+=("$!")
+  wait_ready "$ADMINC" "$work/poolgate-cluster.log"
+fi
+
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$pg_pid/status"; }
 
 if [ "$MODE" = memory ]; then
@@ -322,7 +364,7 @@ function request()
 end
 EOF
 # Gate 203.0.113.66: four wrong passwords (the pool allows 3).
-for port in $PG $([ "$REDIS" = 1 ] && echo $PGR); do
+for port in $PG $([ "$REDIS" = 1 ] && echo $PGR) $([ "$CLUSTER" = 1 ] && echo $PGC); do
   for _ in 1 2 3 4; do
     curl -s -o /dev/null -X POST "http://127.0.0.1:$port/api/v2/login/account" -H 'content-type: application/json' \
       -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
@@ -336,7 +378,8 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
 declare -A RPS P50 P99
 targets=(direct nginx poolgate)
 [ "$REDIS" = 1 ] && targets+=(pg-redis)
-port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-redis) echo $PGR ;; esac; }
+[ "$CLUSTER" = 1 ] && targets+=(pg-cluster)
+port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-redis) echo $PGR ;; pg-cluster) echo $PGC ;; esac; }
 run() { # scenario target
   local scenario=$1 target=$2 url script=()
   url="http://127.0.0.1:$(port_of "$target")"
@@ -364,10 +407,10 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r done" >&2
 done
 
-printf '\n%-8s %-9s %12s %10s %10s\n' scenario target "req/s" "p50 ms" "p99 ms"
+printf '\n%-8s %-10s %12s %10s %10s\n' scenario target "req/s" "p50 ms" "p99 ms"
 for scenario in get login mix; do
   for t in "${targets[@]}"; do
-    printf '%-8s %-9s %12.0f %10.3f %10.3f\n' "$scenario" "$t" \
+    printf '%-8s %-10s %12.0f %10.3f %10.3f\n' "$scenario" "$t" \
       "$(median "${RPS[$scenario.$t]}")" "$(median "${P50[$scenario.$t]}")" "$(median "${P99[$scenario.$t]}")"
   done
   pg=$(median "${RPS[$scenario.poolgate]}"); ng=$(median "${RPS[$scenario.nginx]}"); di=$(median "${RPS[$scenario.direct]}")
@@ -378,4 +421,23 @@ for scenario in get login mix; do
       -v p99r="$(median "${P99[$scenario.pg-redis]}")" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v s="$scenario" \
       'BEGIN { printf "%-8s redis store: req/s %.2f of the memory store, p99 %.2f of it; pg-redis/nginx req/s %.2f\n", s, r/pg, p99r/p99pg, r/ng }'
   fi
+  if [ "$CLUSTER" = 1 ]; then
+    awk -v r="$(median "${RPS[$scenario.pg-cluster]}")" -v pg="$pg" -v ng="$ng" \
+      -v p99r="$(median "${P99[$scenario.pg-cluster]}")" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v s="$scenario" \
+      'BEGIN { printf "%-8s cluster store: req/s %.2f of the memory store, p99 %.2f of it; pg-cluster/nginx req/s %.2f\n", s, r/pg, p99r/p99pg, r/ng }'
+  fi
 done
+# A Redis figure only counts if Redis answered: a store that failed falls back
+# to local counters and would look fast.
+store_health() { # label admin-port
+  curl -s "http://127.0.0.1:$2/metrics" | awk -v l="$1" '
+    /^poolgate_store_errors_total/ { e += $NF } /^poolgate_store_fallbacks_total/ { f += $NF }
+    END { printf "%s: store errors %d, fallbacks %d", l, e, f }'
+}
+if [ "$REDIS" = 1 ]; then echo; store_health pg-redis "$ADMINR"; echo; fi
+if [ "$CLUSTER" = 1 ]; then
+  store_health pg-cluster "$ADMINC"
+  printf '; keys per master:'
+  for p in "${CL[@]}"; do printf ' %s' "$(redis-cli -p "$p" dbsize)"; done
+  echo
+fi
