@@ -7,6 +7,9 @@
 //! fetched by [`source`] and swapped lock-free; [`admin`] and [`metrics`]
 //! observe it all.
 
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod app;
 pub mod captcha;

@@ -1,5 +1,7 @@
 //! The `poolgate` command: run the gateway, or check a configuration.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -6,6 +6,10 @@
 //! already has every series an alert or a dashboard asks for, and `rate()`
 //! sees the first increment. The label sets live in the constants below.
 
+// Static construction: a metric constructor fails only on a malformed name
+// or label set, all constants here, which every test run builds.
+#![allow(clippy::expect_used)]
+
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,

@@ -278,6 +278,8 @@ struct RateLimitCollector {
 }
 
 impl RateLimitCollector {
+    // Static construction: the names and labels are constants.
+    #[allow(clippy::expect_used)]
     fn new(stores: Vec<(&'static str, Arc<CapStats>)>) -> Self {
         // Names and labels are static: these constructors cannot fail.
         let tracked = prometheus::IntGaugeVec::new(
