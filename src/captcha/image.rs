@@ -40,7 +40,7 @@ pub fn png(answer: &[u8], rng: &mut impl Rng) -> Vec<u8> {
                 .area(Geometry::new(40, WIDTH - 40, 22, HEIGHT - 22)),
         );
     }
-    c.apply_filter(Noise::new(rng.random_range(0.08..0.14)))
+    c.apply_filter(Noise::new(rng.random_range(0.04..0.08)))
         .apply_filter(
             Dots::new(rng.random_range(6..10))
                 .min_radius(2)
@@ -56,8 +56,30 @@ pub fn png(answer: &[u8], rng: &mut impl Rng) -> Vec<u8> {
 /// grayscale PNG (a third of the crate's RGB one).
 fn strike(png: &[u8], rng: &mut impl Rng) -> Option<Vec<u8>> {
     use std::f32::consts::TAU;
-    let mut g = ::image::load_from_memory(png).ok()?.to_luma8();
-    let (w, h) = (g.width() as f32, g.height() as f32);
+    let src = ::image::load_from_memory(png).ok()?.to_luma8();
+    let (w, h) = (src.width() as f32, src.height() as f32);
+    // A ripple of random phase and a period about a glyph's size: rows shift
+    // sideways and columns up and down by a few pixels, so every stroke
+    // wobbles and no glyph keeps the font's exact shape (the crate's waves
+    // are longer and always start in the same phase).
+    let ripple = |amp: (f32, f32), period: (f32, f32), rng: &mut dyn FnMut() -> f32| {
+        let a = amp.0 + (amp.1 - amp.0) * rng();
+        let p = period.0 + (period.1 - period.0) * rng();
+        let phase = TAU * rng();
+        move |t: f32| a * (TAU * t / p + phase).sin()
+    };
+    let mut unit = || rng.random_range(0.0..1.0f32);
+    let dx = ripple((1.0, 1.8), (20.0, 32.0), &mut unit);
+    let dy = ripple((1.0, 1.8), (22.0, 36.0), &mut unit);
+    let mut g = ::image::GrayImage::from_fn(src.width(), src.height(), |x, y| {
+        let sx = (x as f32 + dx(y as f32)).round();
+        let sy = (y as f32 + dy(x as f32)).round();
+        if sx < 0.0 || sy < 0.0 || sx >= w || sy >= h {
+            ::image::Luma([255])
+        } else {
+            *src.get_pixel(sx as u32, sy as u32)
+        }
+    });
     for _ in 0..STRIKES {
         let x0 = rng.random_range(0.05..0.2) * w;
         let x1 = rng.random_range(0.8..0.95) * w;
