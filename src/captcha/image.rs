@@ -8,8 +8,8 @@
 //! in shape, not only in noise. `benches/captcha_solver/` measures how often
 //! tesseract reads the result (README, "Captcha").
 
-use ::captcha::filters::{Cow, Dots, Noise, Wave};
-use ::captcha::{Captcha, Geometry};
+use ::captcha::filters::{Dots, Noise, Wave};
+use ::captcha::Captcha;
 use base64::Engine as _;
 use rand::Rng;
 
@@ -30,16 +30,6 @@ pub fn png(answer: &[u8], rng: &mut impl Rng) -> Vec<u8> {
     c.apply_filter(Wave::new(rng.random_range(5.0..8.0), rng.random_range(5.0..8.0)).horizontal())
         .apply_filter(Wave::new(rng.random_range(4.0..7.0), rng.random_range(2.0..4.0)).vertical())
         .view(WIDTH, HEIGHT);
-    // Two inverted blobs over the text band: white glyph parts on black.
-    for _ in 0..0 {
-        c.apply_filter(
-            Cow::new()
-                .min_radius(9)
-                .max_radius(13)
-                .circles(rng.random_range(2..4))
-                .area(Geometry::new(40, WIDTH - 40, 22, HEIGHT - 22)),
-        );
-    }
     c.apply_filter(Noise::new(rng.random_range(0.04..0.08)))
         .apply_filter(
             Dots::new(rng.random_range(6..10))
@@ -51,9 +41,9 @@ pub fn png(answer: &[u8], rng: &mut impl Rng) -> Vec<u8> {
     strike(&png, rng).unwrap_or(png)
 }
 
-/// Draws curves of the glyphs' stroke width across the text (they join the
-/// characters, which defeats segmenting them) and re-encodes the image as a
-/// grayscale PNG (a third of the crate's RGB one).
+/// What the crate cannot do: ripples the image (see below), draws curves of
+/// the glyphs' stroke width across the text (they join the characters, which
+/// defeats segmenting them), and re-encodes it as a grayscale PNG.
 fn strike(png: &[u8], rng: &mut impl Rng) -> Option<Vec<u8>> {
     use std::f32::consts::TAU;
     let src = ::image::load_from_memory(png).ok()?.to_luma8();
