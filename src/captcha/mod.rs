@@ -8,6 +8,7 @@
 //! tokens of third-party challenges (Turnstile, hCaptcha, reCAPTCHA) instead.
 
 pub mod image;
+pub mod provider;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
