@@ -4,8 +4,9 @@
 #   bash benches/captcha_solver/run.sh                 # 300 captchas, all variants
 #   SOLVER_N=50 SOLVER_MAX_RATE=0.10 bash benches/captcha_solver/run.sh   # CI
 #
-# Env: SOLVER_N (captchas, default 300), SOLVER_MAX_RATE (exit 1 when the new
-# captcha's best solver reads more than this fraction), SOLVER_VARIANTS
+# Env: SOLVER_N (captchas, default 300), SOLVER_MAX_RATE (exit 1 when tesseract
+# reads more than this fraction of the new captchas), SOLVER_MAX_ANY_RATE (the
+# same for the best solver of any kind), SOLVER_VARIANTS
 # (comma-separated preprocessing variants of solve.py), SOLVER_JOBS (default 2).
 # Needs the `tesseract` CLI (Debian: tesseract-ocr) and Python 3 with venv;
 # Pillow and numpy are pip-installed into .venv here (git-ignored).
@@ -25,5 +26,6 @@ rm -rf "$out"
 
 args=("$out" --jobs "${SOLVER_JOBS:-2}" --json "$out/result.json")
 [ -n "${SOLVER_MAX_RATE:-}" ] && args+=(--max-rate "$SOLVER_MAX_RATE")
+[ -n "${SOLVER_MAX_ANY_RATE:-}" ] && args+=(--max-any-rate "$SOLVER_MAX_ANY_RATE")
 [ -n "${SOLVER_VARIANTS:-}" ] && args+=(--variants "$SOLVER_VARIANTS")
 "$venv/bin/python" "$here/solve.py" "${args[@]}"
