@@ -13,8 +13,9 @@ use ::captcha::Captcha;
 use base64::Engine as _;
 use rand::Rng;
 
-/// Width of the image, in pixels.
-pub const WIDTH: u32 = 200;
+/// Width of the image, in pixels: the widest answer (MWMWM: 250 px of glyph
+/// bitmaps, padding included) fits whole.
+pub const WIDTH: u32 = 250;
 /// Height of the image, in pixels.
 pub const HEIGHT: u32 = 70;
 
