@@ -3,8 +3,12 @@
 //!
 //! The answer stays server-side with a short TTL; a captcha is single use (any
 //! check burns it, right or wrong) and bound to the client key that fetched it.
-//! Glyphs are drawn as jittered stroke paths, not SVG text, so the answer is not
-//! in the markup.
+//! The image is a distorted, noisy raster (see [`image`]) wrapped in an SVG
+//! document, so the answer is not in the markup; [`provider`] verifies the
+//! tokens of third-party challenges (Turnstile, hCaptcha, reCAPTCHA) instead.
+
+pub mod image;
+pub mod provider;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,10 +17,12 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use rand::Rng;
 
-/// Characters used: no 0/O, 1/I/L look-alikes.
-const ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+/// Characters used: no 0/O, 1/I/L look-alikes (the font has no O, I or L),
+/// and none of the pairs that this serif font blurs once bent: J (reads as I),
+/// S (5), Z (2), B (8). 27 characters, 5 of them: 27^5 = 14 million answers.
+pub const ALPHABET: &[u8] = b"23456789ACDEFGHKMNPQRTUVWXY";
 /// Answer length.
-pub const LEN: usize = 4;
+pub const LEN: usize = 5;
 
 /// A token identifying one issued captcha (hex of 16 random bytes).
 pub type Token = String;
@@ -143,7 +149,7 @@ pub struct Fresh {
     pub token: Token,
     /// The characters to type.
     pub answer: [u8; LEN],
-    /// The SVG image.
+    /// The image: an SVG document wrapping a PNG (see [`image::svg_wrapping`]).
     pub svg: String,
 }
 
@@ -159,7 +165,16 @@ impl Fresh {
             let _ = write!(s, "{:02x}", rng.random::<u8>());
             s
         });
-        let svg = render_svg(&answer, &mut rng);
+        // The base64 payload is random text: in about one captcha in 10^4 it
+        // spells the answer by chance. Redraw then, so a check (or a scraper)
+        // searching the markup for the answer never finds it.
+        let mut svg = image::svg_wrapping(&image::png(&answer, &mut rng));
+        for _ in 0..8 {
+            if !contains_ignore_case(svg.as_bytes(), &answer) {
+                break;
+            }
+            svg = image::svg_wrapping(&image::png(&answer, &mut rng));
+        }
         Fresh { token, answer, svg }
     }
 }
@@ -168,6 +183,11 @@ impl Default for Fresh {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Whether `given` (trimmed, any case) is `answer`.
@@ -180,113 +200,46 @@ pub fn answer_matches(answer: &[u8], given: &str) -> bool {
             .all(|(g, a)| g.eq_ignore_ascii_case(a))
 }
 
-/// Stroke font on a 4x6 grid: each glyph is a list of polylines.
-fn glyph(c: u8) -> &'static [&'static [(u8, u8)]] {
-    match c {
-        b'2' => &[&[(0, 1), (1, 0), (3, 0), (4, 1), (4, 2), (0, 6), (4, 6)]],
-        b'3' => &[&[(0, 0), (4, 0), (2, 3), (4, 4), (4, 5), (3, 6), (0, 6)]],
-        b'4' => &[&[(3, 6), (3, 0), (0, 4), (4, 4)]],
-        b'5' => &[&[
-            (4, 0),
-            (0, 0),
-            (0, 3),
-            (3, 3),
-            (4, 4),
-            (4, 5),
-            (3, 6),
-            (0, 6),
-        ]],
-        b'6' => &[&[(4, 0), (1, 0), (0, 2), (0, 6), (4, 6), (4, 3), (0, 3)]],
-        b'7' => &[&[(0, 0), (4, 0), (1, 6)]],
-        b'8' => &[&[(0, 0), (4, 0), (4, 6), (0, 6), (0, 0)], &[(0, 3), (4, 3)]],
-        b'9' => &[&[(4, 3), (0, 3), (0, 0), (4, 0), (4, 6), (0, 6)]],
-        b'A' => &[&[(0, 6), (2, 0), (4, 6)], &[(1, 4), (3, 4)]],
-        b'B' => &[
-            &[(0, 0), (0, 6), (3, 6), (4, 5), (4, 4), (3, 3), (0, 3)],
-            &[(0, 0), (3, 0), (4, 1), (3, 3)],
-        ],
-        b'C' => &[&[(4, 0), (0, 0), (0, 6), (4, 6)]],
-        b'D' => &[&[(0, 0), (0, 6), (3, 6), (4, 4), (4, 2), (3, 0), (0, 0)]],
-        b'E' => &[&[(4, 0), (0, 0), (0, 6), (4, 6)], &[(0, 3), (3, 3)]],
-        b'F' => &[&[(4, 0), (0, 0), (0, 6)], &[(0, 3), (3, 3)]],
-        b'G' => &[&[(4, 0), (0, 0), (0, 6), (4, 6), (4, 3), (2, 3)]],
-        b'H' => &[&[(0, 0), (0, 6)], &[(4, 0), (4, 6)], &[(0, 3), (4, 3)]],
-        b'J' => &[&[(4, 0), (4, 6), (0, 6), (0, 4)]],
-        b'K' => &[&[(0, 0), (0, 6)], &[(4, 0), (0, 3), (4, 6)]],
-        b'M' => &[&[(0, 6), (0, 0), (2, 3), (4, 0), (4, 6)]],
-        b'N' => &[&[(0, 6), (0, 0), (4, 6), (4, 0)]],
-        b'P' => &[&[(0, 6), (0, 0), (4, 0), (4, 3), (0, 3)]],
-        b'Q' => &[&[(0, 0), (4, 0), (4, 6), (0, 6), (0, 0)], &[(2, 4), (4, 6)]],
-        b'R' => &[&[(0, 6), (0, 0), (4, 0), (4, 3), (0, 3), (4, 6)]],
-        b'S' => &[&[(4, 0), (0, 0), (0, 3), (4, 3), (4, 6), (0, 6)]],
-        b'T' => &[&[(0, 0), (4, 0)], &[(2, 0), (2, 6)]],
-        b'U' => &[&[(0, 0), (0, 6), (4, 6), (4, 0)]],
-        b'V' => &[&[(0, 0), (2, 6), (4, 0)]],
-        b'W' => &[&[(0, 0), (1, 6), (2, 3), (3, 6), (4, 0)]],
-        b'X' => &[&[(0, 0), (4, 6)], &[(4, 0), (0, 6)]],
-        b'Y' => &[&[(0, 0), (2, 3), (4, 0)], &[(2, 3), (2, 6)]],
-        b'Z' => &[&[(0, 0), (4, 0), (0, 6), (4, 6)]],
-        _ => &[],
-    }
-}
-
-/// Draws the answer as jittered strokes with noise lines.
-fn render_svg(answer: &[u8; LEN], rng: &mut impl Rng) -> String {
-    const W: f32 = 150.0;
-    const H: f32 = 50.0;
-    let mut s = String::with_capacity(4096);
-    let _ = write!(
-        s,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}"><rect width="100%" height="100%" fill="#f4f4f4"/>"##
-    );
-    for _ in 0..5 {
-        let _ = write!(
-            s,
-            r##"<path d="M{:.1} {:.1} Q{:.1} {:.1} {:.1} {:.1}" stroke="#{:06x}" stroke-width="1.5" fill="none"/>"##,
-            rng.random_range(0.0..20.0),
-            rng.random_range(5.0..H - 5.0),
-            rng.random_range(40.0..110.0),
-            rng.random_range(0.0..H),
-            rng.random_range(W - 20.0..W),
-            rng.random_range(5.0..H - 5.0),
-            rng.random_range(0x404040..0xa0a0a0u32)
-        );
-    }
-    for (i, &c) in answer.iter().enumerate() {
-        let x0 = 14.0 + i as f32 * 32.0 + rng.random_range(-3.0..3.0);
-        let y0 = 8.0 + rng.random_range(-3.0..3.0);
-        let sx = rng.random_range(4.5..6.0);
-        let sy = rng.random_range(5.0..5.8);
-        let skew = rng.random_range(-0.35..0.35);
-        let color = rng.random_range(0x101010..0x705070u32);
-        let _ = write!(
-            s,
-            r##"<path stroke="#{color:06x}" stroke-width="2.6" fill="none" stroke-linecap="round" d=""##
-        );
-        for line in glyph(c) {
-            for (j, &(gx, gy)) in line.iter().enumerate() {
-                let x = x0
-                    + f32::from(gx) * sx
-                    + f32::from(gy) * sy * skew
-                    + rng.random_range(-0.8..0.8);
-                let y = y0 + f32::from(gy) * sy + rng.random_range(-0.8..0.8);
-                let _ = write!(s, "{}{x:.1} {y:.1}", if j == 0 { "M" } else { " L" });
-            }
-        }
-        s.push_str("\"/>");
-    }
-    s.push_str("</svg>");
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_alphabet_char_has_a_glyph() {
+        let font = ::captcha::Captcha::new().supported_chars();
         for &c in ALPHABET {
-            assert!(!glyph(c).is_empty(), "{}", c as char);
+            assert!(font.contains(&char::from(c)), "{}", c as char);
+        }
+    }
+
+    #[test]
+    fn svg_wraps_a_png_and_hides_the_answer() {
+        for _ in 0..20 {
+            let f = Fresh::new();
+            let answer = std::str::from_utf8(&f.answer).unwrap();
+            assert!(f
+                .svg
+                .starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+            assert!(f.svg.ends_with("</svg>"));
+            // Every attribute value is quoted and free of markup characters.
+            let b64 = f
+                .svg
+                .split("href=\"data:image/png;base64,")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap();
+            assert!(b64
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+            let png =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+            assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+            // Outside the base64 payload the markup has no trace of the answer.
+            let markup = f.svg.replace(b64, "");
+            assert!(!markup.contains(answer), "{answer} in {markup}");
+            assert!(!markup
+                .to_ascii_lowercase()
+                .contains(&answer.to_ascii_lowercase()));
         }
     }
 
