@@ -173,7 +173,16 @@ impl App {
         let rejection_log = Arc::new(crate::rejection_log::RejectionLog::new(
             cfg.log.rejections_per_second,
         ));
+        let captcha_provider = crate::captcha::provider::SiteVerify::from_config(&cfg.captcha)
+            .map_err(|e| anyhow::anyhow!("[captcha]: {e}"))?;
+        if let Some(p) = &captcha_provider {
+            tracing::info!(
+                provider = p.provider().as_str(),
+                "captchas are a third-party challenge"
+            );
+        }
         let gateway = Arc::new(Gateway {
+            captcha_provider,
             rejection_log: rejection_log.clone(),
             upstream,
             policy: policy.clone(),

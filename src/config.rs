@@ -42,6 +42,10 @@ pub struct Config {
     /// Where the guards' counters and captchas live.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Who draws and checks the captcha: poolgate's own image, or a
+    /// third-party challenge verified with the provider's siteverify API.
+    #[serde(default)]
+    pub captcha: crate::captcha::provider::CaptchaConfig,
     /// Authentication of the admin listener.
     #[serde(default)]
     pub admin: AdminConfig,

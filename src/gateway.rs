@@ -54,6 +54,9 @@ pub struct Gateway {
     pub settings: GuardSettings,
     /// The budget on rejection log lines.
     pub rejection_log: Arc<crate::rejection_log::RejectionLog>,
+    /// A third-party challenge (`[captcha] provider`) instead of poolgate's
+    /// own captcha, when configured.
+    pub captcha_provider: Option<crate::captcha::provider::SiteVerify>,
 }
 
 /// Guard settings from the configuration.
@@ -428,6 +431,17 @@ impl Gateway {
 
     /// Issues a captcha (v2: SVG image + cookie; v3: JSON with token).
     async fn captcha(&self, kind: RouteKind, ctx: &Ctx) -> (Response<RespBody>, &'static str) {
+        if let Some(p) = &self.captcha_provider {
+            // The login page renders the provider's widget; there is no image.
+            let msg = format!(
+                "this pool's captcha is a {} challenge: no image is served here",
+                p.provider().as_str()
+            );
+            let mut r = response::error(ctx.flavor, StatusCode::NOT_FOUND, 404, &msg);
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return (r, "rejected");
+        }
         let issued = match self.store.issue_captcha(ctx.key).await {
             Ok(i) => i,
             Err(Unavailable) => return (self.refuse(store_unavailable(), ctx), "rejected"),
@@ -950,13 +964,23 @@ impl Gateway {
                 if guards::captcha_can_help(policy, o) && call.facts.captcha_code.is_some() {
                     let code = call.facts.captcha_code.as_deref().unwrap_or("");
                     let token = call.facts.captcha_token.as_deref().or(cookie.as_deref());
-                    let checked = match token {
-                        Some(t) => self
+                    let checked = match (&self.captcha_provider, token) {
+                        // A third-party challenge: the answer field carries
+                        // the provider's response token; fail closed when
+                        // the provider cannot say yes.
+                        (Some(p), _) => {
+                            if p.is_solved(code, Some(call.client.0)).await {
+                                Ok(())
+                            } else {
+                                Err(crate::captcha::Rejected::Wrong)
+                            }
+                        }
+                        (None, Some(t)) => self
                             .store
                             .verify_captcha(t, call.client.1, code)
                             .await
                             .map_err(|_| Box::new(self.refuse(store_unavailable(), ctx)))?,
-                        None => Err(crate::captcha::Rejected::Unknown),
+                        (None, None) => Err(crate::captcha::Rejected::Unknown),
                     };
                     match checked {
                         Ok(()) => {

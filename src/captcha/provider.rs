@@ -231,18 +231,23 @@ impl SiteVerify {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Ok(false);
         }
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("secret", &self.secret.0)
-            .append_pair("response", token);
-        if let Some(ip) = remote_ip {
-            form.append_pair("remoteip", &ip.to_string());
-        }
+        // Built in a block: the serializer is not `Sync`, and must not live
+        // across an await of a future that has to be `Send`.
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("secret", &self.secret.0)
+                .append_pair("response", token);
+            if let Some(ip) = remote_ip {
+                form.append_pair("remoteip", &ip.to_string());
+            }
+            form.finish()
+        };
         let req = Request::builder()
             .method(Method::POST)
             .uri(self.url.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(form.finish())))
+            .body(Full::new(Bytes::from(form)))
             .map_err(|e| VerifyError::Connect(format!("building the request: {e}")))?;
         let work = async {
             let resp = self
