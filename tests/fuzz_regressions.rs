@@ -40,3 +40,12 @@ fn double_encoded_segment_removed_by_dot_dot_is_ambiguous() {
     // upstream reads it: refused.
     assert_eq!(classify("/api/v2/users/%25me"), "ambiguous");
 }
+
+/// `classify` target, `fuzz/regressions/classify/crash-74ceba47...`: a path
+/// whose second decoding fails (`i%25` is `/i%` once decoded) is refused as
+/// ambiguous now, whatever route it might be.
+#[test]
+fn a_path_whose_second_decoding_fails_is_ambiguous() {
+    assert_eq!(classify("i%25"), "ambiguous");
+    assert_eq!(classify("/api/v2/users/%2500"), "ambiguous");
+}

@@ -66,13 +66,34 @@ pub fn normalize(raw: &str, country_code: Option<&str>, region: PhoneRegion) -> 
         tries.push((None, format!("+{t}")));
     }
     for (r, text) in tries {
-        if let Ok(n) = phonenumber::parse(r, &text) {
-            if phonenumber::is_valid(&n) {
-                return n.format().mode(phonenumber::Mode::E164).to_string();
+        if let Some(e164) = e164(r, &text) {
+            return e164;
+        }
+    }
+    // Keep the digits; and read those digits once more, so that normalising
+    // is a fixed point (`99999999999x` and `99999999999` are one account).
+    let digits = fallback(t);
+    if digits != t {
+        for (r, text) in [
+            (Some(region.0), digits.clone()),
+            (None, format!("+{digits}")),
+        ] {
+            if digits.starts_with('+') && r.is_none() {
+                continue;
+            }
+            if let Some(e164) = e164(r, &text) {
+                return e164;
             }
         }
     }
-    fallback(t)
+    digits
+}
+
+/// `text` in E.164 when it is a valid number (read in `region` when it has
+/// no country code).
+fn e164(region: Option<country::Id>, text: &str) -> Option<String> {
+    let n = phonenumber::parse(region, text).ok()?;
+    phonenumber::is_valid(&n).then(|| n.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 /// Digits only, with a leading `+` kept.
@@ -130,6 +151,23 @@ mod tests {
         assert_ne!(cn("6502530000"), "+16502530000");
         assert!(PhoneRegion::parse("XX").is_err());
         assert_eq!(us.as_str(), "US");
+    }
+
+    #[test]
+    fn normalising_is_a_fixed_point() {
+        // Found by the `policy` fuzz target: a spelling that only parses once
+        // its stray characters are gone.
+        for s in [
+            "99999999999x",
+            "9999-9999-999x",
+            "13800138000",
+            "+99912",
+            "abc",
+            "1a2b3c4d5e",
+        ] {
+            let once = cn(s);
+            assert_eq!(cn(&once), once, "{s}");
+        }
     }
 
     #[test]
