@@ -15,10 +15,11 @@ use crate::admin::Admin;
 use crate::classify::{default_graphql_ops, default_routes, RouteTable};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Config, SourceKind};
-use crate::gateway::{ConnService, Gateway, GuardSettings};
+use crate::gateway::{ConnService, Gateway};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::proxy::Upstream;
+use crate::runtime::{AccessLog, GuardSettings, Runtime};
 use crate::server::{serve, ConnectionCap, HeadLimits, ListenerOptions, RequestHygiene};
 use crate::source::authing::AuthingSource;
 use crate::source::file::FileSource;
@@ -97,6 +98,34 @@ pub fn route_table(cfg: &Config) -> anyhow::Result<RouteTable> {
     RouteTable::new(routes, default_graphql_ops()).context("[[routes]]")
 }
 
+/// The run-time settings of the request path, from the configuration.
+pub fn runtime_of(cfg: &Config) -> anyhow::Result<Runtime> {
+    let captcha_provider = crate::captcha::provider::SiteVerify::from_config(&cfg.captcha)
+        .map_err(|e| anyhow::anyhow!("[captcha]: {e}"))?;
+    Ok(Runtime {
+        client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone())
+            .with_backends(cfg.server.trusted_backends.clone()),
+        max_body_bytes: cfg.server.max_body_bytes,
+        routes: route_table(cfg)?,
+        captcha_provider,
+        settings: GuardSettings {
+            dry_run_all: cfg.guards.dry_run,
+            dry_run: cfg.guards.dry_run_guards.clone(),
+            inspect_body_bytes: cfg.guards.inspect_body_bytes,
+            inspect_response_bytes: cfg.guards.inspect_response_bytes,
+            body_read_timeout: Some(cfg.server.body_read_timeout),
+            normalize: normalize_of(cfg)?,
+            send_code: cfg.guards.send_code,
+            captcha_ttl: cfg.guards.captcha_ttl,
+            captcha_cookie_samesite: cfg.guards.captcha_cookie_samesite,
+            access_log: AccessLog {
+                on: cfg.log.access_log,
+                sample: cfg.log.access_log_sample,
+            },
+        },
+    })
+}
+
 impl App {
     /// Loads the first policy, binds both listeners and starts serving.
     ///
@@ -135,7 +164,6 @@ impl App {
             n => n,
         };
         let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?, workers)?;
-        let routes = route_table(&cfg)?;
         // A reservation nobody settles (a replica that died mid-request) lapses
         // after the longest a forwarded request can take, and then some.
         let hold = cfg.upstream.request_timeout + std::time::Duration::from_secs(10);
@@ -173,40 +201,20 @@ impl App {
         let rejection_log = Arc::new(crate::rejection_log::RejectionLog::new(
             cfg.log.rejections_per_second,
         ));
-        let captcha_provider = crate::captcha::provider::SiteVerify::from_config(&cfg.captcha)
-            .map_err(|e| anyhow::anyhow!("[captcha]: {e}"))?;
-        if let Some(p) = &captcha_provider {
+        let runtime = runtime_of(&cfg)?;
+        if let Some(p) = &runtime.captcha_provider {
             tracing::info!(
                 provider = p.provider().as_str(),
                 "captchas are a third-party challenge"
             );
         }
         let gateway = Arc::new(Gateway {
-            captcha_provider,
             rejection_log: rejection_log.clone(),
             upstream,
             policy: policy.clone(),
             metrics: metrics.clone(),
-            client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone())
-                .with_backends(cfg.server.trusted_backends.clone()),
-            max_body_bytes: cfg.server.max_body_bytes,
-            routes,
             store: store.clone(),
-            settings: GuardSettings {
-                dry_run_all: cfg.guards.dry_run,
-                dry_run: cfg.guards.dry_run_guards.clone(),
-                inspect_body_bytes: cfg.guards.inspect_body_bytes,
-                inspect_response_bytes: cfg.guards.inspect_response_bytes,
-                body_read_timeout: Some(cfg.server.body_read_timeout),
-                normalize: normalize_of(&cfg)?,
-                send_code: cfg.guards.send_code,
-                captcha_ttl: cfg.guards.captcha_ttl,
-                captcha_cookie_samesite: cfg.guards.captcha_cookie_samesite,
-                access_log: crate::gateway::AccessLog {
-                    on: cfg.log.access_log,
-                    sample: cfg.log.access_log_sample,
-                },
-            },
+            runtime: arc_swap::ArcSwap::from_pointee(runtime),
         });
         let proxy_listeners = crate::server::bind_reuseport(cfg.server.listen, workers)
             .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;

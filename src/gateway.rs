@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::classify::{Class, Flavor, Route, RouteKind, RouteTable};
+use crate::classify::{Class, Flavor, Route, RouteKind};
 use crate::client_ip::ClientIpResolver;
 use crate::extract::{self, ExtractError, Facts, Password};
 use crate::guards::outcome::{self, Outcome, Place};
@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
 use crate::proxy::{ForwardError, Upstream, UpstreamBody};
 use crate::response::{self, Replay, RespBody};
+use crate::runtime::Runtime;
 use crate::store::{Ask, Counter, Reservation, Slot, Store, Subject, Unavailable};
 
 /// Cookie that binds a v2 captcha to the browser that fetched it.
@@ -42,52 +43,12 @@ pub struct Gateway {
     pub policy: Arc<PolicyStore>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Client IP resolution.
-    pub client_ip: ClientIpResolver,
-    /// Largest request body forwarded.
-    pub max_body_bytes: u64,
-    /// The route table.
-    pub routes: RouteTable,
+    /// What a reload can change in place: loaded once per request.
+    pub runtime: arc_swap::ArcSwap<Runtime>,
     /// Counters, captchas, rate limits.
     pub store: Arc<Store>,
-    /// Dry-run settings and body limits.
-    pub settings: GuardSettings,
     /// The budget on rejection log lines.
     pub rejection_log: Arc<crate::rejection_log::RejectionLog>,
-    /// A third-party challenge (`[captcha] provider`) instead of poolgate's
-    /// own captcha, when configured.
-    pub captcha_provider: Option<crate::captcha::provider::SiteVerify>,
-}
-
-/// Guard settings from the configuration.
-#[derive(Debug, Clone, Default)]
-pub struct GuardSettings {
-    /// Shadow mode for every guard.
-    pub dry_run_all: bool,
-    /// Shadow mode for these guards.
-    pub dry_run: Vec<String>,
-    /// Largest guarded request body read.
-    pub inspect_body_bytes: usize,
-    /// Largest upstream answer read to judge a login or registration.
-    pub inspect_response_bytes: usize,
-    /// Time a client has to send a guarded body (`None`: no limit).
-    pub body_read_timeout: Option<std::time::Duration>,
-    /// How identifiers are normalised.
-    pub normalize: extract::Normalize,
-    /// Limits on sending one-time codes.
-    pub send_code: crate::config::SendCodeConfig,
-    /// How long an issued captcha lives (the v2 cookie's `Max-Age`).
-    pub captcha_ttl: std::time::Duration,
-    /// `SameSite` of the v2 captcha cookie.
-    pub captcha_cookie_samesite: crate::config::SameSite,
-    /// The access log.
-    pub access_log: AccessLog,
-}
-
-impl GuardSettings {
-    fn shadow(&self, guard: &str) -> bool {
-        self.dry_run_all || self.dry_run.iter().any(|g| g == guard)
-    }
 }
 
 /// The per-connection service.
@@ -144,6 +105,8 @@ struct Ctx {
     path: String,
     flavor: Flavor,
     allow_origin: Option<HeaderValue>,
+    /// The run-time settings this request started with.
+    rt: Arc<Runtime>,
 }
 
 impl Ctx {
@@ -171,23 +134,31 @@ impl Gateway {
         self.metrics.inflight.inc();
         let _inflight = InflightGuard(&self.metrics.inflight);
         let method = crate::server::method_label(req.method());
-        let (resp, route, outcome) = self.handle_inner(req, peer).await;
+        // One snapshot of the run-time settings for the whole request.
+        let rt = self.runtime.load_full();
+        let access_log = rt.settings.access_log;
+        let (resp, route, outcome) = self.handle_inner(req, peer, rt).await;
         self.metrics
             .requests
             .with_label_values(&[route, method, outcome])
             .inc();
-        if self.settings.access_log.sampled() {
+        if access_log.sampled() {
             access_line(&resp, method, route, outcome);
         }
         resp
     }
 
-    async fn handle_inner(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Handled {
+    async fn handle_inner(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        rt: Arc<Runtime>,
+    ) -> Handled {
         let peer_ip = crate::client_ip::canonical(peer.ip());
-        let mut client_ip = self.client_ip.resolve(peer_ip, req.headers());
+        let mut client_ip = rt.client_ip.resolve(peer_ip, req.headers());
         // A trusted backend calling on behalf of its end users names them in
         // `X-Real-IP` (and in the body's `clientIp`, read with the body).
-        let via_backend = self.client_ip.is_backend(client_ip);
+        let via_backend = rt.client_ip.is_backend(client_ip);
         let mut bad_real_ip = false;
         if via_backend {
             match ClientIpResolver::real_ip_header(req.headers()) {
@@ -222,7 +193,7 @@ impl Gateway {
         let key = self.store.local.client_key(client_ip);
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let class = self.routes.classify(&method, &path);
+        let class = rt.routes.classify(&method, &path);
         let (route, flavor) = match class {
             Class::Route(r) | Class::WrongMethod(r) => (Some(r), r.flavor),
             _ => (None, Flavor::V2),
@@ -236,6 +207,9 @@ impl Gateway {
             path,
             flavor,
             allow_origin: None,
+            // `class` borrows the route table from `rt`, so the context holds
+            // a second reference to the same snapshot.
+            rt: rt.clone(),
         };
         let method = ctx.method.clone();
         let label = route.map_or("other", |r| r.kind.as_str());
@@ -248,7 +222,8 @@ impl Gateway {
 
         // CORS first: preflights never reach a limit or the upstream.
         // The scheme the page used, as far as a trusted proxy tells it.
-        let proto = self
+        let proto = ctx
+            .rt
             .client_ip
             .is_trusted(peer_ip)
             .then(|| cors::forwarded_proto(req.headers()))
@@ -300,7 +275,7 @@ impl Gateway {
             _ => {}
         }
         if let Some(len) = content_length(&req) {
-            if len > self.max_body_bytes {
+            if len > ctx.rt.max_body_bytes {
                 let rej = Rejection::http(
                     "body",
                     "body_too_large",
@@ -363,7 +338,7 @@ impl Gateway {
 
     /// Logs and counts a rejection; returns the answer, or `None` in dry run.
     fn reject(&self, rej: Rejection, ctx: &Ctx) -> Option<Response<RespBody>> {
-        if self.settings.shadow(rej.guard) {
+        if ctx.rt.settings.shadow(rej.guard) {
             self.shadow(&rej, ctx);
             return None;
         }
@@ -420,7 +395,7 @@ impl Gateway {
         if let Some(o) = &ctx.allow_origin {
             cors::add_allow_origin(o, resp.headers_mut());
         }
-        if self.settings.access_log.enabled() {
+        if ctx.rt.settings.access_log.enabled() {
             resp.extensions_mut().insert(Seen {
                 client_ip: ctx.client_ip,
                 path: ctx.path.clone(),
@@ -431,7 +406,7 @@ impl Gateway {
 
     /// Issues a captcha (v2: SVG image + cookie; v3: JSON with token).
     async fn captcha(&self, kind: RouteKind, ctx: &Ctx) -> (Response<RespBody>, &'static str) {
-        if let Some(p) = &self.captcha_provider {
+        if let Some(p) = &ctx.rt.captcha_provider {
             // The login page renders the provider's widget; there is no image.
             let msg = format!(
                 "this pool's captcha is a {} challenge: no image is served here",
@@ -473,8 +448,8 @@ impl Gateway {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             let cookie = captcha_set_cookie(
                 &token,
-                self.settings.captcha_ttl,
-                self.settings.captcha_cookie_samesite,
+                ctx.rt.settings.captcha_ttl,
+                ctx.rt.settings.captcha_cookie_samesite,
                 ctx.tls,
             );
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -493,7 +468,7 @@ impl Gateway {
         label: &'static str,
         ctx: &Ctx,
     ) -> (Response<RespBody>, &'static str) {
-        let limit = usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX);
+        let limit = usize::try_from(ctx.rt.max_body_bytes).unwrap_or(usize::MAX);
         let req = req.map(|b| Either::Left(Limited::new(b, limit)));
         match self.forward(req, peer, label, ctx).await {
             Ok(resp) => (resp.map(|b| Either::Left(Replay::new(b))), "forwarded"),
@@ -509,7 +484,7 @@ impl Gateway {
         ctx: &Ctx,
     ) -> Result<Response<Incoming>, (Response<RespBody>, &'static str)> {
         let started = Instant::now();
-        let trusted = self.client_ip.is_trusted(peer);
+        let trusted = ctx.rt.client_ip.is_trusted(peer);
         let mut result = self.upstream.forward(req, peer, trusted).await;
         let took = started.elapsed();
         self.metrics
@@ -649,8 +624,11 @@ impl Gateway {
             // The answer's body is timed too, so a task a client left behind
             // cannot be held open by an upstream that trickles its answer.
             let limit = gw.upstream.request_timeout();
-            let (resp, verdicts) = match tokio::time::timeout(limit, gw.read_outcome(resp, &places))
-                .await
+            let (resp, verdicts) = match tokio::time::timeout(
+                limit,
+                gw.read_outcome(resp, &places, &task_ctx),
+            )
+            .await
             {
                 Ok(read) => read,
                 Err(_) => {
@@ -708,10 +686,10 @@ impl Gateway {
         body: Incoming,
         ctx: &Ctx,
     ) -> Result<Bytes, Response<RespBody>> {
-        let collect = Limited::new(body, self.settings.inspect_body_bytes).collect();
+        let collect = Limited::new(body, ctx.rt.settings.inspect_body_bytes).collect();
         // A body that trickles in would hold the connection (and its slot)
         // for as long as the client likes: bound the read.
-        let read = match self.settings.body_read_timeout {
+        let read = match ctx.rt.settings.body_read_timeout {
             Some(t) => tokio::time::timeout(t, collect).await,
             None => Ok(collect.await),
         };
@@ -762,7 +740,7 @@ impl Gateway {
         bytes: &[u8],
         ctx: &Ctx,
     ) -> Result<Vec<Call>, Box<Response<RespBody>>> {
-        let norm = self.settings.normalize;
+        let norm = ctx.rt.settings.normalize;
         let kind = extract::body_kind(
             headers
                 .get(header::CONTENT_TYPE)
@@ -781,7 +759,7 @@ impl Gateway {
         };
         let read: Result<Vec<(RouteKind, Facts, Place)>, ExtractError> = kind.and_then(|k| {
             if route.kind == RouteKind::Graphql {
-                let found = extract::graphql::calls(k, bytes, self.routes.graphql_ops())?;
+                let found = extract::graphql::calls(k, bytes, ctx.rt.routes.graphql_ops())?;
                 // Errors without a `path` belong to every field of their
                 // request: a field alone in its request owns them.
                 let mut per_request: std::collections::HashMap<Option<usize>, usize> =
@@ -894,7 +872,7 @@ impl Gateway {
         let planned: Vec<Planned> = calls
             .iter()
             .enumerate()
-            .flat_map(|(i, c)| plan(i, c, policy, &self.settings.send_code))
+            .flat_map(|(i, c)| plan(i, c, policy, &ctx.rt.settings.send_code))
             .collect();
         let asks: Vec<Ask<'_>> = planned.iter().map(|p| p.ask(calls)).collect();
         let answers = self
@@ -964,7 +942,7 @@ impl Gateway {
                 if guards::captcha_can_help(policy, o) && call.facts.captcha_code.is_some() {
                     let code = call.facts.captcha_code.as_deref().unwrap_or("");
                     let token = call.facts.captcha_token.as_deref().or(cookie.as_deref());
-                    let checked = match (&self.captcha_provider, token) {
+                    let checked = match (&ctx.rt.captcha_provider, token) {
                         // A third-party challenge: the answer field carries
                         // the provider's response token; fail closed when
                         // the provider cannot say yes.
@@ -1013,7 +991,7 @@ impl Gateway {
         let mut refusal = None;
         for (i, rej) in violations {
             let c = ctx.for_client(calls[i].client);
-            if self.settings.shadow(rej.guard) {
+            if ctx.rt.settings.shadow(rej.guard) {
                 self.shadow(&rej, &c);
             } else if refusal.is_none() {
                 refusal = Some((rej, c));
@@ -1047,6 +1025,7 @@ impl Gateway {
         &self,
         resp: Response<Incoming>,
         places: &[Place],
+        ctx: &Ctx,
     ) -> (Response<RespBody>, Vec<Outcome>) {
         let (parts, mut body) = resp.into_parts();
         let compressed = parts
@@ -1062,7 +1041,7 @@ impl Gateway {
         }
         let mut buf = bytes::BytesMut::new();
         let mut ended = false;
-        while buf.len() <= self.settings.inspect_response_bytes {
+        while buf.len() <= ctx.rt.settings.inspect_response_bytes {
             match body.frame().await {
                 // Login answers carry no trailers; any other frame is skipped.
                 Some(Ok(frame)) => {
@@ -1185,25 +1164,6 @@ impl Drop for Abandoned<'_> {
 
 fn bad_client_ip(message: &'static str) -> Rejection {
     Rejection::http("body", "bad_client_ip", StatusCode::BAD_REQUEST, message)
-}
-
-/// The access log's settings: off, or every `1/sample`-th request on average.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AccessLog {
-    /// Whether it is on.
-    pub on: bool,
-    /// The share of requests logged (0 to 1).
-    pub sample: f64,
-}
-
-impl AccessLog {
-    fn enabled(&self) -> bool {
-        self.on && self.sample > 0.0
-    }
-
-    fn sampled(&self) -> bool {
-        self.enabled() && (self.sample >= 1.0 || rand::random::<f64>() < self.sample)
-    }
 }
 
 /// Who asked for what, stamped on the answer for the access log.

@@ -25,6 +25,7 @@ pub mod policy;
 pub mod proxy;
 pub mod rejection_log;
 pub mod response;
+pub mod runtime;
 pub mod server;
 pub mod source;
 pub mod store;
