@@ -4,12 +4,13 @@
 //! leave behind. Every refused request is checked not to have reached the
 //! fake upstream.
 
-mod guards_common;
+mod harness;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use guards_common::*;
+use harness::fresh::{get, post_json, post_raw, request, send};
+use harness::*;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -19,7 +20,7 @@ fn v2_err(code: i64, message: &str) -> Value {
     json!({"code": code, "message": message, "apiCode": code, "data": null})
 }
 
-async fn preflight(addr: std::net::SocketAddr, path: &str, origin: &str) -> Resp {
+async fn preflight(addr: std::net::SocketAddr, path: &str, origin: &str) -> Reply {
     send(
         addr,
         request(
@@ -720,9 +721,13 @@ async fn dry_run_forwards_what_it_would_reject_and_counts_it() {
         ),
         Some(1.0)
     );
-    assert!(
-        !m.lines()
-            .any(|l| l.starts_with("poolgate_guard_decisions_total{decision=\"reject\"")),
+    assert_eq!(
+        metric(
+            &m,
+            "poolgate_guard_decisions_total",
+            &[("decision", "reject")]
+        ),
+        None,
         "nothing is rejected in dry run:\n{m}"
     );
     s.shutdown().await;
@@ -838,5 +843,43 @@ async fn rejections_leave_metrics() {
         r#"poolgate_login_outcomes_total{outcome="wrong_password"}"#
     )
     .is_some_and(|v| v == 1.0));
+    s.shutdown().await;
+}
+
+/// A team's own login service declared in `[[routes]]`: matched in any
+/// spelling, its account read from the configured pointer, and counted
+/// together with the built-in routes' failures for the same account.
+#[tokio::test]
+async fn custom_routes_for_a_teams_own_service() {
+    let s = Setup::new(json!({"loginPasswordFailCheck": check(1, 60)}))
+        .toml(
+            r#"
+[[routes]]
+path = "/auth/Login/"
+kind = "login"
+identifier = [{ pointer = "/user/email", kind = "email" }]
+password = "/user/password"
+captcha_code = "/captcha"
+"#,
+        )
+        .start()
+        .await;
+    let body = json!({"user": {"email": "Dev@Team.io", "password": "nope"}});
+    let r = post_json(s.gw(), "/auth/login", &body, &[]).await;
+    assert_eq!(
+        r.json()["code"],
+        200,
+        "the fake answers 200 on unknown paths: a success, not counted"
+    );
+    // The fake upstream answers success on /auth/login, so count via a wrong
+    // password on the built-in route for the same account: both share the account key.
+    wrong_login(s.gw(), "dev@team.io", None).await;
+    let r = post_json(s.gw(), "/AUTH/LOGIN", &body, &[]).await;
+    assert_eq!(
+        r.json()["code"],
+        2000,
+        "the custom route is judged with the account's count"
+    );
+    assert_eq!(s.up.count("/auth/login") + s.up.count("/AUTH/LOGIN"), 1);
     s.shutdown().await;
 }

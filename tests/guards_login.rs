@@ -6,12 +6,13 @@
 //!
 //! Every rejected request is also checked not to have reached the fake upstream.
 
-mod guards_common;
+mod harness;
 
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use guards_common::*;
+use harness::fresh::{get, post_json};
+use harness::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -949,6 +950,35 @@ async fn a_full_account_counter_asks_for_a_captcha_and_never_locks_a_new_account
         "a captcha, not a lockout: {}",
         r.text()
     );
+    assert_eq!(s.up.count(LOGIN), 2);
+    s.shutdown().await;
+}
+
+/// Switching `loginFailStrategy` from captcha to block-account keeps the
+/// account's count: the next login of that account is locked at once.
+#[tokio::test]
+async fn switching_to_block_account_keeps_the_accounts_count() {
+    let mut p = pool(json!({
+        "loginPasswordFailCheck": check(2, 60),
+        "loginFailStrategy": "captcha",
+    }));
+    let s = Setup::new(p.clone()).start().await;
+    wrong_login(s.gw(), "Bob@Example.com", None).await;
+    wrong_login(s.gw(), "bob@example.com", None).await;
+    let r = wrong_login(s.gw(), "BOB@example.com", None).await;
+    assert_eq!(r.json(), captcha_required_v2());
+    assert_eq!(s.up.count(LOGIN), 2);
+    p["loginFailStrategy"] = json!("block-account");
+    s.swap_pool(&p, |c| {
+        c.fail_strategy == poolgate::policy::FailStrategy::BlockAccount
+    })
+    .await;
+    let body = json!({"account": "bob@example.com", "password": "right", "captchaCode": "x"});
+    let r = post_json(s.gw(), LOGIN, &body, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["code"], 2057, "{}", r.text());
+    let retry = r.retry_after().expect("Retry-After on a locked account");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
     assert_eq!(s.up.count(LOGIN), 2);
     s.shutdown().await;
 }

@@ -3,11 +3,11 @@
 //! the snapshot's file mode and a private CA for an `https` upstream. Real
 //! sockets on 127.0.0.1 throughout.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 
 /// Every series whose labels are known up front is exported at 0 before any
 /// request, with the build info and the process metrics.
@@ -166,7 +166,7 @@ async fn admin_endpoints_need_the_token_once_one_is_set() {
         let r = admin_call(admin, method, target, None).await;
         assert_eq!(r.status, 401, "{method} {target} without the token");
         assert_eq!(
-            r.header("www-authenticate").as_deref(),
+            r.header("www-authenticate"),
             Some(r#"Bearer realm="poolgate-admin""#)
         );
         let r = admin_call(admin, method, target, Some("not-the-admin-token-at-all")).await;

@@ -4,21 +4,19 @@
 //! pair of guards that can meet on one request: shadowing one never lets the
 //! other's verdict through.
 
-mod guards_common;
+mod harness;
 
-use guards_common::*;
+use harness::fresh::post_json;
+use harness::*;
 use serde_json::json;
 
 /// `guard` rejected (`decision`) `reason` this many times, per the metrics.
 fn decisions(m: &str, guard: &str, decision: &str) -> f64 {
-    m.lines()
-        .filter(|l| {
-            l.starts_with("poolgate_guard_decisions_total{")
-                && l.contains(&format!("guard=\"{guard}\""))
-                && l.contains(&format!("decision=\"{decision}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        m,
+        "poolgate_guard_decisions_total",
+        &[("guard", guard), ("decision", decision)],
+    )
 }
 
 fn shadowing(guards: &[&str]) -> String {
