@@ -299,3 +299,8 @@ pub fn wrong_password_v2() -> Value {
 pub fn login_ok_v2() -> Value {
     json!({"code": 200, "message": "ok", "data": {"id": "u1"}})
 }
+
+/// poolgate's own error envelope in the v2 shape.
+pub fn v2_err(code: i64, message: &str) -> Value {
+    json!({"code": code, "message": message, "apiCode": code, "data": null})
+}

@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use http::StatusCode;
+
 use super::admin::version;
 use super::authing::{FakeAuthing, SECRET};
+use super::client::fresh;
 use super::upstream::FakeUpstream;
 use super::wait::{eventually, wait_for};
 
@@ -404,4 +407,60 @@ pub async fn start_authing_with_snapshot() -> AuthingStack {
         version,
         dir,
     }
+}
+
+// ---------------------------------------------------------------------------
+// Captchas, fetched and solved as a client would (the answer read server-side)
+
+/// Fetches a v2 captcha as the client `xff` (if given); returns (cookie pair, token).
+pub async fn v2_captcha(stack: &Stack, xff: Option<&str>) -> (String, String) {
+    let h: Vec<(&str, &str)> = xff.map(|x| ("x-forwarded-for", x)).into_iter().collect();
+    let r = fresh::get(stack.gw(), "/api/v2/security/captcha", &h).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("image/svg+xml"));
+    assert!(r.text().starts_with("<svg"), "an SVG image: {}", r.text());
+    let set_cookie = r
+        .header("set-cookie")
+        .expect("a captcha cookie")
+        .to_string();
+    let pair = set_cookie.split(';').next().unwrap().trim().to_string();
+    let token = pair
+        .strip_prefix("poolgate_captcha=")
+        .unwrap_or_else(|| panic!("cookie is poolgate_captcha: {set_cookie}"))
+        .to_string();
+    assert_eq!(token.len(), 32, "a 16-byte hex token: {token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    (pair, token)
+}
+
+/// Fetches a v3 captcha as client `ip`; returns its token.
+pub async fn v3_captcha(stack: &Stack, ip: &str) -> String {
+    let r = fresh::get(
+        stack.gw(),
+        "/api/v3/get-captcha-code",
+        &[("x-forwarded-for", ip)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let v = r.json();
+    assert_eq!(v["statusCode"], 200);
+    assert!(v["data"]["captchaCodeSvg"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("<svg")));
+    v["data"]["captchaToken"].as_str().unwrap().to_string()
+}
+
+/// The answer of the outstanding captcha `token`, read server-side.
+pub fn answer_of(stack: &Stack, token: &str) -> String {
+    stack
+        .app
+        .guard_state
+        .captcha
+        .peek_answer(token)
+        .expect("the captcha is outstanding")
+}
+
+/// A v2 login body with a captcha answer.
+pub fn with_captcha(account: &str, password: &str, code: &str) -> Value {
+    json!({"account": account, "password": password, "captchaCode": code})
 }

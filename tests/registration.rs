@@ -14,10 +14,6 @@ fn reg(email: &str, password: &str) -> Value {
     json!({"email": email, "password": password})
 }
 
-fn v2_err(code: i64, message: &str) -> Value {
-    json!({"code": code, "message": message, "apiCode": code, "data": null})
-}
-
 fn v3_signup(email: &str, password: &str) -> Value {
     json!({"connection": "PASSWORD", "passwordPayload": {"email": email, "password": password}})
 }
