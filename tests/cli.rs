@@ -4,7 +4,7 @@
 
 mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -156,32 +156,6 @@ async fn check_rejects_a_pool_that_is_not_a_valid_policy_and_a_missing_secret() 
         assert_failed(&out, 2, &["POOLGATE_AUTHING_SECRET"]);
     })
     .await;
-}
-
-fn authing_setup(dir: &Path, api: std::net::SocketAddr, upstream: std::net::SocketAddr) -> PathBuf {
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "15s"
-
-[upstream]
-url = "http://{upstream}"
-
-[policy]
-source = "authing"
-refresh_interval = "60s"
-
-[policy.authing]
-api_base = "http://{api}"
-user_pool_id = "{FIXTURE_POOL_ID}"
-timeout = "5s"
-
-[log]
-level = "debug"
-"#
-    );
-    write_file(dir, "poolgate.toml", &cfg)
 }
 
 #[tokio::test]

@@ -55,20 +55,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The `[server]` (ports 0, `server_extra` lines added) and `[upstream]`
+/// sections every gateway under test starts with; the caller goes on in
+/// `[upstream]` or opens the next table.
+pub fn server_toml(upstream: &str, shutdown_grace: &str, server_extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_grace = "{shutdown_grace}"
+{server_extra}
+
+[upstream]
+url = "http://{upstream}"
+"#
+    )
+}
+
 /// A config with the `file` source reading `pool_path`, proxying to `upstream`.
 /// The pool file is only checked when the refresher is asked (`app.reload()`)
 /// or every 60 s. `extra` is appended to the TOML (must not repeat a table).
 pub fn file_config(pool_path: &Path, upstream: SocketAddr, extra: &str) -> poolgate::Config {
     let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[upstream]
-url = "http://{upstream}"
-request_timeout = "10s"
+        r#"{head}request_timeout = "10s"
 
 [policy]
 source = "file"
@@ -79,6 +88,7 @@ path = {path}
 poll_interval = "1h"
 {extra}
 "#,
+        head = server_toml(&upstream.to_string(), "5s", ""),
         path = toml_str(pool_path),
     );
     let cfg = poolgate::Config::parse(&text).expect("test config parses");
@@ -98,16 +108,9 @@ pub fn authing_config(
     let snapshot = snapshot
         .map(|p| format!("snapshot_path = {}", toml_str(p)))
         .unwrap_or_default();
+    let head = server_toml(&upstream.to_string(), "5s", "");
     let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[upstream]
-url = "http://{upstream}"
-request_timeout = "10s"
+        r#"{head}request_timeout = "10s"
 
 [policy]
 source = "authing"
@@ -276,17 +279,7 @@ impl Setup {
             ""
         };
         let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-{trusted}
-{server_extra}
-
-[upstream]
-url = "http://{upstream}"
-request_timeout = "10s"
+            r#"{head}request_timeout = "10s"
 
 [policy]
 source = "file"
@@ -300,10 +293,13 @@ poll_interval = "100ms"
 {rate}
 {extra}
 "#,
-            upstream = up.addr,
+            head = server_toml(
+                &up.addr.to_string(),
+                "1s",
+                &format!("{trusted}\n{}", self.server_extra)
+            ),
             pool_path = pool_path.display().to_string(),
             extra = self.extra_toml,
-            server_extra = self.server_extra,
         );
         let cfg = poolgate::Config::parse(&text)
             .unwrap_or_else(|e| panic!("test config does not parse: {e:#}\n{text}"));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::fixture::write_file;
+use super::fixture::{server_toml, write_file, FIXTURE_POOL_ID};
 
 /// Writes `pool.json` (raw bytes, if given) and `poolgate.toml` (file source,
 /// relative pool path, ports 0, `extra` appended) into `dir`; returns the config path.
@@ -19,20 +19,36 @@ pub fn file_setup(dir: &Path, pool: Option<&[u8]>, upstream: &str, extra: &str) 
         std::fs::write(dir.join("pool.json"), p).unwrap();
     }
     let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "15s"
-
-[upstream]
-url = "http://{upstream}"
-
+        r#"{head}
 [policy]
 source = "file"
 
 [policy.file]
 path = "pool.json"
-{extra}"#
+{extra}"#,
+        head = server_toml(upstream, "15s", "")
+    );
+    write_file(dir, "poolgate.toml", &cfg)
+}
+
+/// Writes `poolgate.toml` into `dir`: the `authing` source at `api`
+/// (fixture pool id, 5 s timeout), debug logs; returns its path.
+pub fn authing_setup(dir: &Path, api: SocketAddr, upstream: SocketAddr) -> PathBuf {
+    let cfg = format!(
+        r#"{head}
+[policy]
+source = "authing"
+refresh_interval = "60s"
+
+[policy.authing]
+api_base = "http://{api}"
+user_pool_id = "{FIXTURE_POOL_ID}"
+timeout = "5s"
+
+[log]
+level = "debug"
+"#,
+        head = server_toml(&upstream.to_string(), "15s", "")
     );
     write_file(dir, "poolgate.toml", &cfg)
 }
