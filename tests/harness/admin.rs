@@ -42,33 +42,33 @@ pub async fn metrics(admin: SocketAddr) -> String {
 /// The value of the first sample of `name` whose labels include all of
 /// `labels` (label order does not matter); `None` if there is none.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(parse_sample)
-        .find(|(n, ls, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| ls.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| v)
+    samples(text, name, labels).next()
 }
 
 /// Sum of every sample of `name` whose labels include all of `labels`.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(text, name, labels).sum()
+}
+
+/// The values of the samples of `name` whose labels include all of `labels`.
+fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(parse_sample)
-        .filter(|(n, ls, _)| {
+        .filter(move |(n, ls, _)| {
             n == name
                 && labels
                     .iter()
                     .all(|(k, v)| ls.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|(_, _, v)| v)
-        .sum()
 }
 
+/// One sample line: its name, its labels and its value.
 fn parse_sample(line: &str) -> Option<(String, BTreeMap<String, String>, f64)> {
     let (head, value) = line.rsplit_once(' ')?;
     let value: f64 = value.parse().ok()?;
