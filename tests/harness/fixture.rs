@@ -72,6 +72,16 @@ url = "http://{upstream}"
     )
 }
 
+/// The `[policy]` and `[policy.file]` sections of a file source reading
+/// `pool_path` and polling it every `poll`; the caller may go on in
+/// `[policy.file]` (`whitelist_path`...).
+pub fn file_source_toml(pool_path: &Path, poll: &str) -> String {
+    format!(
+        "[policy]\nsource = \"file\"\nrefresh_interval = \"60s\"\n\n[policy.file]\npath = {}\npoll_interval = \"{poll}\"\n",
+        toml_str(pool_path)
+    )
+}
+
 /// A config with the `file` source reading `pool_path`, proxying to `upstream`.
 /// The pool file is only checked when the refresher is asked (`app.reload()`)
 /// or every 60 s. `extra` is appended to the TOML (must not repeat a table).
@@ -79,17 +89,10 @@ pub fn file_config(pool_path: &Path, upstream: SocketAddr, extra: &str) -> poolg
     let text = format!(
         r#"{head}request_timeout = "10s"
 
-[policy]
-source = "file"
-refresh_interval = "60s"
-
-[policy.file]
-path = {path}
-poll_interval = "1h"
-{extra}
+{policy}{extra}
 "#,
         head = server_toml(&upstream.to_string(), "5s", ""),
-        path = toml_str(pool_path),
+        policy = file_source_toml(pool_path, "1h"),
     );
     let cfg = poolgate::Config::parse(&text).expect("test config parses");
     cfg.validate().expect("test config is valid");
@@ -281,14 +284,7 @@ impl Setup {
         let text = format!(
             r#"{head}request_timeout = "10s"
 
-[policy]
-source = "file"
-refresh_interval = "60s"
-
-[policy.file]
-path = {pool_path:?}
-poll_interval = "100ms"
-{wl_line}
+{policy}{wl_line}
 
 {rate}
 {extra}
@@ -298,7 +294,7 @@ poll_interval = "100ms"
                 "1s",
                 &format!("{trusted}\n{}", self.server_extra)
             ),
-            pool_path = pool_path.display().to_string(),
+            policy = file_source_toml(&pool_path, "100ms"),
             extra = self.extra_toml,
         );
         let cfg = poolgate::Config::parse(&text)

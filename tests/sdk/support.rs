@@ -436,14 +436,7 @@ impl Gateway {
         let text = format!(
             r#"{head}request_timeout = "10s"
 
-[policy]
-source = "file"
-refresh_interval = "60s"
-
-[policy.file]
-path = {pool_path:?}
-poll_interval = "1h"
-{whitelist_line}
+{policy}{whitelist_line}
 
 [rate_limit]
 login = {{ per_second = 1000, burst = 1000 }}
@@ -455,7 +448,7 @@ captcha = {{ per_second = 1000, burst = 1000 }}
 send_code = {{ per_second = 1000, burst = 1000 }}
 "#,
             head = crate::harness::server_toml(&upstream.to_string(), "1s", server_extra),
-            pool_path = pool_path.display().to_string(),
+            policy = crate::harness::file_source_toml(&pool_path, "1h"),
         );
         let cfg = poolgate::Config::parse(&text)?;
         cfg.validate()?;
