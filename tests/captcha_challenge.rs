@@ -4,18 +4,17 @@
 //! provider says no or cannot be asked. Driven through the gateway against a
 //! fake siteverify endpoint on 127.0.0.1.
 
-mod guards_common;
+mod harness;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use guards_common::*;
+use harness::fresh::{get, post_json};
+use harness::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 
 const SECRET_ENV: &str = "POOLGATE_TEST_CHALLENGE_SECRET";
@@ -24,35 +23,20 @@ const SECRET: &str = "challenge-secret-0123456789";
 /// A siteverify endpoint: `{"success": true}` for the response token
 /// `good-token` sent with the right secret; it records each form it got.
 async fn fake_siteverify() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let form = String::from_utf8_lossy(&body).to_string();
-                        let ok = form.contains(&format!("secret={SECRET}"))
-                            && form.contains("response=good-token");
-                        log.lock().unwrap().push(form);
-                        let answer = json!({"success": ok}).to_string();
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    let (addr, _accept) = serve(move |req: Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let form = String::from_utf8_lossy(&body).to_string();
+            let ok =
+                form.contains(&format!("secret={SECRET}")) && form.contains("response=good-token");
+            log.lock().unwrap().push(form);
+            Response::new(Full::new(Bytes::from(json!({"success": ok}).to_string())))
         }
-    });
+    })
+    .await;
     (addr, seen)
 }
 

@@ -2,7 +2,8 @@
 //! fake siteverify endpoint on 127.0.0.1: what it sends, and that every
 //! failure (status, garbage, hang) is an error, i.e. not solved (fail closed).
 
-use std::convert::Infallible;
+mod harness;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,9 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use poolgate::captcha::provider::{CaptchaConfig, Provider, SiteVerify, VerifyError};
-use tokio::net::TcpListener;
 
 /// What the fake endpoint answers.
 #[derive(Clone, Copy)]
@@ -39,58 +38,43 @@ struct Fake {
 
 impl Fake {
     async fn start(reply: Reply) -> Fake {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let s = s.clone();
-                            async move {
-                                let (parts, body) = req.into_parts();
-                                let body = body.collect().await.unwrap().to_bytes();
-                                s.lock().unwrap().push(Seen {
-                                    method: parts.method.to_string(),
-                                    path: parts.uri.path().to_string(),
-                                    content_type: parts
-                                        .headers
-                                        .get("content-type")
-                                        .and_then(|v| v.to_str().ok())
-                                        .unwrap_or("")
-                                        .to_string(),
-                                    form: form_urlencoded::parse(&body).into_owned().collect(),
-                                });
-                                let resp = match reply {
-                                    Reply::Json(j) => Response::builder()
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from_static(j.as_bytes()))),
-                                    Reply::Status(code) => Response::builder()
-                                        .status(code)
-                                        .body(Full::new(Bytes::from_static(b"{\"success\":true}"))),
-                                    Reply::Garbage => Response::builder()
-                                        .header("content-type", "text/html")
-                                        .body(Full::new(Bytes::from_static(b"<html>oops</html>"))),
-                                    Reply::Hang => {
-                                        tokio::time::sleep(Duration::from_secs(30)).await;
-                                        Response::builder().body(Full::new(Bytes::new()))
-                                    }
-                                };
-                                Ok::<_, Infallible>(resp.unwrap())
-                            }
-                        });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+        let (addr, _accept) = harness::serve(move |req: Request<hyper::body::Incoming>| {
+            let s = s.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                s.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    content_type: parts
+                        .headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                    form: form_urlencoded::parse(&body).into_owned().collect(),
                 });
+                let resp = match reply {
+                    Reply::Json(j) => Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(j.as_bytes()))),
+                    Reply::Status(code) => Response::builder()
+                        .status(code)
+                        .body(Full::new(Bytes::from_static(b"{\"success\":true}"))),
+                    Reply::Garbage => Response::builder()
+                        .header("content-type", "text/html")
+                        .body(Full::new(Bytes::from_static(b"<html>oops</html>"))),
+                    Reply::Hang => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        Response::builder().body(Full::new(Bytes::new()))
+                    }
+                };
+                resp.unwrap()
             }
-        });
+        })
+        .await;
         Fake { addr, seen }
     }
 
@@ -211,12 +195,7 @@ async fn hang_times_out_and_is_not_solved() {
 
 #[tokio::test]
 async fn unreachable_provider_is_an_error_without_the_secret() {
-    // A port nobody listens on: bind one, note it, drop it.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = harness::unused_addr();
     let v = SiteVerify::new(
         Provider::Hcaptcha,
         &format!("http://{addr}/siteverify"),

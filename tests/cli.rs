@@ -2,40 +2,15 @@
 //! broken pool stopping the start, SIGTERM draining an in-flight request,
 //! SIGHUP reloading, and logs (debug, text and JSON) free of secrets and tokens.
 
-mod common;
+mod harness;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use http::StatusCode;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// Writes `pool.json` (raw bytes, if given) and `poolgate.toml` (file source,
-/// relative pool path, ports 0, `extra` appended) into `dir`; returns the config path.
-fn file_setup(dir: &Path, pool: Option<&[u8]>, upstream: &str, extra: &str) -> PathBuf {
-    if let Some(p) = pool {
-        std::fs::write(dir.join("pool.json"), p).unwrap();
-    }
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "15s"
-
-[upstream]
-url = "http://{upstream}"
-
-[policy]
-source = "file"
-
-[policy.file]
-path = "pool.json"
-{extra}"#
-    );
-    write_file(dir, "poolgate.toml", &cfg)
-}
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -181,32 +156,6 @@ async fn check_rejects_a_pool_that_is_not_a_valid_policy_and_a_missing_secret() 
         assert_failed(&out, 2, &["POOLGATE_AUTHING_SECRET"]);
     })
     .await;
-}
-
-fn authing_setup(dir: &Path, api: std::net::SocketAddr, upstream: std::net::SocketAddr) -> PathBuf {
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "15s"
-
-[upstream]
-url = "http://{upstream}"
-
-[policy]
-source = "authing"
-refresh_interval = "60s"
-
-[policy.authing]
-api_base = "http://{api}"
-user_pool_id = "{FIXTURE_POOL_ID}"
-timeout = "5s"
-
-[log]
-level = "debug"
-"#
-    );
-    write_file(dir, "poolgate.toml", &cfg)
 }
 
 #[tokio::test]

@@ -3,13 +3,14 @@
 //! scheme), and the v2 captcha cookie carries the attributes a cross-site
 //! login page needs.
 
-mod guards_common;
+mod harness;
 
-use guards_common::*;
+use harness::fresh::{get, post_json};
+use harness::*;
 use http::StatusCode;
 use serde_json::json;
 
-async fn register_from(s: &Stack, origin: &str, headers: &[(&str, &str)]) -> Resp {
+async fn register_from(s: &Stack, origin: &str, headers: &[(&str, &str)]) -> Reply {
     let mut h = vec![("origin", origin), ("host", "login.example.com")];
     h.extend_from_slice(headers);
     post_json(
@@ -66,7 +67,7 @@ async fn the_own_origin_shortcut_matches_scheme_host_and_port() {
     s.shutdown().await;
 }
 
-fn set_cookie(r: &Resp) -> String {
+fn set_cookie(r: &Reply) -> String {
     r.header("set-cookie").unwrap_or_default().to_string()
 }
 

@@ -4,11 +4,11 @@
 //! Authing API failing *at start* in ways other than a 500, and a snapshot
 //! that cannot be written.
 
-mod common;
+mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -143,17 +143,15 @@ async fn an_upstream_that_fails_a_login_counts_nothing_and_an_unreadable_answer_
 #[tokio::test]
 async fn an_api_failing_at_start_in_any_way_leaves_the_snapshot_in_force() {
     bounded("test", LIMIT, async {
-        let up = FakeUpstream::start().await;
-        let api = FakeAuthing::start(fixture_pool()).await;
-        let dir = tempdir();
-        let snap = dir.path().join("snapshot.json");
-        let cfg = authing_config(api.addr, up.addr, Some(&snap), "");
-        let app = poolgate::App::start(cfg.clone()).await.unwrap();
-        let good = version(&app).unwrap();
-        wait_for("the snapshot written", Duration::from_secs(10), || {
-            snap.exists()
-        })
-        .await;
+        let AuthingStack {
+            up: _up,
+            api,
+            app,
+            cfg,
+            snap: _snap,
+            version: good,
+            dir: _dir,
+        } = start_authing_with_snapshot().await;
         app.shutdown().await;
 
         // (a_restart_during_an_outage_enforces_the_snapshot covers the 500.)

@@ -3,13 +3,13 @@
 //! trickling bodies, the connection cap, request-smuggling shapes, and a
 //! flood of distinct client addresses against the rate limiters' key cap.
 
-mod common;
+mod harness;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use harness::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

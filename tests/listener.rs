@@ -2,11 +2,11 @@
 //! client library would hide it: slow headers, `Expect: 100-continue`, and
 //! the in-process drain (`App::shutdown`) with idle and busy connections.
 
-mod common;
+mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use harness::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -4,11 +4,11 @@
 //! line, the metrics still count every rejection), and the access log says
 //! what happened to each request.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use http::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,36 +16,12 @@ async fn five_thousand_rejections_write_a_few_hundred_lines() {
     bounded("test", Duration::from_secs(120), async {
         let up = FakeUpstream::start().await;
         let dir = tempdir();
-        std::fs::write(
-            dir.path().join("pool.json"),
-            r#"{"registerDisabled": true}"#,
-        )
-        .unwrap();
-        let cfg = format!(
-            r#"[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "5s"
-
-[upstream]
-url = "http://{}"
-
-[policy]
-source = "file"
-
-[policy.file]
-path = "pool.json"
-
-[rate_limit]
-register = {{ per_second = 100000, burst = 100000 }}
-
-[log]
-rejections_per_second = 50
-"#,
-            up.addr
+        let path = file_setup(
+            dir.path(),
+            Some(br#"{"registerDisabled": true}"#),
+            &up.addr.to_string(),
+            "\n[rate_limit]\nregister = { per_second = 100000, burst = 100000 }\n\n[log]\nrejections_per_second = 50\n",
         );
-        let path = dir.path().join("poolgate.toml");
-        std::fs::write(&path, cfg).unwrap();
         let mut proc = Proc::spawn(&["--config", &path.display().to_string()], &[]);
         let (gw, admin) = proc.listening().await;
         assert_eq!(readyz(admin).await, StatusCode::OK);
@@ -135,13 +111,12 @@ async fn start(
     extra: &str,
 ) -> (Proc, std::net::SocketAddr, tempfile::TempDir) {
     let dir = tempdir();
-    std::fs::write(dir.path().join("pool.json"), pool).unwrap();
-    let cfg = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n[upstream]\nurl = \"http://{}\"\n\n[policy]\nsource = \"file\"\n\n[policy.file]\npath = \"pool.json\"\n\n{extra}\n",
-        up.addr
+    let path = file_setup(
+        dir.path(),
+        Some(pool.as_bytes()),
+        &up.addr.to_string(),
+        &format!("\n{extra}\n"),
     );
-    let path = dir.path().join("poolgate.toml");
-    std::fs::write(&path, cfg).unwrap();
     let mut proc = Proc::spawn(
         &[
             "--config",

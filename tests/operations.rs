@@ -1,13 +1,15 @@
 //! Operations: what an operator sees and relies on. Metrics present from the
-//! first scrape, the admin port's authentication, the healthcheck subcommand,
-//! the snapshot's file mode and a private CA for an `https` upstream. Real
-//! sockets on 127.0.0.1 throughout.
+//! first scrape, the series each rejection leaves behind, the admin port's
+//! authentication, the healthcheck subcommand, the snapshot's file mode and a
+//! private CA for an `https` upstream. Real sockets on 127.0.0.1 throughout.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::fresh::{post_json, post_raw};
+use harness::*;
+use serde_json::json;
 
 /// Every series whose labels are known up front is exported at 0 before any
 /// request, with the build info and the process metrics.
@@ -166,7 +168,7 @@ async fn admin_endpoints_need_the_token_once_one_is_set() {
         let r = admin_call(admin, method, target, None).await;
         assert_eq!(r.status, 401, "{method} {target} without the token");
         assert_eq!(
-            r.header("www-authenticate").as_deref(),
+            r.header("www-authenticate"),
             Some(r#"Bearer realm="poolgate-admin""#)
         );
         let r = admin_call(admin, method, target, Some("not-the-admin-token-at-all")).await;
@@ -461,4 +463,76 @@ async fn json_logs_spell_times_and_the_source_plainly() {
     .unwrap();
     assert_eq!(listening["source"], "authing");
     assert!(!p.stderr().contains("Rfc3339Timestamp") && !p.stderr().contains("\"Authing\""));
+}
+
+#[tokio::test]
+async fn rejections_leave_metrics() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "allowedOrigins": "https://app.sample.com",
+        "frequentRegisterCheck": check(1, 60),
+        "passwordStrength": 1,
+    }))
+    .start()
+    .await;
+    wrong_login(s.gw(), "a", None).await;
+    wrong_login(s.gw(), "a", None).await;
+    post_json(
+        s.gw(),
+        "/api/x",
+        &json!({}),
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    post_raw(
+        s.gw(),
+        REGISTER,
+        "{",
+        &[("content-type", "application/json")],
+    )
+    .await;
+    post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "a@x.com", "password": "123"}),
+        &[],
+    )
+    .await;
+    post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "a@x.com", "password": "123456"}),
+        &[],
+    )
+    .await;
+    let r = post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "b@x.com", "password": "123456"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["code"], 2100);
+    assert_eq!(s.up.total(), 2);
+    let m = metrics(s.admin()).await;
+    for (guard, reason) in [
+        ("login_fail", "captcha_required"),
+        ("cors", "origin_not_allowed"),
+        ("body", "malformed_body"),
+        ("password_strength", "too_short"),
+        ("register_limit", "too_frequent"),
+    ] {
+        let d = format!(
+            r#"poolgate_guard_decisions_total{{decision="reject",guard="{guard}",reason="{reason}"}}"#
+        );
+        assert_eq!(sample(&m, &d), Some(1.0), "{d}\n{m}");
+        let r = format!(r#"poolgate_rejections_total{{reason="{reason}"}}"#);
+        assert_eq!(sample(&m, &r), Some(1.0), "{r}\n{m}");
+    }
+    assert!(sample(
+        &m,
+        r#"poolgate_login_outcomes_total{outcome="wrong_password"}"#
+    )
+    .is_some_and(|v| v == 1.0));
+    s.shutdown().await;
 }

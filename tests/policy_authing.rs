@@ -3,11 +3,11 @@
 //! policy, an API that is down at start, the snapshot across restarts, and
 //! secrets that never leave the process.
 
-mod common;
+mod harness;
 
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -304,17 +304,15 @@ async fn an_api_down_at_start_without_snapshot_leaves_the_gateway_unready_until_
 #[tokio::test]
 async fn a_restart_during_an_outage_enforces_the_snapshot() {
     bounded("test", LIMIT, async {
-        let up = FakeUpstream::start().await;
-        let api = FakeAuthing::start(fixture_pool()).await;
-        let dir = tempdir();
-        let snap = dir.path().join("snapshot.json");
-        let cfg = authing_config(api.addr, up.addr, Some(&snap), "");
-        let app = poolgate::App::start(cfg.clone()).await.unwrap();
-        let good = version(&app).unwrap();
-        wait_for("the snapshot written", Duration::from_secs(10), || {
-            snap.exists()
-        })
-        .await;
+        let AuthingStack {
+            up: _up,
+            api,
+            app,
+            cfg,
+            snap,
+            version: good,
+            dir: _dir,
+        } = start_authing_with_snapshot().await;
         let saved: Value = serde_json::from_slice(&std::fs::read(&snap).unwrap()).unwrap();
         assert_eq!(saved["source"], json!("authing"));
         assert_eq!(saved["format"], json!(1));

@@ -1,13 +1,13 @@
 //! The `file` policy source over the real stack: hot swaps under load,
 //! broken files keep the last good policy, polling, and the snapshot at start.
 
-mod common;
+mod harness;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use harness::*;
 use http::StatusCode;
 use serde_json::json;
 

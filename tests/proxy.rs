@@ -4,12 +4,12 @@
 //! and poolgate's own answers when the upstream fails (502, 504) or the body
 //! is too large (413).
 
-mod common;
+mod harness;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
+use harness::*;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
@@ -110,12 +110,12 @@ async fn every_method_reaches_the_upstream_unchanged_and_the_answer_comes_back_u
                 reply.header_all("set-cookie"),
                 ["a=1; Path=/", "b=2; HttpOnly"]
             );
+            assert_eq!(reply.header("content-type"), Some("application/x-test"));
+            assert_eq!(reply.header("x-echo-method"), Some(method));
             assert_eq!(
-                reply.header("content-type").as_deref(),
-                Some("application/x-test")
+                reply.header("content-length"),
+                Some(body.len().to_string().as_str())
             );
-            assert_eq!(reply.header("x-echo-method").as_deref(), Some(method));
-            assert_eq!(reply.header("content-length"), Some(body.len().to_string()));
             // The upstream's own hop-by-hop headers stop at poolgate too.
             assert_eq!(reply.header("keep-alive"), None);
             assert_eq!(reply.header("x-up-hop"), None);
@@ -140,10 +140,7 @@ async fn upstream_error_statuses_and_bodies_pass_through_untouched() {
                 assert_eq!(reply.body, "", "a 204 has no body");
             } else {
                 assert_eq!(reply.text(), plain_answer(&target), "{status}");
-                assert_eq!(
-                    reply.header("content-type").as_deref(),
-                    Some("application/json")
-                );
+                assert_eq!(reply.header("content-type"), Some("application/json"));
             }
         }
         r.app.shutdown().await;
@@ -702,8 +699,8 @@ async fn headers_named_in_any_connection_line_are_dropped_both_ways() {
         let reply = get(gw, "/conn-lines-answer").await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, "body");
-        assert_eq!(reply.header("x-up").as_deref(), Some("1"));
-        assert_eq!(reply.header("content-type").as_deref(), Some("text/plain"));
+        assert_eq!(reply.header("x-up"), Some("1"));
+        assert_eq!(reply.header("content-type"), Some("text/plain"));
         assert_eq!(reply.header("x-up-hop-2"), None);
         r.app.shutdown().await;
     })

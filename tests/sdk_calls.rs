@@ -7,11 +7,12 @@
 //! failed on the gateway before this rule set; each refused request is
 //! checked not to have reached the fake login service.
 
-mod guards_common;
+mod harness;
 
 use std::time::Duration;
 
-use guards_common::*;
+use harness::fresh::{post_json, post_raw};
+use harness::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -24,11 +25,11 @@ const SUB_ACCOUNT: &str = "mutation loginBySubAccount($account: String!, $passwo
 const LOGIN_BY_EMAIL: &str =
     "mutation loginByEmail($input: LoginByEmailInput!) { loginByEmail(input: $input) { id token } }";
 
-fn v3_err(r: &Resp) -> i64 {
+fn v3_err(r: &Reply) -> i64 {
     r.json()["apiCode"].as_i64().unwrap_or_default()
 }
 
-fn gql_code(r: &Resp) -> i64 {
+fn gql_code(r: &Reply) -> i64 {
     r.json()["errors"][0]["message"]["code"]
         .as_i64()
         .unwrap_or_default()

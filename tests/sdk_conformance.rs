@@ -20,6 +20,7 @@
 //! All drivers connect from 127.0.0.1, so each group of rows starts by
 //! clearing that client's counters (and the accounts') on the admin port.
 
+mod harness;
 #[path = "sdk/support.rs"]
 mod support;
 

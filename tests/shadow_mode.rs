@@ -2,23 +2,23 @@
 //! refused by the first violated guard that is not in dry run, and each
 //! shadowed violation is logged and counted under its own guard. One test per
 //! pair of guards that can meet on one request: shadowing one never lets the
-//! other's verdict through.
+//! other's verdict through. And dry run as a whole (`dry_run = true`, or a
+//! list of guards): what it would refuse is forwarded and counted.
 
-mod guards_common;
+mod harness;
 
-use guards_common::*;
-use serde_json::json;
+use harness::fresh::post_json;
+use harness::*;
+use http::StatusCode;
+use serde_json::{json, Value};
 
 /// `guard` rejected (`decision`) `reason` this many times, per the metrics.
 fn decisions(m: &str, guard: &str, decision: &str) -> f64 {
-    m.lines()
-        .filter(|l| {
-            l.starts_with("poolgate_guard_decisions_total{")
-                && l.contains(&format!("guard=\"{guard}\""))
-                && l.contains(&format!("decision=\"{decision}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        m,
+        "poolgate_guard_decisions_total",
+        &[("guard", guard), ("decision", decision)],
+    )
 }
 
 fn shadowing(guards: &[&str]) -> String {
@@ -206,5 +206,116 @@ async fn cors_and_rate_limit_before_the_rules() {
     assert!(decisions(&m, "rate_limit", "shadow_reject") >= 1.0, "{m}");
     assert_eq!(decisions(&m, "register_disabled", "reject"), 2.0, "{m}");
     assert_eq!(s.up.total(), 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_forwards_what_it_would_reject_and_counts_it() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "allowedOrigins": "https://app.sample.com",
+        "registerDisabled": true,
+    }))
+    .toml("[guards]\ndry_run = true")
+    .start()
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            wrong_login(s.gw(), "a", None).await.json(),
+            wrong_password_v2()
+        );
+    }
+    assert_eq!(s.up.count(LOGIN), 3);
+    let r = post_json(
+        s.gw(),
+        REGISTER,
+        &json!({"email": "a@x.com", "password": "abc12!"}),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["code"], 200);
+    let r = post_json(
+        s.gw(),
+        "/api/v2/users/me",
+        &json!({}),
+        &[("origin", "https://evil.com")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(s.up.total(), 5);
+    // Over-limit logins still count (the counter shows every forwarded failure).
+    let (_, c) = admin_get(s.admin(), "/counters?ip=127.0.0.1").await;
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["login_failures"]["count"], 3, "{c}");
+    let m = metrics(s.admin()).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="login_fail",reason="captcha_required"}"#
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="register_disabled",reason="register_disabled"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="cors",reason="origin_not_allowed"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "poolgate_guard_decisions_total",
+            &[("decision", "reject")]
+        ),
+        None,
+        "nothing is rejected in dry run:\n{m}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_of_cors_only_still_enforces_login_limits() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "allowedOrigins": "https://app.sample.com",
+    }))
+    .toml("[guards]\ndry_run_guards = [\"cors\"]")
+    .start()
+    .await;
+    let evil = [("origin", "https://evil.com")];
+    let r = post_json(s.gw(), "/api/v2/users/me", &json!({}), &evil).await;
+    assert_eq!(r.status, StatusCode::OK, "cors is in dry run");
+    assert!(r.header("access-control-allow-origin").is_none());
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &evil).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    let r = post_json(s.gw(), LOGIN, &login_body("a", "wrong"), &evil).await;
+    assert_eq!(r.json(), captcha_required_v2(), "login_fail is enforced");
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert_eq!(s.up.total(), 2);
+    let m = metrics(s.admin()).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="shadow_reject",guard="cors",reason="origin_not_allowed"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"poolgate_guard_decisions_total{decision="reject",guard="login_fail",reason="captcha_required"}"#
+        ),
+        Some(1.0)
+    );
     s.shutdown().await;
 }

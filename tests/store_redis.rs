@@ -7,149 +7,21 @@
 //! is missing the tests say so and pass, unless `POOLGATE_REQUIRE_REDIS=1`
 //! (set by CI), which makes its absence a failure.
 
-mod guards_common;
+mod harness;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use guards_common::*;
+use harness::fresh::{get, post_json};
+use harness::redis::RedisServer;
+use harness::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-/// A `redis-server` on 127.0.0.1, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    /// Starts one on a free port, or `None` (after saying why) when the
-    /// binary is missing and CI did not ask for it.
-    async fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            assert!(
-                std::env::var("POOLGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
-                "redis-server is not installed (apt-get install redis-server)"
-            );
-            eprintln!("skipped: redis-server is not installed (apt-get install redis-server)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut s = RedisServer {
-            port,
-            child: None,
-            _dir: tempfile::tempdir().expect("tempdir"),
-        };
-        s.restart().await;
-        Some(s)
-    }
-
-    /// Starts (again) on the same port, with nothing persisted.
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self._dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.ping().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer in 10s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.url()).ok()?;
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            client.get_multiplexed_async_connection(),
-        )
-        .await
-        .ok()?
-        .ok()
-    }
-
-    async fn ping(&self) -> bool {
-        match self.conn().await {
-            Some(mut c) => redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .is_ok(),
-            None => false,
-        }
-    }
-
-    /// The answer of the captcha `token` stored under `prefix`, read raw from
-    /// Redis (the tests read it the way a human reads the image).
-    async fn captcha_answer(&self, prefix: &str, token: &str) -> String {
-        let mut c = self.conn().await.expect("redis answers");
-        let value: Option<String> = redis::cmd("GET")
-            .arg(format!("{prefix}:cap:{token}"))
-            .query_async(&mut c)
-            .await
-            .expect("GET works");
-        let value = value.expect("the answer is in Redis");
-        value.rsplit(':').next().unwrap_or_default().to_string()
-    }
-
-    /// Keys matching `pattern`.
-    async fn keys(&self, pattern: &str) -> Vec<String> {
-        let Some(mut c) = self.conn().await else {
-            return Vec::new();
-        };
-        redis::cmd("KEYS")
-            .arg(pattern)
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The `[store]` section for `redis`, with a prefix of its own per test.
 fn store_toml(redis: &RedisServer, prefix: &str, extra: &str) -> String {
-    format!(
-        "[store]\nkind = \"redis\"\n[store.redis]\nurl = {:?}\nkey_prefix = {prefix:?}\n{extra}\n",
-        redis.url()
-    )
+    redis_store_toml(&redis.url(), &format!("key_prefix = {prefix:?}\n{extra}"))
 }
 
 /// Starts `n` instances of one pool sharing `redis`.
@@ -175,14 +47,9 @@ fn forwarded(stacks: &[Stack], path: &str) -> usize {
     stacks.iter().map(|s| s.up.count(path)).sum()
 }
 
-/// Value of the first sample of `name` (with the given label text, if any) on `/metrics`.
-async fn metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
-    metrics(admin)
-        .await
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of the samples of `name` on `/metrics` whose labels include all of `labels`.
+async fn admin_metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&metrics(admin).await, name, labels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,19 +264,27 @@ async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
     let r = wrong_login(s.gw(), "dave", Some(&ip(2))).await;
     assert_eq!(r.json(), captcha_required_v2(), "the local limit holds");
     assert_eq!(
-        metric(s.admin(), "poolgate_store_breaker_open", "").await,
+        admin_metric(s.admin(), "poolgate_store_breaker_open", &[]).await,
         1.0
     );
     assert!(
-        metric(
+        admin_metric(
             s.admin(),
             "poolgate_store_fallbacks_total",
-            "mode=\"local\""
+            &[("mode", "local")]
         )
         .await
             >= 4.0
     );
-    assert!(metric(s.admin(), "poolgate_store_errors_total", "op=\"reserve\"").await >= 1.0);
+    assert!(
+        admin_metric(
+            s.admin(),
+            "poolgate_store_errors_total",
+            &[("op", "reserve")]
+        )
+        .await
+            >= 1.0
+    );
     // A captcha can still be fetched and solved (issued locally).
     let r = get(
         s.gw(),
@@ -425,7 +300,7 @@ async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
     loop {
         let r = wrong_login(s.gw(), "dave", Some(&ip(3))).await;
         assert!(r.status == StatusCode::OK, "{}", r.text());
-        if metric(s.admin(), "poolgate_store_breaker_open", "").await == 0.0 {
+        if admin_metric(s.admin(), "poolgate_store_breaker_open", &[]).await == 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "the breaker never closed");
@@ -445,8 +320,9 @@ async fn with_redis_down_a_closed_fallback_refuses_and_an_open_one_forwards() {
     let url = redis.url();
     redis.kill();
     let section = |fallback: &str| {
-        format!(
-            "[store]\nkind = \"redis\"\n[store.redis]\nurl = {url:?}\ntimeout = \"100ms\"\nconnect_timeout = \"100ms\"\nfallback = \"{fallback}\"\n"
+        redis_store_toml(
+            &url,
+            &format!("timeout = \"100ms\"\nconnect_timeout = \"100ms\"\nfallback = \"{fallback}\""),
         )
     };
     let pool = json!({"loginFailCheck": check(1, 60), "frequentRegisterCheck": check(1, 60)});
@@ -464,7 +340,15 @@ async fn with_redis_down_a_closed_fallback_refuses_and_an_open_one_forwards() {
     assert_eq!(r.status, StatusCode::OK, "unguarded routes are unaffected");
     let r = get(s.gw(), "/api/v3/get-captcha-code", &[]).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(metric(s.admin(), "poolgate_rejections_total", "store_unavailable").await >= 2.0);
+    assert!(
+        admin_metric(
+            s.admin(),
+            "poolgate_rejections_total",
+            &[("reason", "store_unavailable")]
+        )
+        .await
+            >= 2.0
+    );
     s.shutdown().await;
 
     // Open: nothing is counted, every login is forwarded.

@@ -5,22 +5,21 @@
 //! granted, and ride out a master's restart: the fallback while it is gone,
 //! the cluster again once it is back.
 
-mod guards_common;
-mod redis_procs;
+mod harness;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use guards_common::*;
+use harness::redis::{cli, free_port, have, wait_until, Pki, RedisProc};
+use harness::*;
 use poolgate::config::{
     GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
 };
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
-use redis_procs::{cli, free_port, have, wait_until, Pki, RedisProc};
 use serde_json::json;
 
 /// Three masters, no replicas, killed on drop.
@@ -103,12 +102,13 @@ impl Cluster {
             Some(pki) => format!("ca_file = {:?}\n", pki.path("ca.crt").display().to_string()),
             None => String::new(),
         };
-        format!(
-            "[store]\nkind = \"redis\"\n[store.redis]\nurl = {:?}\nnodes = [{:?}, {:?}]\n\
-             cluster = true\nkey_prefix = {prefix:?}\ntimeout = \"1s\"\n{ca}",
-            self.url(0),
-            self.url(1),
-            self.url(2)
+        redis_store_toml(
+            &self.url(0),
+            &format!(
+                "nodes = [{:?}, {:?}]\ncluster = true\nkey_prefix = {prefix:?}\ntimeout = \"1s\"\n{ca}",
+                self.url(1),
+                self.url(2)
+            ),
         )
     }
 
@@ -362,11 +362,11 @@ async fn a_master_restarted_during_a_burst_costs_the_fallback_then_the_cluster_r
     }
     assert_eq!(bursts.await.expect("the bursts end"), 10 * 30);
     let fallbacks = |m: &Metrics| {
-        m.render()
-            .lines()
-            .filter(|l| l.starts_with("poolgate_store_fallbacks_total") && l.contains("reserve"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+        metric_sum(
+            &m.render(),
+            "poolgate_store_fallbacks_total",
+            &[("op", "reserve")],
+        )
     };
     assert!(fallbacks(&metrics) > 0.0, "{}", metrics.render());
 
@@ -387,11 +387,8 @@ async fn a_master_restarted_during_a_burst_costs_the_fallback_then_the_cluster_r
         round += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let open = metrics
-        .render()
-        .lines()
-        .any(|l| l == "poolgate_store_breaker_open 1");
-    assert!(!open, "the breaker is closed again");
+    let open = metric(&metrics.render(), "poolgate_store_breaker_open", &[]);
+    assert_ne!(open, Some(1.0), "the breaker is closed again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,14 +4,14 @@
 //! with Redis gone each replica's own limiter takes over, and the shared
 //! state is used again once Redis is back.
 
-mod guards_common;
-mod redis_procs;
+mod harness;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use guards_common::{wrong_login, Setup, LOGIN};
+use harness::redis::{free_port, have, RedisProc};
+use harness::{metric_sum, redis_store_toml, wrong_login, Setup, LOGIN};
 use http::StatusCode;
 use poolgate::classify::RouteKind;
 use poolgate::config::{
@@ -19,7 +19,6 @@ use poolgate::config::{
 };
 use poolgate::metrics::Metrics;
 use poolgate::store::Store;
-use redis_procs::{free_port, have, RedisProc};
 
 const RATE: u32 = 20;
 const BURST: u32 = 10;
@@ -142,8 +141,8 @@ async fn with_redis_down_each_replica_limits_on_its_own_and_shares_again_after()
     redis.kill();
     // Down: first the breakers open (a failed call or two each) ...
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&metrics_a, "poolgate_store_breaker_open", &[]) != 1.0
-        || metric(&metrics_b, "poolgate_store_breaker_open", &[]) != 1.0
+    while rendered(&metrics_a, "poolgate_store_breaker_open", &[]) != 1.0
+        || rendered(&metrics_b, "poolgate_store_breaker_open", &[]) != 1.0
     {
         let _ = a.check_rate(RouteKind::Login, 1000).await;
         let _ = b.check_rate(RouteKind::Login, 1000).await;
@@ -162,17 +161,17 @@ async fn with_redis_down_each_replica_limits_on_its_own_and_shares_again_after()
         );
     }
     assert!(
-        metric(
+        rendered(
             &metrics_a,
             "poolgate_store_fallbacks_total",
-            &["op=\"rate_limit\"", "mode=\"local\""]
+            &[("op", "rate_limit"), ("mode", "local")]
         ) >= f64::from(2 * BURST)
     );
     assert!(
-        metric(
+        rendered(
             &metrics_a,
             "poolgate_store_errors_total",
-            &["op=\"rate_limit\""]
+            &[("op", "rate_limit")]
         ) >= 1.0
     );
 
@@ -182,8 +181,8 @@ async fn with_redis_down_each_replica_limits_on_its_own_and_shares_again_after()
     loop {
         let _ = a.check_rate(RouteKind::Login, 1001).await;
         let _ = b.check_rate(RouteKind::Login, 1001).await;
-        if metric(&metrics_a, "poolgate_store_breaker_open", &[]) == 0.0
-            && metric(&metrics_b, "poolgate_store_breaker_open", &[]) == 0.0
+        if rendered(&metrics_a, "poolgate_store_breaker_open", &[]) == 0.0
+            && rendered(&metrics_b, "poolgate_store_breaker_open", &[]) == 0.0
         {
             break;
         }
@@ -203,14 +202,8 @@ async fn with_redis_down_each_replica_limits_on_its_own_and_shares_again_after()
 }
 
 /// The sum of the samples of `name` whose labels include all of `labels`.
-fn metric(m: &Metrics, name: &str, labels: &[&str]) -> f64 {
-    m.render()
-        .lines()
-        .filter(|l| {
-            l.split(['{', ' ']).next() == Some(name) && labels.iter().all(|want| l.contains(want))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn rendered(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&m.render(), name, labels)
 }
 
 /// End to end: three gateways with `rate_limit.shared = true` answer 429
@@ -227,9 +220,11 @@ async fn three_gateways_with_shared_rate_limits_forward_one_burst() {
     let port = free_port();
     let _redis = RedisProc::start(port, dir.path(), &["--port".into(), port.to_string()]);
     let toml = format!(
-        "[rate_limit]\nshared = true\nlogin = {{ per_second = 1, burst = 5 }}\n\
-         [store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://127.0.0.1:{port}/0\"\n\
-         key_prefix = \"rl3\"\ntimeout = \"1s\"\n"
+        "[rate_limit]\nshared = true\nlogin = {{ per_second = 1, burst = 5 }}\n{}",
+        redis_store_toml(
+            &format!("redis://127.0.0.1:{port}/0"),
+            "key_prefix = \"rl3\"\ntimeout = \"1s\""
+        )
     );
     let mut stacks = Vec::new();
     for _ in 0..3 {

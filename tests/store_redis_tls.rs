@@ -3,15 +3,15 @@
 //! server's certificate verified against `store.redis.ca_file`, and a client
 //! certificate for servers that ask for one (`--tls-auth-clients yes`).
 
-mod guards_common;
-mod redis_procs;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use guards_common::*;
+use harness::redis::{free_port, have, Pki, RedisProc};
+use harness::*;
 use poolgate::config::{
     GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
 };
@@ -19,7 +19,6 @@ use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::redis::{Answer, RedisStore};
 use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
-use redis_procs::{free_port, have, Pki, RedisProc};
 use serde_json::json;
 
 /// A `redis-server` that speaks only TLS; `auth_clients`: `yes` or `no`.
@@ -96,11 +95,12 @@ async fn two_gateways_share_one_login_limit_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     // Client certificates optional on this server: a CA file alone is enough.
     let server = tls_server(&pki, dir.path(), "no");
-    let toml = format!(
-        "[store]\nkind = \"redis\"\n[store.redis]\nurl = \"rediss://127.0.0.1:{}/0\"\n\
-         key_prefix = \"tls2\"\ntimeout = \"2s\"\nca_file = {:?}\n",
-        server.port,
-        pki.path("ca.crt").display().to_string()
+    let toml = redis_store_toml(
+        &format!("rediss://127.0.0.1:{}/0", server.port),
+        &format!(
+            "key_prefix = \"tls2\"\ntimeout = \"2s\"\nca_file = {:?}",
+            pki.path("ca.crt").display().to_string()
+        ),
     );
     let mut stacks = Vec::new();
     for _ in 0..2 {
@@ -221,16 +221,8 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
         metrics.clone(),
     )
     .expect("a store");
-    let gauge = |m: &Metrics| {
-        m.render()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("poolgate_store_breaker_open ")?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(-1.0)
-    };
+    let gauge =
+        |m: &Metrics| metric(&m.render(), "poolgate_store_breaker_open", &[]).unwrap_or(-1.0);
     let ask = |client: u128| Ask {
         counter: Counter::LoginIp,
         subject: Subject::Client(client),
@@ -255,12 +247,11 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
         assert!(r.is_ok(), "the local fallback always answers");
         assert!(Instant::now() < deadline, "the breaker never opened");
     }
-    let fallbacks = metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("poolgate_store_fallbacks_total") && l.contains("local"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>();
+    let fallbacks = metric_sum(
+        &metrics.render(),
+        "poolgate_store_fallbacks_total",
+        &[("mode", "local")],
+    );
     assert!(fallbacks >= 1.0);
 
     server.restart();

@@ -379,11 +379,7 @@ impl Fake {
 /// registrations per client in 300 s, every origin allowed, no whitelist, no
 /// password rule; `patch` is merged on top (top-level keys).
 pub fn pool(patch: Value) -> Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pool-detail-response.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let v: Value = serde_json::from_str(&text).expect("fixture is JSON");
-    let mut p = v["data"].clone();
+    let mut p = crate::harness::fixture_pool();
     let base = json!({
         "loginFailCheck": {"enabled": true, "limit": 5, "timeInterval": 300},
         "loginPasswordFailCheck": {"enabled": true, "limit": 5, "timeInterval": 300},
@@ -438,25 +434,9 @@ impl Gateway {
             None => String::new(),
         };
         let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-shutdown_grace = "1s"
-{server_extra}
+            r#"{head}request_timeout = "10s"
 
-[upstream]
-url = "http://{upstream}"
-request_timeout = "10s"
-
-[policy]
-source = "file"
-refresh_interval = "60s"
-
-[policy.file]
-path = {pool_path:?}
-poll_interval = "1h"
-{whitelist_line}
+{policy}{whitelist_line}
 
 [rate_limit]
 login = {{ per_second = 1000, burst = 1000 }}
@@ -467,7 +447,8 @@ captcha = {{ per_second = 1000, burst = 1000 }}
 # rows before it ran (the send limits per window are what the suite checks).
 send_code = {{ per_second = 1000, burst = 1000 }}
 "#,
-            pool_path = pool_path.display().to_string(),
+            head = crate::harness::server_toml(&upstream.to_string(), "1s", server_extra),
+            policy = crate::harness::file_source_toml(&pool_path, "1h"),
         );
         let cfg = poolgate::Config::parse(&text)?;
         cfg.validate()?;

@@ -6,7 +6,6 @@
 //! `redis-tools` (`.ci/run` installs them). Where they are missing the tests
 //! say so and pass, unless `POOLGATE_REQUIRE_REDIS=1` (set by CI), which
 //! makes their absence a failure.
-#![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -230,4 +229,88 @@ pub fn cli(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A plain `redis-server` on a free port in a tempdir of its own, with a
+/// client to look inside it: what the shared-store tests start from.
+pub struct RedisServer {
+    proc: RedisProc,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (after saying why) when the binary is missing
+    /// and CI did not ask for it (see [`have`]).
+    pub async fn start() -> Option<RedisServer> {
+        if !have("redis-server") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let proc = RedisProc::start(port, dir.path(), &["--port".into(), port.to_string()]);
+        Some(RedisServer { proc, _dir: dir })
+    }
+
+    /// Starts it again on the same port, with nothing persisted.
+    pub async fn restart(&mut self) {
+        self.proc.restart();
+    }
+
+    /// Kills it (a crash, nothing flushed).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Its URL, database 0.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.proc.port)
+    }
+
+    /// A connection, or `None` if it does not answer within a second.
+    pub async fn conn(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
+    /// Whether it answers `PING`.
+    pub async fn ping(&self) -> bool {
+        match self.conn().await {
+            Some(mut c) => redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// The answer of the captcha `token` stored under `prefix`, read raw from
+    /// Redis (the tests read it the way a human reads the image).
+    pub async fn captcha_answer(&self, prefix: &str, token: &str) -> String {
+        let mut c = self.conn().await.expect("redis answers");
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}:cap:{token}"))
+            .query_async(&mut c)
+            .await
+            .expect("GET works");
+        let value = value.expect("the answer is in Redis");
+        value.rsplit(':').next().unwrap_or_default().to_string()
+    }
+
+    /// Keys matching `pattern`.
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let Some(mut c) = self.conn().await else {
+            return Vec::new();
+        };
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default()
+    }
 }

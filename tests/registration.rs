@@ -3,18 +3,15 @@
 //! `passwordStrength` (levels 1-4, encrypted passwords). Every refused
 //! registration is checked not to have reached the fake upstream.
 
-mod guards_common;
+mod harness;
 
-use guards_common::*;
+use harness::fresh::post_json;
+use harness::*;
 use http::StatusCode;
 use serde_json::{json, Value};
 
 fn reg(email: &str, password: &str) -> Value {
     json!({"email": email, "password": password})
-}
-
-fn v2_err(code: i64, message: &str) -> Value {
-    json!({"code": code, "message": message, "apiCode": code, "data": null})
 }
 
 fn v3_signup(email: &str, password: &str) -> Value {
@@ -202,7 +199,7 @@ async fn whitelist_file_changes_apply_on_reload() {
     assert_eq!(r.json()["code"], 2040);
     let wl = s.pool_path.with_file_name("whitelist.json");
     let before = s.app.policy.current().unwrap().version.clone();
-    write_atomic(&wl, &json!({"email": ["ok@x.com", "new@x.com"]}));
+    write_pool(&wl, &json!({"email": ["ok@x.com", "new@x.com"]}));
     s.app.reload();
     let applied = eventually(std::time::Duration::from_secs(10), || {
         s.app.policy.current().is_some_and(|p| p.version != before)
