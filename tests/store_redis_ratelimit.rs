@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use guards_common::{wrong_login, Setup, LOGIN};
 use http::StatusCode;
-use poolgate::classify::RouteKind;
 use poolgate::config::{
     GuardsConfig, Rate, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
 };
 use poolgate::metrics::Metrics;
+use poolgate::routes::RouteKind;
 use poolgate::store::Store;
 use redis_procs::{free_port, have, RedisProc};
 

@@ -12,7 +12,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use poolgate::classify::{default_graphql_ops, default_routes, Fields, IdField, IdKind};
+use poolgate::routes::{default_graphql_ops, default_routes, Fields, IdField, IdKind};
 use poolgate::extract::{self, BodyKind, Facts, Normalize, Password};
 use serde_json::Value;
 

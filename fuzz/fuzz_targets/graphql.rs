@@ -9,7 +9,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use poolgate::classify::default_graphql_ops;
+use poolgate::routes::default_graphql_ops;
 use poolgate::extract::graphql::{calls, GraphqlCall};
 use poolgate::extract::BodyKind;
 

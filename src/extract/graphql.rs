@@ -73,7 +73,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::{Map, Number, Value};
 
 use super::{BodyKind, ExtractError};
-use crate::classify::GraphqlOp;
+use crate::routes::GraphqlOp;
 
 /// Parser recursion limit (nested selection sets, lists, objects, types), and
 /// the cap on nested fragments when expanding a root selection set.
@@ -622,7 +622,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::default_graphql_ops;
+    use crate::routes::default_graphql_ops;
     use serde_json::json;
 
     /// A call, owned: (operation, batch index, response key, arguments).

@@ -18,8 +18,8 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use crate::classify::{Fields, IdKind};
 use crate::policy::compiled::normalize;
+use crate::routes::{Fields, IdKind};
 
 /// A request identifier, normalised for counting and whitelist matching.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +176,7 @@ fn parse_form(body: &[u8]) -> Result<Value, ExtractError> {
                 .collect();
             let text = std::str::from_utf8(&plus)
                 .map_err(|_| ExtractError::Malformed("form body is not UTF-8".into()))?;
-            let bytes = crate::classify::percent_decode(text)
+            let bytes = crate::routes::percent_decode(text)
                 .map_err(|e| ExtractError::Malformed(e.into()))?;
             String::from_utf8(bytes)
                 .map_err(|_| ExtractError::Malformed("form value is not UTF-8".into()))
@@ -422,7 +422,7 @@ mod tests {
     #[test]
     fn encrypted_passwords_are_recognised() {
         let rsa = "A".repeat(172);
-        let f = crate::classify::default_routes()
+        let f = crate::routes::default_routes()
             .into_iter()
             .find(|r| r.path == "/api/v2/login/account")
             .unwrap()
