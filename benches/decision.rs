@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use poolgate::classify::RouteTable;
 use poolgate::client_ip::ClientIpResolver;
 use poolgate::config::{GuardsConfig, RateLimitConfig};
 use poolgate::extract;
 use poolgate::guards::{self, cors};
 use poolgate::policy::origins::OriginMatcher;
 use poolgate::policy::{CompiledPolicy, PoolDetail, WhitelistEntries};
+use poolgate::routes::RouteTable;
 use poolgate::store::counters::Reserve;
 use poolgate::store::GuardState;
 
@@ -79,7 +79,7 @@ impl Env {
             .table
             .classify(&self.method, black_box("/api/v2/login/account"))
         {
-            poolgate::classify::Class::Route(r) => r,
+            poolgate::routes::Class::Route(r) => r,
             _ => unreachable!(),
         };
         let ip = self.resolver.resolve(self.peer, &self.headers);
@@ -148,14 +148,14 @@ fn decision(c: &mut Criterion) {
     });
     g.bench_function("rate_limit", |b| {
         let route = match table.classify(&method, "/api/v2/login/account") {
-            poolgate::classify::Class::Route(r) => r,
+            poolgate::routes::Class::Route(r) => r,
             _ => unreachable!(),
         };
         b.iter(|| state.rate.check(route.kind, black_box(7)).is_ok())
     });
     g.bench_function("body_facts", |b| {
         let route = match table.classify(&method, "/api/v2/login/account") {
-            poolgate::classify::Class::Route(r) => r,
+            poolgate::routes::Class::Route(r) => r,
             _ => unreachable!(),
         };
         b.iter(|| {
@@ -187,7 +187,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             matches!(
                 table.classify(&method, black_box("/api/v2/login/account")),
-                poolgate::classify::Class::Other
+                poolgate::routes::Class::Other
             )
         })
     });
@@ -195,7 +195,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             matches!(
                 table.classify(&method, black_box("//API/v2/x/../login/account/")),
-                poolgate::classify::Class::Other
+                poolgate::routes::Class::Other
             )
         })
     });

@@ -10,9 +10,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use poolgate::classify::RouteKind;
 use poolgate::config::{GuardsConfig, Rate, RateLimitConfig};
 use poolgate::policy::WindowLimit;
+use poolgate::routes::RouteKind;
 use poolgate::store::counters::Reserve;
 use poolgate::store::GuardState;
 

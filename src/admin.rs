@@ -229,7 +229,7 @@ impl Admin {
                 // A query is not a form: `+` stays `+` (`?account=+8613800138000`
                 // names a phone number); a space is `%20`.
                 (k == name)
-                    .then(|| crate::classify::percent_decode(v).ok())
+                    .then(|| crate::routes::percent_decode(v).ok())
                     .flatten()
                     .and_then(|b| String::from_utf8(b).ok())
             })
@@ -266,7 +266,7 @@ impl Admin {
         } else if let Some(account) = param("account") {
             let id = crate::extract::identify_in(
                 &account,
-                crate::classify::IdKind::Auto,
+                crate::routes::IdKind::Auto,
                 None,
                 self.normalize,
             );

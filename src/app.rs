@@ -12,13 +12,13 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
-use crate::classify::{default_graphql_ops, default_routes, RouteTable};
 use crate::client_ip::ClientIpResolver;
 use crate::config::{Config, SourceKind};
 use crate::gateway::{ConnService, Gateway};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::proxy::Upstream;
+use crate::routes::{default_graphql_ops, default_routes, RouteTable};
 use crate::runtime::{AccessLog, GuardSettings, Runtime};
 use crate::server::{serve, ConnectionCap, HeadLimits, ListenerOptions, RequestHygiene};
 use crate::source::authing::AuthingSource;

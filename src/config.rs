@@ -38,7 +38,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     /// Extra routes for a team's own login service (see README, "Route table").
     #[serde(default)]
-    pub routes: Vec<crate::classify::Route>,
+    pub routes: Vec<crate::routes::Route>,
     /// Where the guards' counters and captchas live.
     #[serde(default)]
     pub store: StoreConfig,

@@ -19,7 +19,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 
-use crate::classify::{Class, Flavor, Route, RouteKind};
 use crate::client_ip::ClientIpResolver;
 use crate::extract::{self, ExtractError, Facts, Password};
 use crate::guards::outcome::{self, Outcome, Place};
@@ -29,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
 use crate::proxy::{ForwardError, Upstream, UpstreamBody};
 use crate::response::{self, Replay, RespBody};
+use crate::routes::{Class, Flavor, Route, RouteKind};
 use crate::runtime::Runtime;
 use crate::store::{Ask, Counter, Reservation, Slot, Store, Subject, Unavailable};
 
@@ -749,7 +749,7 @@ impl Gateway {
                 .get(header::CONTENT_ENCODING)
                 .and_then(|v| v.to_str().ok()),
         );
-        let with_token = |mut facts: Facts, fields: &crate::classify::Fields| {
+        let with_token = |mut facts: Facts, fields: &crate::routes::Fields| {
             if facts.identifier.is_none() {
                 if let Some(h) = &fields.token_header {
                     facts.identifier = extract::token_identifier(headers, h);

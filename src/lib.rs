@@ -2,7 +2,7 @@
 //! pool's security policy in front of a login service.
 //!
 //! Request path (see README, "Architecture"): [`server`] accepts, [`gateway`]
-//! classifies ([`classify`]), resolves the client ([`client_ip`]), judges
+//! classifies ([`routes`]), resolves the client ([`client_ip`]), judges
 //! against the [`policy`] in force and forwards through [`proxy`]. The policy is
 //! fetched by [`source`] and swapped lock-free; [`admin`] and [`metrics`]
 //! observe it all.
@@ -13,7 +13,6 @@
 pub mod admin;
 pub mod app;
 pub mod captcha;
-pub mod classify;
 pub mod client_ip;
 pub mod config;
 pub mod demo;
@@ -25,6 +24,7 @@ pub mod policy;
 pub mod proxy;
 pub mod rejection_log;
 pub mod response;
+pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod source;

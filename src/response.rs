@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::classify::Flavor;
+use crate::routes::Flavor;
 
 /// The body of every response poolgate sends: the upstream's, streamed (maybe
 /// after a prefix poolgate already read), or its own.

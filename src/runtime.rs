@@ -5,9 +5,9 @@
 //! changes the rules half-way through a request. Counters and limiter state
 //! live in the store, not here, so swapping a `Runtime` keeps them.
 
-use crate::classify::RouteTable;
 use crate::client_ip::ClientIpResolver;
 use crate::extract;
+use crate::routes::RouteTable;
 
 /// Run-time settings of the request path.
 pub struct Runtime {

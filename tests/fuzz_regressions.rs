@@ -3,7 +3,7 @@
 //! kept under `fuzz/regressions/<target>/` for `cargo fuzz run <target> FILE`.
 
 use http::Method;
-use poolgate::classify::{Class, RouteTable};
+use poolgate::routes::{Class, RouteTable};
 
 fn classify(path: &str) -> String {
     match RouteTable::default_table().classify(&Method::POST, path) {

@@ -13,11 +13,11 @@ use futures_util::future::join_all;
 use harness::redis::{free_port, have, RedisProc};
 use harness::{metric_sum, redis_store_toml, wrong_login, Setup, LOGIN};
 use http::StatusCode;
-use poolgate::classify::RouteKind;
 use poolgate::config::{
     GuardsConfig, Rate, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
 };
 use poolgate::metrics::Metrics;
+use poolgate::routes::RouteKind;
 use poolgate::store::Store;
 
 const RATE: u32 = 20;

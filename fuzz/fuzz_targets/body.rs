@@ -12,8 +12,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use poolgate::classify::{default_graphql_ops, default_routes, Fields, IdField, IdKind};
 use poolgate::extract::{self, BodyKind, Facts, Normalize, Password};
+use poolgate::routes::{default_graphql_ops, default_routes, Fields, IdField, IdKind};
 use serde_json::Value;
 
 #[derive(Arbitrary, Debug)]

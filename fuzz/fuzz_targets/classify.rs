@@ -13,7 +13,7 @@
 use arbitrary::Arbitrary;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use poolgate::classify::{canonical_path, default_routes, percent_decode, Class, RouteTable};
+use poolgate::routes::{canonical_path, default_routes, percent_decode, Class, RouteTable};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

@@ -9,9 +9,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use poolgate::classify::default_graphql_ops;
 use poolgate::extract::graphql::{calls, GraphqlCall};
 use poolgate::extract::BodyKind;
+use poolgate::routes::default_graphql_ops;
 
 #[derive(Arbitrary, Debug)]
 struct Input<'a> {

@@ -73,7 +73,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::{Map, Number, Value};
 
 use super::{BodyKind, ExtractError};
-use crate::classify::GraphqlOp;
+use crate::routes::GraphqlOp;
 
 /// Parser recursion limit (nested selection sets, lists, objects, types), and
 /// the cap on nested fragments when expanding a root selection set.
@@ -321,6 +321,37 @@ impl<'a> Doc<'a> {
         Ok(out)
     }
 
+    /// The guarded operation a field calls, if any (by exact name).
+    fn guarded_op(&self, field: &cst::Field) -> Result<Option<&'a GraphqlOp>, ExtractError> {
+        let name = field
+            .name()
+            .ok_or_else(|| syntax("a field without a name"))?;
+        let name = name.text();
+        Ok(self.ops.iter().find(|op| op.name == name.as_str()))
+    }
+
+    /// The fragment a spread names, with its name. Spreading a fragment that
+    /// is being expanded (in `path`) is a cycle; naming none is an error.
+    fn spread_target(
+        &self,
+        spread: &cst::FragmentSpread,
+        path: &[String],
+    ) -> Result<(String, &cst::FragmentDefinition), ExtractError> {
+        let name = spread
+            .fragment_name()
+            .and_then(|n| n.name())
+            .ok_or_else(|| syntax("a fragment spread without a name"))?;
+        let name = name.text().to_string();
+        if path.contains(&name) {
+            return Err(ExtractError::Graphql("a fragment spreads itself (cycle)"));
+        }
+        let fragment = self
+            .fragments
+            .get(&name)
+            .ok_or(ExtractError::Graphql("a fragment spread names no fragment"))?;
+        Ok((name, fragment))
+    }
+
     /// Whether a selection set holds a guarded root field, through fragments
     /// (each fragment's answer is kept in `memo`: linear over all operations).
     fn holds_guarded(
@@ -335,28 +366,12 @@ impl<'a> Doc<'a> {
         }
         for selection in set.selections() {
             let found = match selection {
-                cst::Selection::Field(field) => {
-                    let name = field
-                        .name()
-                        .ok_or_else(|| syntax("a field without a name"))?;
-                    let name = name.text();
-                    self.ops.iter().any(|op| op.name == name.as_str())
-                }
+                cst::Selection::Field(field) => self.guarded_op(&field)?.is_some(),
                 cst::Selection::FragmentSpread(spread) => {
-                    let name = spread
-                        .fragment_name()
-                        .and_then(|n| n.name())
-                        .ok_or_else(|| syntax("a fragment spread without a name"))?;
-                    let name = name.text().to_string();
-                    if path.contains(&name) {
-                        return Err(ExtractError::Graphql("a fragment spreads itself (cycle)"));
-                    }
+                    let (name, fragment) = self.spread_target(&spread, path)?;
                     match memo.get(&name) {
                         Some(&known) => known,
                         None => {
-                            let fragment = self.fragments.get(&name).ok_or(
-                                ExtractError::Graphql("a fragment spread names no fragment"),
-                            )?;
                             let found = match fragment.selection_set() {
                                 Some(inner) => {
                                     path.push(name.clone());
@@ -401,27 +416,12 @@ impl<'a> Doc<'a> {
         for selection in set.selections() {
             match selection {
                 cst::Selection::Field(field) => {
-                    let name = field
-                        .name()
-                        .ok_or_else(|| syntax("a field without a name"))?;
-                    let name = name.text();
-                    if let Some(op) = self.ops.iter().find(|op| op.name == name.as_str()) {
+                    if let Some(op) = self.guarded_op(&field)? {
                         out.push((op, field));
                     }
                 }
                 cst::Selection::FragmentSpread(spread) => {
-                    let name = spread
-                        .fragment_name()
-                        .and_then(|n| n.name())
-                        .ok_or_else(|| syntax("a fragment spread without a name"))?;
-                    let name = name.text().to_string();
-                    if path.contains(&name) {
-                        return Err(ExtractError::Graphql("a fragment spreads itself (cycle)"));
-                    }
-                    let fragment = self
-                        .fragments
-                        .get(&name)
-                        .ok_or(ExtractError::Graphql("a fragment spread names no fragment"))?;
+                    let (name, fragment) = self.spread_target(&spread, path)?;
                     if !visited.insert(name.clone()) {
                         continue;
                     }
@@ -622,7 +622,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::default_graphql_ops;
+    use crate::routes::default_graphql_ops;
     use serde_json::json;
 
     /// A call, owned: (operation, batch index, response key, arguments).

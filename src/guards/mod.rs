@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::classify::IdKind;
 use crate::extract::{Facts, Password};
 use crate::policy::{CompiledPolicy, FailStrategy, PasswordRule};
+use crate::routes::IdKind;
 
 /// Guard names, as used in `dry_run_guards`, metrics and logs.
 pub const GUARD_NAMES: &[&str] = &[

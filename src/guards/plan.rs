@@ -10,11 +10,11 @@
 //! is judged by [`super::failure_violations`] and friends; which outcome
 //! then counts is [`CommitOn::commits`].
 
-use crate::classify::RouteKind;
 use crate::config::SendCodeConfig;
 use crate::extract::Facts;
 use crate::guards::outcome::Outcome;
 use crate::policy::{CompiledPolicy, WindowLimit};
+use crate::routes::RouteKind;
 
 /// What a counter slot stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,9 +130,9 @@ pub fn counters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::classify::IdKind;
     use crate::extract::{identify, Password};
     use crate::policy::{PoolDetail, WhitelistEntries};
+    use crate::routes::IdKind;
 
     fn policy() -> CompiledPolicy {
         let json = r#"{"loginFailCheck": {"enabled": true, "limit": 5, "timeInterval": 60},

@@ -21,8 +21,8 @@ use governor::{Quota, RateLimiter};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
-use crate::classify::RouteKind;
 use crate::config::{Rate, RateLimitConfig};
+use crate::routes::RouteKind;
 
 /// The class names, in the order of [`RateLimits`]'s limiters (metric labels).
 const CLASSES: [&str; 6] = [

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::captcha::{CaptchaStore, Rejected};
-use crate::classify::RouteKind;
 use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreFallback, StoreKind};
 use crate::guards::ratelimit::RateLimits;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyStore, WindowLimit};
+use crate::routes::RouteKind;
 use counters::{Permit, Reserve, Shown, WindowCounter};
 use redis::{Answer, Held, RedisStore};
 

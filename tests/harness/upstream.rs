@@ -492,7 +492,7 @@ fn authing_like(
 
 /// `path` in poolgate's canonical form (itself if it has none).
 fn canon(path: &str) -> String {
-    poolgate::classify::canonical_path(path)
+    poolgate::routes::canonical_path(path)
         .map(|c| c.into_owned())
         .unwrap_or_else(|_| path.to_string())
 }
@@ -564,7 +564,7 @@ fn form_to_json(body: &[u8]) -> Value {
     for pair in String::from_utf8_lossy(body).split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let dec = |s: &str| {
-            poolgate::classify::percent_decode(&s.replace('+', " "))
+            poolgate::routes::percent_decode(&s.replace('+', " "))
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
                 .unwrap_or_default()
