@@ -30,6 +30,13 @@ pub struct Identifier {
     pub value: String,
 }
 
+impl Identifier {
+    /// Its counter key (made here, once per request, not in the store).
+    pub fn account_key(&self) -> crate::store::AccountKey {
+        crate::store::AccountKey::of(&self.value)
+    }
+}
+
 /// A password as it arrived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Password {
