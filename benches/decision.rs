@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
+use poolgate::routes::RouteTable;
 use poolgate::client_ip::ClientIpResolver;
 use poolgate::config::{GuardsConfig, RateLimitConfig};
 use poolgate::extract;
 use poolgate::guards::{self, cors};
 use poolgate::policy::origins::OriginMatcher;
 use poolgate::policy::{CompiledPolicy, PoolDetail, WhitelistEntries};
-use poolgate::routes::RouteTable;
-use poolgate::store::counters::Reserve;
-use poolgate::store::GuardState;
+use poolgate::store::{MemoryStore, Reservation};
 
 const POOL: &str = r#"{"code":200,"message":"ok","data":{
   "loginFailCheck":{"enabled":true,"limit":1000000000,"timeInterval":3600},
@@ -40,7 +39,7 @@ struct Env {
     p: CompiledPolicy,
     table: RouteTable,
     resolver: ClientIpResolver,
-    state: GuardState,
+    state: MemoryStore,
     headers: HeaderMap,
     body: &'static [u8],
     peer: IpAddr,
@@ -64,7 +63,7 @@ impl Env {
             p: policy(),
             table: RouteTable::default_table(),
             resolver: ClientIpResolver::new(vec!["10.0.0.0/8".parse().unwrap()]),
-            state: GuardState::new(&GuardsConfig::default(), &rate),
+            state: MemoryStore::new(&GuardsConfig::default(), &rate),
             headers,
             body: br#"{"account":"bob@example.com","password":"hunter2!x","captchaCode":""}"#,
             peer: "10.1.2.3".parse().unwrap(),
@@ -83,7 +82,7 @@ impl Env {
             _ => unreachable!(),
         };
         let ip = self.resolver.resolve(self.peer, &self.headers);
-        let key = self.state.client_key(ip) ^ salt;
+        let key = self.resolver.key(ip) ^ salt;
         let allowed = matches!(
             cors::check(&self.p, &self.headers, None),
             cors::Cors::Allowed(_)
@@ -96,10 +95,7 @@ impl Env {
             extract::Normalize::default(),
         )
         .unwrap();
-        let acct = self
-            .state
-            .account_key(&facts.identifier.as_ref().unwrap().value)
-            ^ salt;
+        let acct = facts.identifier.as_ref().unwrap().account_key().get() ^ salt;
         let ip_res = self
             .state
             .login_ip
@@ -110,9 +106,9 @@ impl Env {
             .try_reserve(acct, self.p.password_fail.unwrap(), false);
         let over = guards::Over::default();
         let verdicts = guards::failure_violations(&self.p, &over, guards::CaptchaCheck::NotSent);
-        if let (Reserve::Granted(a), Reserve::Granted(b2)) = (ip_res, acct_res) {
-            a.release();
-            b2.release();
+        if let (Reservation::Held(a), Reservation::Held(b2)) = (ip_res, acct_res) {
+            a.settle(false);
+            b2.settle(false);
         }
         black_box(allowed && rate_ok && verdicts.is_empty())
     }
@@ -136,7 +132,7 @@ fn decision(c: &mut Criterion) {
     // The parts of the login decision, to see where its time goes.
     let mut g = c.benchmark_group("login_parts");
     g.bench_function("client_ip", |b| {
-        b.iter(|| state.client_key(resolver.resolve(peer, black_box(headers))))
+        b.iter(|| resolver.key(resolver.resolve(peer, black_box(headers))))
     });
     g.bench_function("cors", |b| {
         b.iter(|| {
@@ -168,7 +164,7 @@ fn decision(c: &mut Criterion) {
         })
     });
     g.bench_function("account_key", |b| {
-        b.iter(|| state.account_key(black_box("bob@example.com")))
+        b.iter(|| poolgate::store::AccountKey::of(black_box("bob@example.com")))
     });
     g.bench_function("two_reservations", |b| {
         b.iter(|| {
@@ -271,15 +267,15 @@ fn compile(c: &mut Criterion) {
 }
 
 fn counters(c: &mut Criterion) {
-    let state = GuardState::new(&GuardsConfig::default(), &RateLimitConfig::default());
+    let state = MemoryStore::new(&GuardsConfig::default(), &RateLimitConfig::default());
     let limit = poolgate::policy::WindowLimit {
         limit: u32::MAX,
         window: Duration::from_secs(60),
     };
     c.bench_function("counter_reserve_commit_one_key", |b| {
         b.iter(|| {
-            if let Reserve::Granted(p) = state.login_ip.try_reserve(black_box(42), limit, false) {
-                p.commit();
+            if let Reservation::Held(p) = state.login_ip.try_reserve(black_box(42), limit, false) {
+                p.settle(true);
             }
         })
     });
@@ -287,8 +283,9 @@ fn counters(c: &mut Criterion) {
     c.bench_function("counter_reserve_commit_distinct_keys", |b| {
         b.iter(|| {
             k = k.wrapping_add(1) % 500_000;
-            if let Reserve::Granted(p) = state.register_ip.try_reserve(black_box(k), limit, false) {
-                p.commit();
+            if let Reservation::Held(p) = state.register_ip.try_reserve(black_box(k), limit, false)
+            {
+                p.settle(true);
             }
         })
     });

@@ -24,9 +24,13 @@ REDIS=${REDIS:-1}
 # On by default like REDIS, so the README's Cluster figure comes from the plain
 # command; it costs one more target per scenario (a fifth of the run).
 CLUSTER=${CLUSTER:-1}
-UP=18181 NGX=18182 PG=18180 ADMIN=18190 RDS=18183 PGR=18184 ADMINR=18194
+# PORT_BASE (18180) moves every port, so two runs on one machine do not collide.
+B=${PORT_BASE:-18180}
+UP=$((B + 1)) NGX=$((B + 2)) PG=$B ADMIN=$((B + 10)) RDS=$((B + 3)) PGR=$((B + 4)) ADMINR=$((B + 14))
 # The cluster: three masters, their cluster-bus ports, its poolgate.
-CL=(18185 18186 18187) CLBUS=(18285 18286 18287) PGC=18188 ADMINC=18198
+CL=($((B + 5)) $((B + 6)) $((B + 7))) CLBUS=($((B + 105)) $((B + 106)) $((B + 107))) PGC=$((B + 8)) ADMINC=$((B + 18))
+# The binary cargo builds (CARGO_TARGET_DIR is honoured).
+BIN=${CARGO_TARGET_DIR:-target}/release/poolgate
 
 soak() {
   # Mixed traffic (GET passthrough, wrong-password logins and registrations
@@ -87,7 +91,7 @@ sweep_interval = "2s"
 [log]
 level = "error"
 TOML
-  ./target/release/poolgate --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
+  "$BIN" --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
   pg_pid=$!
   pids+=("$pg_pid")
   for _ in $(seq 100); do
@@ -251,7 +255,7 @@ EOF
 
 nginx -c "$work/upstream.conf" -p "$work" 2>"$work/nginx-start.log" || { cat "$work/nginx-start.log" >&2; exit 1; }
 nginx -c "$work/reference.conf" -p "$work" 2>>"$work/nginx-start.log" || { cat "$work/nginx-start.log" >&2; exit 1; }
-./target/release/poolgate --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
+"$BIN" --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
 pg_pid=$!
 pids+=("$pg_pid")
 wait_ready() { # admin port, log file
@@ -270,7 +274,7 @@ if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
   sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGR/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINR/" "$work/poolgate.toml" >"$work/poolgate-redis.toml"
   printf '[store]\nkind = "redis"\n[store.redis]\nurl = "redis://127.0.0.1:%s/0"\n' "$RDS" >>"$work/poolgate-redis.toml"
   sleep 0.3
-  ./target/release/poolgate --config "$work/poolgate-redis.toml" >"$work/poolgate-redis.log" 2>&1 &
+  "$BIN" --config "$work/poolgate-redis.toml" >"$work/poolgate-redis.log" 2>&1 &
   pids+=("$!")
   wait_ready "$ADMINR" "$work/poolgate-redis.log"
 fi
@@ -297,7 +301,7 @@ if [ "$CLUSTER" = 1 ] && [ "$MODE" != memory ]; then
   sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGC/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINC/" "$work/poolgate.toml" >"$work/poolgate-cluster.toml"
   printf '[store]\nkind = "redis"\n[store.redis]\nurl = "redis://127.0.0.1:%s/"\ncluster = true\nnodes = ["redis://127.0.0.1:%s/", "redis://127.0.0.1:%s/"]\n' \
     "${CL[0]}" "${CL[1]}" "${CL[2]}" >>"$work/poolgate-cluster.toml"
-  ./target/release/poolgate --config "$work/poolgate-cluster.toml" >"$work/poolgate-cluster.log" 2>&1 &
+  "$BIN" --config "$work/poolgate-cluster.toml" >"$work/poolgate-cluster.log" 2>&1 &
   pids+=("$!")
   wait_ready "$ADMINC" "$work/poolgate-cluster.log"
 fi

@@ -10,11 +10,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
+use poolgate::routes::RouteKind;
+use poolgate::client_ip::client_key;
 use poolgate::config::{GuardsConfig, Rate, RateLimitConfig};
 use poolgate::policy::WindowLimit;
-use poolgate::routes::RouteKind;
-use poolgate::store::counters::Reserve;
-use poolgate::store::GuardState;
+use poolgate::store::{MemoryStore, Reservation};
 
 /// Heap bytes live now.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -72,7 +72,7 @@ fn main() {
         },
         ..RateLimitConfig::default()
     };
-    let state = GuardState::new(&guards, &rate);
+    let state = MemoryStore::new(&guards, &rate);
     let limit = WindowLimit {
         limit: 5,
         window: Duration::from_secs(1),
@@ -80,14 +80,14 @@ fn main() {
 
     let before = live();
     for i in 0..keys {
-        let key = state.client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into());
-        if let Reserve::Granted(p) = state.login_ip.try_reserve(key, limit, false) {
-            p.commit();
+        let key = client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into(), 64);
+        if let Reservation::Held(p) = state.login_ip.try_reserve(key, limit, false) {
+            p.settle(true);
         }
     }
     let counters = live() - before;
     for i in 0..keys {
-        let key = state.client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into());
+        let key = client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into(), 64);
         let _ = state.rate.check(RouteKind::Login, key);
     }
     let limiter = live() - before - counters;

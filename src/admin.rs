@@ -30,6 +30,8 @@ pub struct Admin {
     pub store: Arc<Store>,
     /// How account identifiers are normalised (as in requests).
     pub normalize: crate::extract::Normalize,
+    /// How client keys are made (as in requests): `guards.ipv6_prefix`.
+    pub ipv6_prefix: u8,
     /// Who may call what.
     pub auth: AdminAuth,
 }
@@ -247,7 +249,7 @@ impl Admin {
             let Ok(ip) = ip.trim().parse::<std::net::IpAddr>() else {
                 return text(StatusCode::BAD_REQUEST, "ip is not an IP address\n");
             };
-            let who = Subject::Client(store.local.client_key(crate::client_ip::canonical(ip)));
+            let who = Subject::Client(crate::client_ip::client_key(ip, self.ipv6_prefix));
             if unblock {
                 for c in [Counter::LoginIp, Counter::RegisterIp] {
                     if let Err(e) = store.clear(c, who).await {
@@ -270,7 +272,7 @@ impl Admin {
                 None,
                 self.normalize,
             );
-            let who = Subject::Account(&id.value);
+            let who = Subject::Account(id.account_key());
             if unblock {
                 if let Err(e) = store.clear(Counter::Account, who).await {
                     return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));

@@ -25,7 +25,7 @@ use crate::source::authing::AuthingSource;
 use crate::source::file::FileSource;
 use crate::source::refresh::Refresher;
 use crate::source::Source;
-use crate::store::{GuardState, Store};
+use crate::store::{MemoryStore, Store};
 
 /// Connection cap of the admin listener.
 pub const ADMIN_MAX_CONNECTIONS: usize = 256;
@@ -43,7 +43,7 @@ pub struct App {
     /// The metrics registry.
     pub metrics: Metrics,
     /// The guards' counters and captchas (for embedding, admin tooling and tests).
-    pub guard_state: Arc<GuardState>,
+    pub guard_state: Arc<MemoryStore>,
     /// The store the guards use (memory, or Redis with the memory store as fallback).
     pub store: Arc<Store>,
 }
@@ -104,7 +104,8 @@ pub fn runtime_of(cfg: &Config) -> anyhow::Result<Runtime> {
         .map_err(|e| anyhow::anyhow!("[captcha]: {e}"))?;
     Ok(Runtime {
         client_ip: ClientIpResolver::new(cfg.server.trusted_proxies.clone())
-            .with_backends(cfg.server.trusted_backends.clone()),
+            .with_backends(cfg.server.trusted_backends.clone())
+            .with_ipv6_prefix(cfg.guards.ipv6_prefix),
         max_body_bytes: cfg.server.max_body_bytes,
         routes: route_table(cfg)?,
         captcha_provider,
@@ -184,7 +185,7 @@ impl App {
                     "shared store (redis) unreachable at start; the fallback applies until it answers"),
             }
         }
-        let state = store.local.clone();
+        let state = store.memory().clone();
         metrics.register_collector(state.rate.collector());
         metrics.precreate(&crate::metrics::Known {
             source: source_kind.as_str(),
@@ -303,6 +304,7 @@ impl App {
 
         let admin = Arc::new(Admin {
             normalize: normalize_of(&cfg)?,
+            ipv6_prefix: cfg.guards.ipv6_prefix,
             policy: policy.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),

@@ -16,10 +16,40 @@ use ipnet::IpNet;
 pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Resolves the client address of a request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientIpResolver {
     trusted: Vec<IpNet>,
     backends: Vec<IpNet>,
+    ipv6_prefix: u8,
+}
+
+impl Default for ClientIpResolver {
+    fn default() -> Self {
+        ClientIpResolver::new(Vec::new())
+    }
+}
+
+/// The IPv6 prefix length a client is counted by unless configured
+/// (`guards.ipv6_prefix`): one /64 is one subscriber.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// The counter key of a client, made once per request beside its resolution:
+/// an IPv4 address (in the IPv4-mapped range, apart from any IPv6 prefix), or
+/// the IPv6 network of `ipv6_prefix` bits (one subscriber rotating through
+/// its /64 is one client).
+#[inline]
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> u128 {
+    match canonical(ip) {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => {
+            let p = u32::from(ipv6_prefix.min(128));
+            if p == 0 {
+                0
+            } else {
+                u128::from(v6) & (u128::MAX << (128 - p))
+            }
+        }
+    }
 }
 
 /// The `X-Real-IP` header a trusted backend names its end user with.
@@ -31,7 +61,20 @@ impl ClientIpResolver {
         ClientIpResolver {
             trusted,
             backends: Vec::new(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
+    }
+
+    /// Counts IPv6 clients by networks of `prefix` bits (`guards.ipv6_prefix`).
+    pub fn with_ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix;
+        self
+    }
+
+    /// The counter key of a resolved client ([`client_key`]).
+    #[inline]
+    pub fn key(&self, ip: IpAddr) -> u128 {
+        client_key(ip, self.ipv6_prefix)
     }
 
     /// Also believes `trusted_backends` about their end users (see [`Self::end_user`]).
@@ -156,6 +199,25 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_keys_group_ipv6_by_prefix_and_never_ipv4() {
+        let r = ClientIpResolver::default();
+        let key = |s: &str| r.key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(
+            key("1.2.3.4"),
+            key("1.2.3.5"),
+            "IPv4 addresses are never grouped"
+        );
+        assert_eq!(key("::ffff:1.2.3.4"), key("1.2.3.4"), "IPv4-mapped is IPv4");
+        let wide = r.clone().with_ipv6_prefix(48);
+        assert_eq!(
+            wide.key("2001:db8:1:2::1".parse().unwrap()),
+            wide.key("2001:db8:1:3::1".parse().unwrap())
+        );
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -190,7 +190,7 @@ impl Gateway {
                 return (r, "other", "rejected");
             }
         };
-        let key = self.store.local.client_key(client_ip);
+        let key = rt.client_ip.key(client_ip);
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let class = rt.routes.classify(&method, &path);
@@ -828,7 +828,7 @@ impl Gateway {
     fn end_user(&self, facts: &Facts, ctx: &Ctx) -> Result<(IpAddr, u128), Rejection> {
         match (&facts.client_ip, ctx.via_backend) {
             (Some(raw), true) => match crate::client_ip::parse_client_ip(raw) {
-                Some(ip) => Ok((ip, self.store.local.client_key(ip))),
+                Some(ip) => Ok((ip, ctx.rt.client_ip.key(ip))),
                 None => Err(bad_client_ip("the body's clientIp is not an IP address")),
             },
             _ => Ok((ctx.client_ip, ctx.key)),
@@ -874,7 +874,7 @@ impl Gateway {
             .enumerate()
             .flat_map(|(i, c)| plan(i, c, policy, &ctx.rt.settings.send_code))
             .collect();
-        let asks: Vec<Ask<'_>> = planned.iter().map(|p| p.ask(calls)).collect();
+        let asks: Vec<Ask> = planned.iter().map(|p| p.ask(calls)).collect();
         let answers = self
             .store
             .reserve(&asks, false)
@@ -1003,7 +1003,7 @@ impl Gateway {
 
         // What passed over a limit (a solved captcha, a dry run) still counts.
         if !denied.is_empty() {
-            let again: Vec<Ask<'_>> = denied.iter().map(|&n| asks[n]).collect();
+            let again: Vec<Ask> = denied.iter().map(|&n| asks[n]).collect();
             if let Ok(answers) = self.store.reserve(&again, true).await {
                 for (&n, answer) in denied.iter().zip(answers) {
                     if let Reservation::Held(slot) = answer {
@@ -1098,14 +1098,14 @@ struct Planned {
 }
 
 impl Planned {
-    fn ask<'a>(&self, calls: &'a [Call]) -> Ask<'a> {
+    fn ask(&self, calls: &[Call]) -> Ask {
         let call = &calls[self.call];
         let account = || {
             Subject::Account(
                 call.facts
                     .identifier
                     .as_ref()
-                    .map_or("", |id| id.value.as_str()),
+                    .map_or_else(|| crate::store::AccountKey::of(""), |id| id.account_key()),
             )
         };
         let (counter, subject) = match self.role {

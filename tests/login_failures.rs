@@ -269,7 +269,7 @@ async fn a_client_that_goes_away_does_not_leak_its_reservation() {
     let _ = pending.await;
     // Whether the gateway notices at once (released) or only when the upstream
     // answers "wrong password" (committed), the slot must not stay reserved.
-    let key = s.app.guard_state.client_key("127.0.0.1".parse().unwrap());
+    let key = poolgate::client_ip::client_key("127.0.0.1".parse().unwrap(), 64);
     let settled = eventually(Duration::from_secs(10), || {
         s.app
             .guard_state

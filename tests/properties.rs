@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use poolgate::policy::origins::OriginMatcher;
 use poolgate::policy::WindowLimit;
-use poolgate::store::counters::{Permit, Reserve, WindowCounter};
+use poolgate::store::counters::WindowCounter;
+use poolgate::store::{Reservation, Slot as Held};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------
@@ -120,7 +121,7 @@ fn check_history(cap: usize, first_limit: u32, first_window: u64, ops: Vec<Op>) 
         cap,
         ..Model::default()
     };
-    let mut held: Vec<(u128, Permit)> = Vec::new();
+    let mut held: Vec<(u128, Held)> = Vec::new();
     let mut now = 0u32;
     let mut limit = first_limit;
     let mut window = first_window;
@@ -137,17 +138,17 @@ fn check_history(cap: usize, first_limit: u32, first_window: u64, ops: Vec<Op>) 
                 let got = counter.try_reserve_at(key, lim, force, now);
                 let want = model.reserve(key, limit, window as u32, force, now);
                 let got_kind = match got {
-                    Reserve::Granted(p) => {
+                    Reservation::Held(p) => {
                         held.push((key, p));
                         Expect::Granted
                     }
-                    Reserve::Denied { retry_after } => {
+                    Reservation::Denied(retry_after) => {
                         // Never "now", never past the window's end.
                         assert!(retry_after >= Duration::from_secs(1));
                         assert!(retry_after <= Duration::from_secs(window));
                         Expect::Denied(retry_after.as_secs())
                     }
-                    Reserve::Full => Expect::Full,
+                    Reservation::Full => Expect::Full,
                 };
                 assert_eq!(got_kind, want, "reserve key {key} at {now}");
                 let after = counter.show(key, SHOW_ALL);
@@ -171,11 +172,11 @@ fn check_history(cap: usize, first_limit: u32, first_window: u64, ops: Vec<Op>) 
                 let (key, permit) = held.swap_remove(i % held.len());
                 match op {
                     Op::Commit(_) => {
-                        permit.commit();
+                        permit.settle(true);
                         model.settle(key, true);
                     }
                     Op::Release(_) => {
-                        permit.release();
+                        permit.settle(false);
                         model.settle(key, false);
                     }
                     _ => {

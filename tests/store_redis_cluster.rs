@@ -19,7 +19,7 @@ use poolgate::config::{
 };
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
-use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
+use poolgate::store::{AccountKey, Ask, Counter, Reservation, Slot, Store, Subject};
 use serde_json::json;
 
 /// Three masters, no replicas, killed on drop.
@@ -259,7 +259,7 @@ async fn attempt(s: &Store, client: u128, account: &str, client_limit: u32) -> b
         },
         Ask {
             counter: Counter::Account,
-            subject: Subject::Account(account),
+            subject: Subject::Account(AccountKey::of(account)),
             limit: window(1000),
         },
     ];
@@ -299,7 +299,7 @@ async fn a_pair_of_counters_in_two_slots_holds_the_limit_and_releases_what_was_r
             let shown = replicas[0]
                 .show(
                     Counter::Account,
-                    Subject::Account(a),
+                    Subject::Account(AccountKey::of(a)),
                     Duration::from_secs(60),
                 )
                 .await;

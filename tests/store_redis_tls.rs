@@ -17,8 +17,7 @@ use poolgate::config::{
 };
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
-use poolgate::store::redis::{Answer, RedisStore};
-use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
+use poolgate::store::{Ask, Counter, RedisStore, Reservation, Slot, Store, Subject};
 use serde_json::json;
 
 /// A `redis-server` that speaks only TLS; `auth_clients`: `yes` or `no`.
@@ -66,20 +65,24 @@ async fn rediss_with_a_private_ca_and_a_client_certificate_counts_in_redis() {
         limit: 2,
         window: Duration::from_secs(60),
     };
-    let ask = [(Counter::LoginIp, Subject::Client(7), limit)];
+    let ask = [Ask {
+        counter: Counter::LoginIp,
+        subject: Subject::Client(7),
+        limit,
+    }];
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut a = s.reserve(&ask, false).await.expect("reserve over TLS");
-        assert!(matches!(a[0], Answer::Granted(_)), "{a:?}");
+        assert!(matches!(a[0], Reservation::Held(_)), "{a:?}");
         held.append(&mut a);
     }
     let a = s.reserve(&ask, false).await.expect("reserve over TLS");
     assert!(
-        matches!(a[0], Answer::Denied { .. }),
+        matches!(a[0], Reservation::Denied(_)),
         "the third is over the limit"
     );
     let shown = s
-        .show(Counter::LoginIp, &Subject::Client(7))
+        .show(Counter::LoginIp, Subject::Client(7))
         .await
         .expect("show")
         .expect("the counter exists in Redis");
@@ -255,10 +258,10 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
     assert!(fallbacks >= 1.0);
 
     server.restart();
-    // Back: a new TLS handshake (client certificate included) closes the breaker.
+    // Back: the breaker's probe (a new TLS handshake, client certificate
+    // included) closes the breaker, with no request spent on it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while gauge(&metrics) != 0.0 {
-        let _ = store.reserve(&[ask(3)], false).await;
         assert!(
             Instant::now() < deadline,
             "the breaker never closed:\n{}",
@@ -267,10 +270,12 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Counting in Redis again: the restarted server was empty, and now holds client 3's slot.
+    let held = store.reserve(&[ask(3)], false).await.expect("answers");
+    assert!(matches!(held[0], Reservation::Held(_)));
     let shown = store
         .shared()
         .expect("redis")
-        .show(Counter::LoginIp, &Subject::Client(3))
+        .show(Counter::LoginIp, Subject::Client(3))
         .await
         .expect("show over TLS");
     assert!(

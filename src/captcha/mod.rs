@@ -87,41 +87,45 @@ impl CaptchaStore {
         self.len() == 0
     }
 
-    /// Issues a captcha for `client`: returns its token and SVG, or `None` when full.
-    pub fn issue(&self, client: u128) -> Option<(Token, String)> {
-        if self.len() >= self.max {
-            return None;
+    /// Whether another captcha may be issued (asked before one is drawn).
+    pub fn has_room(&self) -> bool {
+        self.len() < self.max
+    }
+
+    /// Stores a drawn captcha for `client`; `false` when the store is full.
+    pub fn put(&self, token: &str, client: u128, answer: &[u8]) -> bool {
+        let Ok(answer) = <[u8; LEN]>::try_from(answer) else {
+            return false;
+        };
+        // Reserve the room first, so racing issues cannot pass the cap.
+        if self.len.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return false;
         }
-        let Fresh { token, answer, svg } = Fresh::new();
-        self.map.insert(
-            token.clone(),
+        let before = self.map.insert(
+            token.to_string(),
             Issued {
                 answer,
                 client,
                 expires: Instant::now() + self.ttl,
             },
         );
-        self.len.fetch_add(1, Ordering::Relaxed);
-        Some((token, svg))
+        if before.is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
     }
 
-    /// Checks `answer` for `token` from `client`, burning the captcha either way.
-    pub fn verify(&self, token: &str, client: u128, answer: &str) -> Result<(), Rejected> {
-        let Some((_, issued)) = self.map.remove(token) else {
-            return Err(Rejected::Unknown);
-        };
+    /// Takes (removes: single use) the captcha of `token`, for
+    /// [`crate::store::Issued::check`].
+    pub fn take(&self, token: &str) -> Option<crate::store::Issued> {
+        let (_, issued) = self.map.remove(token)?;
         self.len.fetch_sub(1, Ordering::Relaxed);
-        if issued.client != client {
-            return Err(Rejected::OtherClient);
-        }
-        if Instant::now() >= issued.expires {
-            return Err(Rejected::Expired);
-        }
-        if answer_matches(&issued.answer, answer) {
-            Ok(())
-        } else {
-            Err(Rejected::Wrong)
-        }
+        Some(crate::store::Issued {
+            client: issued.client,
+            answer: issued.answer.to_vec(),
+            expired: Instant::now() >= issued.expires,
+        })
     }
 
     /// Drops expired captchas.
@@ -134,8 +138,11 @@ impl CaptchaStore {
         before - after
     }
 
-    /// The answer of `token`, for tests that must solve a captcha.
+    /// The answer of `token`, for tests that must solve a captcha: not in a
+    /// release build's API (the `test-hooks` feature, on for the crate's own
+    /// tests through its dev-dependency on itself).
     #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn peek_answer(&self, token: &str) -> Option<String> {
         self.map
             .get(token)
@@ -243,34 +250,45 @@ mod tests {
         }
     }
 
+    fn issue(s: &CaptchaStore, client: u128) -> Option<(Token, String)> {
+        let f = Fresh::new();
+        s.put(&f.token, client, &f.answer)
+            .then_some((f.token, f.svg))
+    }
+
+    fn verify(s: &CaptchaStore, t: &str, client: u128, answer: &str) -> Result<(), Rejected> {
+        crate::store::Issued::check(s.take(t), client, answer)
+    }
+
     #[test]
     fn single_use_bound_and_case_insensitive() {
         let s = CaptchaStore::new(Duration::from_secs(60), 10);
-        let (t, svg) = s.issue(1).unwrap();
+        let (t, svg) = issue(&s, 1).unwrap();
         let answer = s.peek_answer(&t).unwrap();
         assert!(
             !svg.contains(&answer),
             "the answer must not be in the markup"
         );
-        assert_eq!(s.verify(&t, 1, &answer.to_lowercase()), Ok(()));
-        assert_eq!(s.verify(&t, 1, &answer), Err(Rejected::Unknown));
-        let (t, _) = s.issue(1).unwrap();
+        assert_eq!(verify(&s, &t, 1, &answer.to_lowercase()), Ok(()));
+        assert_eq!(verify(&s, &t, 1, &answer), Err(Rejected::Unknown));
+        let (t, _) = issue(&s, 1).unwrap();
         let answer = s.peek_answer(&t).unwrap();
-        assert_eq!(s.verify(&t, 2, &answer), Err(Rejected::OtherClient));
-        let (t, _) = s.issue(1).unwrap();
-        assert_eq!(s.verify(&t, 1, "????"), Err(Rejected::Wrong));
+        assert_eq!(verify(&s, &t, 2, &answer), Err(Rejected::OtherClient));
+        let (t, _) = issue(&s, 1).unwrap();
+        assert_eq!(verify(&s, &t, 1, "????"), Err(Rejected::Wrong));
         assert!(s.is_empty());
     }
 
     #[test]
     fn cap_and_expiry() {
         let s = CaptchaStore::new(Duration::from_millis(1), 2);
-        let (t, _) = s.issue(1).unwrap();
-        s.issue(1).unwrap();
-        assert!(s.issue(1).is_none());
+        let (t, _) = issue(&s, 1).unwrap();
+        issue(&s, 1).unwrap();
+        assert!(!s.has_room());
+        assert!(issue(&s, 1).is_none());
         std::thread::sleep(Duration::from_millis(5));
         let a = s.peek_answer(&t).unwrap();
-        assert_eq!(s.verify(&t, 1, &a), Err(Rejected::Expired));
+        assert_eq!(verify(&s, &t, 1, &a), Err(Rejected::Expired));
         assert_eq!(s.sweep(), 1);
         assert!(s.is_empty());
     }

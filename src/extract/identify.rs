@@ -14,6 +14,13 @@ pub struct Identifier {
     pub value: String,
 }
 
+impl Identifier {
+    /// Its counter key (made here, once per request, not in the store).
+    pub fn account_key(&self) -> crate::store::AccountKey {
+        crate::store::AccountKey::of(&self.value)
+    }
+}
+
 /// The account a token header names (`Authorization: Bearer <mfaToken>`),
 /// for calls whose body names none.
 pub fn token_identifier(headers: &http::HeaderMap, name: &str) -> Option<Identifier> {

@@ -8,7 +8,6 @@
 pub mod cors;
 pub mod outcome;
 pub mod plan;
-pub mod ratelimit;
 
 use std::borrow::Cow;
 use std::time::Duration;

@@ -1,12 +1,19 @@
-//! A circuit breaker for the shared store: after `threshold` consecutive
-//! failures, calls are not attempted for `cooldown`, so a Redis outage costs
-//! the request path nothing but the fallback. After the cooldown calls go
-//! through again; the first success closes the breaker, a failure reopens it.
+//! The circuit breaker of the shared store: after `threshold` consecutive
+//! failures it opens, and calls are not attempted, so a Redis outage costs
+//! the request path nothing but the fallback. Requests never close it: once
+//! the `cooldown` has passed, a background probe ([`super::Fallback`]) tries
+//! Redis on fresh connections every [`PROBE_EVERY`] and closes the breaker
+//! when Redis answers, so no request is spent on a stale connection and
+//! shared counting resumes within a probe period of Redis coming back.
 //!
-//! Lock-free: two atomics, read on every call.
+//! Lock-free: three atomics; the request path reads one.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// How often the probe tries Redis once the cool-down has passed: well
+/// under the one second in which shared counting must resume.
+pub const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 /// The breaker's state and settings.
 #[derive(Debug)]
@@ -14,8 +21,9 @@ pub struct Breaker {
     threshold: u32,
     cooldown_ms: u64,
     failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the breaker is open (0: closed).
-    open_until: AtomicU64,
+    open: AtomicBool,
+    /// Milliseconds since `epoch` at which it last opened.
+    opened_at: AtomicU64,
     epoch: Instant,
 }
 
@@ -24,10 +32,10 @@ pub struct Breaker {
 pub enum Tripped {
     /// Still closed (under the threshold).
     No,
-    /// This failure opened it.
+    /// This failure opened it (start the probe).
     Opened,
-    /// It was already open (a trial call after the cooldown failed).
-    Reopened,
+    /// It was open already (a call that started before it opened).
+    AlreadyOpen,
 }
 
 impl Breaker {
@@ -37,7 +45,8 @@ impl Breaker {
             threshold: threshold.max(1),
             cooldown_ms: u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
             failures: AtomicU32::new(0),
-            open_until: AtomicU64::new(0),
+            open: AtomicBool::new(false),
+            opened_at: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -46,29 +55,18 @@ impl Breaker {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a call may be attempted now.
+    /// Whether a call may be attempted now (the breaker is closed).
     #[inline]
     pub fn allows(&self) -> bool {
-        self.allows_at(self.now_ms())
+        !self.open.load(Ordering::Acquire)
     }
 
-    /// [`Self::allows`] at a given clock (milliseconds since creation).
-    pub fn allows_at(&self, now_ms: u64) -> bool {
-        now_ms >= self.open_until.load(Ordering::Acquire)
-    }
-
-    /// Whether the breaker has opened and not yet seen a success since.
-    pub fn is_open(&self) -> bool {
-        self.failures.load(Ordering::Acquire) >= self.threshold
-    }
-
-    /// A call succeeded: close the breaker. Returns whether it was open.
-    pub fn success(&self) -> bool {
-        let was = self.failures.swap(0, Ordering::AcqRel) >= self.threshold;
-        if was {
-            self.open_until.store(0, Ordering::Release);
+    /// A call succeeded: the failure count starts again.
+    #[inline]
+    pub fn success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
         }
-        was
     }
 
     /// A call failed.
@@ -76,7 +74,7 @@ impl Breaker {
         self.failure_at(self.now_ms())
     }
 
-    /// [`Self::failure`] at a given clock.
+    /// [`Self::failure`] at a given clock (milliseconds since creation).
     pub fn failure_at(&self, now_ms: u64) -> Tripped {
         let n = self
             .failures
@@ -85,13 +83,31 @@ impl Breaker {
         if n < self.threshold {
             return Tripped::No;
         }
-        self.open_until
-            .store(now_ms.saturating_add(self.cooldown_ms), Ordering::Release);
-        if n == self.threshold {
-            Tripped::Opened
-        } else {
-            Tripped::Reopened
+        if self.open.swap(true, Ordering::AcqRel) {
+            return Tripped::AlreadyOpen;
         }
+        self.opened_at.store(now_ms, Ordering::Release);
+        Tripped::Opened
+    }
+
+    /// How long until the probe may start: what is left of the cool-down.
+    pub fn cooldown_left(&self) -> Duration {
+        self.cooldown_left_at(self.now_ms())
+    }
+
+    /// [`Self::cooldown_left`] at a given clock.
+    pub fn cooldown_left_at(&self, now_ms: u64) -> Duration {
+        let end = self
+            .opened_at
+            .load(Ordering::Acquire)
+            .saturating_add(self.cooldown_ms);
+        Duration::from_millis(end.saturating_sub(now_ms))
+    }
+
+    /// The probe reached Redis: close. Returns whether it was open.
+    pub fn close(&self) -> bool {
+        self.failures.store(0, Ordering::Release);
+        self.open.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -100,25 +116,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn opens_after_threshold_and_retries_after_cooldown() {
+    fn opens_after_threshold_and_only_the_probe_closes_it() {
         let b = Breaker::new(3, Duration::from_millis(1000));
-        assert!(b.allows_at(0));
+        assert!(b.allows());
         assert_eq!(b.failure_at(0), Tripped::No);
         assert_eq!(b.failure_at(0), Tripped::No);
-        assert!(b.allows_at(0) && !b.is_open());
+        assert!(b.allows());
         assert_eq!(b.failure_at(10), Tripped::Opened);
-        assert!(b.is_open());
-        assert!(!b.allows_at(500), "open: no call for the cooldown");
+        assert!(!b.allows());
+        assert_eq!(b.cooldown_left_at(500), Duration::from_millis(510));
+        assert_eq!(b.cooldown_left_at(2000), Duration::ZERO);
         assert!(
-            b.allows_at(1010),
-            "cooldown over: a trial call goes through"
+            !b.allows(),
+            "the cool-down's end does not let requests through"
         );
-        assert_eq!(b.failure_at(1010), Tripped::Reopened);
-        assert!(!b.allows_at(1500));
-        assert!(b.allows_at(2010));
-        assert!(b.success(), "the success closes it and says it was open");
-        assert!(b.allows_at(2010) && !b.is_open());
-        assert!(!b.success());
+        assert_eq!(b.failure_at(20), Tripped::AlreadyOpen);
+        assert!(b.close(), "the probe closes it and says it was open");
+        assert!(b.allows());
+        assert!(!b.close());
     }
 
     #[test]

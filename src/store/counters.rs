@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use super::{Reservation, Slot};
 use crate::policy::WindowLimit;
 
 /// A counter key: a client (IP or IPv6 prefix, as u128) or an account (hashed).
@@ -31,20 +32,6 @@ pub struct Entry {
     pub count: u32,
     /// Reservations not yet committed or released.
     pub inflight: u32,
-}
-
-/// Result of [`WindowCounter::try_reserve`].
-#[derive(Debug)]
-pub enum Reserve {
-    /// A slot is held; commit or release it.
-    Granted(Permit),
-    /// The limit is reached; `retry_after` is when the window ends.
-    Denied {
-        /// Time until the window ends (at least one second).
-        retry_after: Duration,
-    },
-    /// The store holds as many keys as allowed and this key is not among them.
-    Full,
 }
 
 /// A snapshot of one key, for the admin endpoint.
@@ -103,7 +90,7 @@ impl WindowCounter {
 
     /// Reserves a slot for `key` if `count + inflight < limit`; with `force`,
     /// reserves even over the limit (a login that solved a captcha).
-    pub fn try_reserve(self: &Arc<Self>, key: Key, limit: WindowLimit, force: bool) -> Reserve {
+    pub fn try_reserve(self: &Arc<Self>, key: Key, limit: WindowLimit, force: bool) -> Reservation {
         self.try_reserve_at(key, limit, force, self.now())
     }
 
@@ -114,11 +101,11 @@ impl WindowCounter {
         limit: WindowLimit,
         force: bool,
         now: u32,
-    ) -> Reserve {
+    ) -> Reservation {
         let window = window_secs(limit.window);
         // The cap is checked first so the common case costs one map lookup.
         if self.len() >= self.max_keys && !self.map.contains_key(&key) {
-            return Reserve::Full;
+            return Reservation::Full;
         }
         let mut inserted = false;
         let mut e = self.map.entry(key).or_insert_with(|| {
@@ -134,18 +121,17 @@ impl WindowCounter {
         roll(&mut e, now, window);
         if !force && e.count.saturating_add(e.inflight) >= limit.limit {
             let end = e.window_start.saturating_add(window);
-            return Reserve::Denied {
-                retry_after: Duration::from_secs(u64::from(end.saturating_sub(now).max(1))),
-            };
+            return Reservation::Denied(Duration::from_secs(u64::from(
+                end.saturating_sub(now).max(1),
+            )));
         }
         e.inflight = e.inflight.saturating_add(1);
-        Reserve::Granted(Permit {
-            counter: Some(self.clone()),
-            key,
-        })
+        drop(e);
+        Reservation::Held(Slot::memory(self.clone(), key))
     }
 
-    fn settle(&self, key: Key, commit: bool) {
+    /// Settles a slot of `key`: frees it and, on `commit`, counts the event.
+    pub(crate) fn settle(&self, key: Key, commit: bool) {
         if let Some(mut e) = self.map.get_mut(&key) {
             e.inflight = e.inflight.saturating_sub(1);
             if commit {
@@ -219,38 +205,6 @@ fn roll(e: &mut Entry, now: u32, window: u32) {
     }
 }
 
-/// A held slot. Dropping it without [`Permit::commit`] releases it, so a
-/// client that disconnects mid-request cannot leak reservations.
-#[derive(Debug)]
-pub struct Permit {
-    counter: Option<Arc<WindowCounter>>,
-    key: Key,
-}
-
-impl Permit {
-    /// The event happened: count it.
-    pub fn commit(mut self) {
-        if let Some(c) = self.counter.take() {
-            c.settle(self.key, true);
-        }
-    }
-
-    /// The event did not happen: free the slot.
-    pub fn release(mut self) {
-        if let Some(c) = self.counter.take() {
-            c.settle(self.key, false);
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if let Some(c) = self.counter.take() {
-            c.settle(self.key, false);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,28 +222,28 @@ mod tests {
         let l = lim(2, 60);
         let a = c.try_reserve_at(1, l, false, 0);
         let b = c.try_reserve_at(1, l, false, 0);
-        assert!(matches!(a, Reserve::Granted(_)));
-        assert!(matches!(b, Reserve::Granted(_)));
+        assert!(matches!(a, Reservation::Held(_)));
+        assert!(matches!(b, Reservation::Held(_)));
         assert!(matches!(
             c.try_reserve_at(1, l, false, 0),
-            Reserve::Denied { .. }
+            Reservation::Denied(_)
         ));
         drop(a); // released: a slot is free again
-        let Reserve::Granted(p) = c.try_reserve_at(1, l, false, 1) else {
+        let Reservation::Held(p) = c.try_reserve_at(1, l, false, 1) else {
             panic!()
         };
-        p.commit();
-        if let Reserve::Granted(p) = b {
-            p.commit();
+        p.settle(true);
+        if let Reservation::Held(p) = b {
+            p.settle(true);
         }
         match c.try_reserve_at(1, l, false, 10) {
-            Reserve::Denied { retry_after } => assert_eq!(retry_after, Duration::from_secs(50)),
+            Reservation::Denied(retry_after) => assert_eq!(retry_after, Duration::from_secs(50)),
             other => panic!("{other:?}"),
         }
         // The window passes: a new one opens.
         assert!(matches!(
             c.try_reserve_at(1, l, false, 60),
-            Reserve::Granted(_)
+            Reservation::Held(_)
         ));
     }
 
@@ -297,22 +251,22 @@ mod tests {
     fn force_and_limit_change_keep_counts() {
         let c = WindowCounter::new("t", 100);
         for _ in 0..3 {
-            if let Reserve::Granted(p) = c.try_reserve_at(7, lim(3, 60), false, 0) {
-                p.commit();
+            if let Reservation::Held(p) = c.try_reserve_at(7, lim(3, 60), false, 0) {
+                p.settle(true);
             }
         }
         assert!(matches!(
             c.try_reserve_at(7, lim(3, 60), false, 0),
-            Reserve::Denied { .. }
+            Reservation::Denied(_)
         ));
         // A raised limit applies at once, the count stays 3.
         assert!(matches!(
             c.try_reserve_at(7, lim(5, 60), false, 0),
-            Reserve::Granted(_)
+            Reservation::Held(_)
         ));
         assert!(matches!(
             c.try_reserve_at(7, lim(1, 60), true, 0),
-            Reserve::Granted(_)
+            Reservation::Held(_)
         ));
     }
 
@@ -322,9 +276,12 @@ mod tests {
         let l = lim(5, 1);
         c.try_reserve_at(1, l, false, 0);
         c.try_reserve_at(2, l, false, 0);
-        assert!(matches!(c.try_reserve_at(3, l, false, 0), Reserve::Full));
+        assert!(matches!(
+            c.try_reserve_at(3, l, false, 0),
+            Reservation::Full
+        ));
         assert_eq!(c.len(), 2);
-        // Permits were dropped (released); the windows have passed by now+2s.
+        // Slots were dropped (released); the windows have passed by now+2s.
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(c.sweep(Some(Duration::from_secs(1))), 2);
         assert!(c.is_empty());

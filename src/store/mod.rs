@@ -1,158 +1,43 @@
-//! Counter stores: the state the guards consult (window counters, captchas,
-//! rate limiters). [`GuardState`] keeps it in memory, with eviction and hard
-//! caps; [`Store`] is what the gateway talks to: the memory store alone, or
-//! Redis shared by every replica with the memory store as its fallback.
+//! Counter state: window counters, issued captchas and rate limiters, behind
+//! one interface, [`CounterStore`], with three implementations:
+//!
+//! - [`MemoryStore`]: this replica's memory, with eviction and hard caps;
+//! - [`RedisStore`]: Redis, shared by every replica (its errors are returned);
+//! - [`Fallback`]: Redis guarded by a circuit breaker, with the configured
+//!   fallback (`local`: the memory store; `open`; `closed`) while it is out,
+//!   and a background probe that brings it back.
+//!
+//! [`Store`] is the one the gateway and the admin API hold: the memory store
+//! alone, or the fallback wrapper (enum dispatch: no boxing on the hot path).
+//!
+//! A request asks for slots ([`Ask`]) and gets a [`Reservation`] per ask; a
+//! held [`Slot`] counts against its limit until it is settled (the event
+//! happened, or not). Keys are made by the caller, once per request: a
+//! client's by [`crate::client_ip::client_key`], an account's by
+//! [`AccountKey::of`] (beside body extraction).
 
 pub mod breaker;
 pub mod counters;
+pub mod fallback;
+pub mod memory;
+pub mod ratelimit;
 pub mod redis;
 
-use std::hash::BuildHasher;
-use std::net::IpAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::captcha::{CaptchaStore, Rejected};
-use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreFallback, StoreKind};
-use crate::guards::ratelimit::RateLimits;
-use crate::metrics::Metrics;
-use crate::policy::{PolicyStore, WindowLimit};
+use sha2::{Digest, Sha256};
+
+use crate::captcha::Rejected;
 use crate::routes::RouteKind;
-use counters::{Permit, Reserve, Shown, WindowCounter};
-use redis::{Answer, Held, RedisStore};
-
-/// Everything the guards count, shared by all requests.
-pub struct GuardState {
-    /// `loginFailCheck`: failed logins per client.
-    pub login_ip: Arc<WindowCounter>,
-    /// `loginPasswordFailCheck`: wrong passwords per account.
-    pub account: Arc<WindowCounter>,
-    /// `frequentRegisterCheck`: registrations per client.
-    pub register_ip: Arc<WindowCounter>,
-    /// `guards.send_code.per_client`: one-time codes sent per client.
-    pub send_client: Arc<WindowCounter>,
-    /// `guards.send_code.per_recipient`: one-time codes sent per recipient.
-    pub send_recipient: Arc<WindowCounter>,
-    /// The window of the send-code counters (from the configuration).
-    pub send_window: Duration,
-    /// Issued captchas.
-    pub captcha: CaptchaStore,
-    /// Per-client rate limits.
-    pub rate: RateLimits,
-    ipv6_prefix: u8,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-impl GuardState {
-    /// Empty state sized by the configuration.
-    pub fn new(g: &GuardsConfig, rate: &RateLimitConfig) -> Self {
-        GuardState {
-            login_ip: WindowCounter::new("login_ip", g.max_tracked_keys),
-            account: WindowCounter::new("account", g.max_tracked_keys),
-            register_ip: WindowCounter::new("register_ip", g.max_tracked_keys),
-            send_client: WindowCounter::new("send_client", g.max_tracked_keys),
-            send_recipient: WindowCounter::new("send_recipient", g.max_tracked_keys),
-            send_window: g.send_code.window,
-            captcha: CaptchaStore::new(g.captcha_ttl, g.max_captchas),
-            rate: RateLimits::new(rate),
-            ipv6_prefix: g.ipv6_prefix,
-            // Random keys: nobody outside can aim two accounts at one counter.
-            hasher: Default::default(),
-        }
-    }
-
-    /// The counter key of a client: IPv4 address, or IPv6 network of the prefix.
-    #[inline]
-    pub fn client_key(&self, ip: IpAddr) -> u128 {
-        match ip {
-            // IPv4 keys live in the IPv4-mapped range, apart from any IPv6 prefix.
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => {
-                let bits = u128::from(v6);
-                let p = u32::from(self.ipv6_prefix.min(128));
-                if p == 0 {
-                    0
-                } else {
-                    bits & (u128::MAX << (128 - p))
-                }
-            }
-        }
-    }
-
-    /// The counter key of a normalised account identifier.
-    #[inline]
-    pub fn account_key(&self, normalised: &str) -> u128 {
-        // Accounts count case-insensitively, so `Bob` and `bob` share their tries.
-        let h = self.hasher.hash_one(normalised.to_lowercase());
-        u128::from(h) | (1u128 << 127)
-    }
-
-    /// The in-memory counter of `counter`.
-    pub fn counter(&self, counter: Counter) -> &Arc<WindowCounter> {
-        match counter {
-            Counter::LoginIp => &self.login_ip,
-            Counter::Account => &self.account,
-            Counter::RegisterIp => &self.register_ip,
-            Counter::SendClient => &self.send_client,
-            Counter::SendRecipient => &self.send_recipient,
-        }
-    }
-
-    fn key(&self, subject: &Subject<'_>) -> u128 {
-        match subject {
-            Subject::Client(k) => *k,
-            Subject::Account(a) => self.account_key(a),
-        }
-    }
-
-    /// Evicts expired state and refreshes the gauges.
-    pub fn sweep(&self, policy: &PolicyStore, metrics: &Metrics) {
-        let p = policy.current();
-        let w = |f: fn(&crate::policy::CompiledPolicy) -> Option<crate::policy::WindowLimit>| {
-            p.as_ref().and_then(|p| f(p)).map(|l| l.window)
-        };
-        self.login_ip.sweep(w(|p| p.login_fail));
-        self.account.sweep(w(|p| p.password_fail));
-        self.register_ip.sweep(w(|p| p.register_limit));
-        self.send_client.sweep(Some(self.send_window));
-        self.send_recipient.sweep(Some(self.send_window));
-        self.captcha.sweep();
-        let rate_keys = self.rate.sweep();
-        for c in [
-            &self.login_ip,
-            &self.account,
-            &self.register_ip,
-            &self.send_client,
-            &self.send_recipient,
-        ] {
-            metrics
-                .tracked_keys
-                .with_label_values(&[c.name()])
-                .set(c.len() as i64);
-        }
-        metrics
-            .tracked_keys
-            .with_label_values(&["rate_limit"])
-            .set(rate_keys as i64);
-        metrics.captchas_outstanding.set(self.captcha.len() as i64);
-    }
-
-    /// Runs [`Self::sweep`] every `every` until shutdown.
-    pub async fn run_sweeper(
-        self: Arc<Self>,
-        policy: Arc<PolicyStore>,
-        metrics: Metrics,
-        every: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => self.sweep(&policy, &metrics),
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
+use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreKind};
+use crate::metrics::Metrics;
+use crate::policy::WindowLimit;
+pub use counters::Shown;
+pub use fallback::Fallback;
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// The counters the guards keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +55,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    /// Short name (Redis key part).
+    /// Short name (Redis key part, metric label).
     pub fn as_str(self) -> &'static str {
         match self {
             Counter::LoginIp => "login_ip",
@@ -182,22 +67,70 @@ impl Counter {
     }
 }
 
+/// The counter key of an account: the first 128 bits of the SHA-256 of its
+/// normalised identifier, lowercased (accounts count case-insensitively, so
+/// `Bob` and `bob` share their tries). The same on every replica, so it is
+/// also the Redis key part; no e-mail address or phone number is stored; and
+/// nobody can aim two accounts at one counter without a SHA-256 collision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountKey(u128);
+
+impl AccountKey {
+    /// The key of a normalised identifier (made once per request, beside
+    /// body extraction: [`crate::extract::Identifier::account_key`]).
+    pub fn of(normalised: &str) -> AccountKey {
+        let mut h = Sha256::new();
+        if normalised.is_ascii() {
+            // The common case, without an allocation.
+            let mut buf = [0u8; 64];
+            for chunk in normalised.as_bytes().chunks(buf.len()) {
+                let b = &mut buf[..chunk.len()];
+                b.copy_from_slice(chunk);
+                b.make_ascii_lowercase();
+                h.update(&*b);
+            }
+        } else {
+            h.update(normalised.to_lowercase().as_bytes());
+        }
+        let d = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&d[..16]);
+        AccountKey(u128::from_be_bytes(first))
+    }
+
+    /// The key as a number.
+    pub fn get(self) -> u128 {
+        self.0
+    }
+}
+
 /// Whom a counter counts.
-#[derive(Debug, Clone, Copy)]
-pub enum Subject<'a> {
-    /// A client key ([`GuardState::client_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A client key ([`crate::client_ip::client_key`]).
     Client(u128),
-    /// A normalised account identifier (counted case-insensitively).
-    Account(&'a str),
+    /// An account ([`AccountKey`]).
+    Account(AccountKey),
+}
+
+impl Subject {
+    /// The key as a number (the memory store's map key; in hex, Redis's).
+    #[inline]
+    pub fn key(self) -> u128 {
+        match self {
+            Subject::Client(k) => k,
+            Subject::Account(a) => a.0,
+        }
+    }
 }
 
 /// One counter a request wants a slot in.
 #[derive(Debug, Clone, Copy)]
-pub struct Ask<'a> {
+pub struct Ask {
     /// Which counter.
     pub counter: Counter,
     /// Whose count.
-    pub subject: Subject<'a>,
+    pub subject: Subject,
     /// The policy's limit and window.
     pub limit: WindowLimit,
 }
@@ -205,9 +138,9 @@ pub struct Ask<'a> {
 /// The answer for one [`Ask`].
 #[derive(Debug)]
 pub enum Reservation {
-    /// A slot is held until committed or released.
+    /// A slot is held until settled.
     Held(Slot),
-    /// The limit is reached; retry after the duration.
+    /// The limit is reached; retry after the duration (the window's end).
     Denied(Duration),
     /// The memory store is at its key cap and this key is not in it.
     Full,
@@ -217,47 +150,169 @@ pub enum Reservation {
 #[derive(Debug, Clone, Copy)]
 pub struct Unavailable;
 
-/// A held slot in whichever store granted it, settled by [`Slot::settle_all`].
-/// Dropping it releases it.
-#[derive(Debug)]
-pub struct Slot(SlotInner);
-
-#[derive(Debug)]
-enum SlotInner {
-    Local(Permit),
-    Shared(Held),
-    /// Granted by the `open` fallback: nothing to settle.
-    Free,
+/// A captcha as stored: whom it was issued to, its answer, whether it lapsed.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The client key it was issued to.
+    pub client: u128,
+    /// The characters to type.
+    pub answer: Vec<u8>,
+    /// Whether it lapsed (the memory store keeps lapsed ones until its sweep;
+    /// Redis forgets them at their TTL).
+    pub expired: bool,
 }
 
-impl Slot {
-    /// Commits or releases each slot; those held in the shared store are
-    /// settled together, in one round trip.
-    pub fn settle_all(slots: impl IntoIterator<Item = (Slot, bool)>) {
-        let mut shared = Vec::new();
-        for (slot, commit) in slots {
-            match slot.0 {
-                SlotInner::Shared(h) => shared.push((h, commit)),
-                SlotInner::Local(p) if commit => p.commit(),
-                SlotInner::Local(p) => p.release(),
-                SlotInner::Free => {}
-            }
-        }
-        if !shared.is_empty() {
-            Held::settle_all(shared);
+impl Issued {
+    /// The one check of a captcha answer: `issued` (taken, so burned either
+    /// way) against the `client` answering and what it typed.
+    pub fn check(issued: Option<Issued>, client: u128, given: &str) -> Result<(), Rejected> {
+        let Some(i) = issued else {
+            return Err(Rejected::Unknown);
+        };
+        if i.client != client {
+            Err(Rejected::OtherClient)
+        } else if i.expired {
+            Err(Rejected::Expired)
+        } else if crate::captcha::answer_matches(&i.answer, given) {
+            Ok(())
+        } else {
+            Err(Rejected::Wrong)
         }
     }
 }
 
-/// The store the gateway and the admin API use: memory, or Redis with a fallback.
-pub struct Store {
-    /// The in-memory state: the whole store for `memory`, the fallback (and
-    /// the rate limiters, unless `rate_limit.shared`) for `redis`.
-    pub local: Arc<GuardState>,
-    shared: Option<Arc<RedisStore>>,
-    fallback: StoreFallback,
-    captcha_ttl: Duration,
-    metrics: Metrics,
+/// A held slot, in whichever store granted it. [`Slot::settle`] counts the
+/// event or frees the slot; dropping it unsettled frees it, so a client that
+/// disconnects mid-request cannot leak a reservation.
+#[derive(Debug)]
+pub struct Slot(Held);
+
+#[derive(Debug)]
+enum Held {
+    Memory(Arc<counters::WindowCounter>, u128),
+    Redis(Arc<redis::Settler>, redis::SlotId),
+    /// Granted by the `open` fallback, or already settled: nothing to do.
+    Nothing,
+}
+
+impl Slot {
+    pub(crate) fn memory(counter: Arc<counters::WindowCounter>, key: u128) -> Slot {
+        Slot(Held::Memory(counter, key))
+    }
+
+    pub(crate) fn redis(settler: Arc<redis::Settler>, id: redis::SlotId) -> Slot {
+        Slot(Held::Redis(settler, id))
+    }
+
+    pub(crate) fn free() -> Slot {
+        Slot(Held::Nothing)
+    }
+
+    /// Counts the event (`commit`) or frees the slot. A slot in Redis is
+    /// settled off the request path, with the next reservation's round trip
+    /// when one comes soon (it counts against the limit until then: a late
+    /// settle is never too lenient).
+    pub fn settle(mut self, commit: bool) {
+        self.settle_now(commit);
+    }
+
+    fn settle_now(&mut self, commit: bool) {
+        match std::mem::replace(&mut self.0, Held::Nothing) {
+            Held::Memory(c, key) => c.settle(key, commit),
+            Held::Redis(s, id) => s.settle(id, commit),
+            Held::Nothing => {}
+        }
+    }
+
+    /// Settles several slots.
+    pub fn settle_all(slots: impl IntoIterator<Item = (Slot, bool)>) {
+        for (slot, commit) in slots {
+            slot.settle(commit);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.settle_now(false);
+    }
+}
+
+/// The interface every counter store offers. Native `async fn`s (as
+/// `impl Future`), dispatched statically: nothing is boxed per call.
+pub trait CounterStore: Send + Sync {
+    /// Why a call failed.
+    type Error: std::fmt::Debug + Send;
+
+    /// Reserves a slot in each counter asked for (at most one round trip to
+    /// a shared store); with `force`, over the limit too (a solved captcha, a
+    /// dry run). The answers are in the order of `asks`.
+    fn reserve(
+        &self,
+        asks: &[Ask],
+        force: bool,
+    ) -> impl Future<Output = Result<Vec<Reservation>, Self::Error>> + Send;
+
+    /// Settles held slots (each knows its store: this is
+    /// [`Slot::settle_all`], here so the interface is complete).
+    fn settle(&self, slots: Vec<(Slot, bool)>) {
+        Slot::settle_all(slots);
+    }
+
+    /// Forgets a counter's count (unblock); reservations in flight stay.
+    fn clear(
+        &self,
+        counter: Counter,
+        subject: Subject,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// The state of a counter (admin API); `window` is the policy's, for a
+    /// store that does not keep it.
+    fn inspect(
+        &self,
+        counter: Counter,
+        subject: Subject,
+        window: Duration,
+    ) -> impl Future<Output = Result<Option<Shown>, Self::Error>> + Send;
+
+    /// Whether a captcha may be issued now (the memory store has a cap):
+    /// asked before one is drawn, which is the expensive part.
+    fn captcha_room(&self) -> bool {
+        true
+    }
+
+    /// Stores an issued captcha; `false` when the store is full.
+    fn put_captcha(
+        &self,
+        token: &str,
+        client: u128,
+        answer: &[u8],
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Takes (reads and deletes: single use) the captcha of `token`.
+    fn take_captcha(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Option<Issued>, Self::Error>> + Send;
+
+    /// Takes one request from `client`'s rate of `kind`: `Ok(Err(wait))`
+    /// when over it.
+    fn check_rate(
+        &self,
+        kind: RouteKind,
+        client: u128,
+    ) -> impl Future<Output = Result<Result<(), Duration>, Self::Error>> + Send;
+}
+
+/// The store the gateway and the admin API use: memory, or Redis with a
+/// fallback. Its methods never fail but for [`Unavailable`] (the `closed`
+/// fallback).
+pub enum Store {
+    /// `store.kind = "memory"`.
+    Memory(Arc<MemoryStore>),
+    /// `store.kind = "redis"`: Redis behind the breaker and the fallback.
+    Shared(Fallback),
 }
 
 impl Store {
@@ -270,131 +325,86 @@ impl Store {
         hold: Duration,
         metrics: Metrics,
     ) -> anyhow::Result<Store> {
-        let local = Arc::new(GuardState::new(guards, rate));
-        let (shared, fallback) = match (cfg.kind, &cfg.redis) {
-            (StoreKind::Redis, Some(r)) => (
-                Some(Arc::new(RedisStore::new(r, hold, metrics.clone())?)),
-                r.fallback,
-            ),
+        let local = Arc::new(MemoryStore::new(guards, rate));
+        Ok(match (cfg.kind, &cfg.redis) {
+            (StoreKind::Redis, Some(r)) => {
+                let redis = RedisStore::new(r, hold, metrics.clone())?.with_rates(rate);
+                Store::Shared(Fallback::new(redis, local, r, metrics))
+            }
             (StoreKind::Redis, None) => {
                 anyhow::bail!("store.kind = \"redis\" needs a [store.redis] section")
             }
-            (StoreKind::Memory, _) => (None, StoreFallback::Local),
-        };
-        Ok(Store {
-            local,
-            shared,
-            fallback,
-            captcha_ttl: guards.captcha_ttl,
-            metrics,
+            (StoreKind::Memory, _) => Store::Memory(local),
         })
+    }
+
+    /// This replica's memory store (the whole store, or the fallback's), for
+    /// the sweeper and the metrics collector.
+    pub fn memory(&self) -> &Arc<MemoryStore> {
+        match self {
+            Store::Memory(m) => m,
+            Store::Shared(f) => f.local(),
+        }
     }
 
     /// The shared store, if configured.
     pub fn shared(&self) -> Option<&Arc<RedisStore>> {
-        self.shared.as_ref()
-    }
-
-    /// Notes that `op` was answered by the fallback; `Err` when it is `closed`.
-    fn fall_back(&self, op: &'static str) -> Result<(), Unavailable> {
-        self.metrics
-            .store_fallbacks
-            .with_label_values(&[op, self.fallback.as_str()])
-            .inc();
-        match self.fallback {
-            StoreFallback::Closed => Err(Unavailable),
-            _ => Ok(()),
+        match self {
+            Store::Memory(_) => None,
+            Store::Shared(f) => Some(f.redis()),
         }
     }
 
-    fn reserve_local(&self, ask: &Ask<'_>, force: bool) -> Reservation {
-        let key = self.local.key(&ask.subject);
-        match self
-            .local
-            .counter(ask.counter)
-            .try_reserve(key, ask.limit, force)
-        {
-            Reserve::Granted(p) => Reservation::Held(Slot(SlotInner::Local(p))),
-            Reserve::Denied { retry_after } => Reservation::Denied(retry_after),
-            Reserve::Full => Reservation::Full,
-        }
-    }
-
-    /// Reserves a slot in each counter asked for (at most one round trip to
-    /// Redis); with `force`, over the limit too (a solved captcha, a dry run).
-    /// The answers are in the order of `asks`.
+    /// See [`CounterStore::reserve`].
     pub async fn reserve(
         &self,
-        asks: &[Ask<'_>],
+        asks: &[Ask],
         force: bool,
     ) -> Result<Vec<Reservation>, Unavailable> {
         if asks.is_empty() {
             return Ok(Vec::new());
         }
-        let Some(shared) = &self.shared else {
-            return Ok(asks.iter().map(|a| self.reserve_local(a, force)).collect());
-        };
-        let wanted: Vec<_> = asks
-            .iter()
-            .map(|a| (a.counter, a.subject, a.limit))
-            .collect();
-        match shared.reserve(&wanted, force).await {
-            Ok(answers) => Ok(answers
-                .into_iter()
-                .map(|ans| match ans {
-                    Answer::Granted(h) => Reservation::Held(Slot(SlotInner::Shared(h))),
-                    Answer::Denied { retry_after } => Reservation::Denied(retry_after),
-                })
-                .collect()),
-            Err(_) => {
-                self.fall_back("reserve")?;
-                Ok(asks
-                    .iter()
-                    .map(|a| match self.fallback {
-                        StoreFallback::Open => Reservation::Held(Slot(SlotInner::Free)),
-                        _ => self.reserve_local(a, force),
-                    })
-                    .collect())
-            }
+        match self {
+            Store::Memory(m) => Ok(m.reserve_now(asks, force)),
+            Store::Shared(f) => f.reserve(asks, force).await,
         }
     }
 
     /// The per-client rate limit of `kind`: `Err(wait)` when `key` is over
     /// it. With `rate_limit.shared`, the state is in Redis (one script call)
     /// and the replicas together allow the configured rate; while Redis
-    /// cannot be used (an error, a timeout, the breaker open) this replica's
-    /// own limiter decides, whatever `store.redis.fallback` says: a rate
-    /// limit is no reason to refuse everything or nothing.
+    /// cannot be used this replica's own limiter decides, whatever
+    /// `store.redis.fallback` says: a rate limit is no reason to refuse
+    /// everything or nothing.
     pub async fn check_rate(&self, kind: RouteKind, key: u128) -> Result<(), Duration> {
-        if let (Some(shared), Some(q)) = (&self.shared, self.local.rate.shared_quota(kind)) {
-            match shared.rate_check(q.class, key, q.interval, q.burst).await {
-                Ok(answer) => return answer,
-                Err(_) => self
-                    .metrics
-                    .store_fallbacks
-                    .with_label_values(&["rate_limit", StoreFallback::Local.as_str()])
-                    .inc(),
-            }
+        match self {
+            Store::Memory(m) => m.rate.check(kind, key),
+            Store::Shared(f) => f.check_rate(kind, key).await.unwrap_or(Ok(())),
         }
-        self.local.rate.check(kind, key)
     }
 
-    /// Issues a captcha for `client`: its token and SVG (`None`: the memory store is full).
+    /// Issues a captcha for `client`: its token and SVG (`None`: the store is full).
     pub async fn issue_captcha(
         &self,
         client: u128,
     ) -> Result<Option<(crate::captcha::Token, String)>, Unavailable> {
-        if let Some(shared) = &self.shared {
-            let fresh = crate::captcha::Fresh::new();
-            match shared
-                .put_captcha(&fresh.token, client, &fresh.answer, self.captcha_ttl)
-                .await
-            {
-                Ok(()) => return Ok(Some((fresh.token, fresh.svg))),
-                Err(_) => self.fall_back("captcha_put")?,
-            }
+        let room = match self {
+            Store::Memory(m) => m.captcha_room(),
+            Store::Shared(f) => f.captcha_room(),
+        };
+        if !room {
+            return Ok(None);
         }
-        Ok(self.local.captcha.issue(client))
+        let fresh = crate::captcha::Fresh::new();
+        let ttl = self.memory().captcha_ttl();
+        let stored = match self {
+            Store::Memory(m) => m.put_now(&fresh.token, client, &fresh.answer, ttl),
+            Store::Shared(f) => {
+                f.put_captcha(&fresh.token, client, &fresh.answer, ttl)
+                    .await?
+            }
+        };
+        Ok(stored.then_some((fresh.token, fresh.svg)))
     }
 
     /// Checks a captcha answer, burning the captcha (single use).
@@ -408,52 +418,39 @@ impl Store {
         if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Err(Rejected::Unknown));
         }
-        if let Some(shared) = &self.shared {
-            match shared.take_captcha(token).await {
-                Ok(Some((owner, expected))) => {
-                    return Ok(if owner != client {
-                        Err(Rejected::OtherClient)
-                    } else if crate::captcha::answer_matches(expected.as_bytes(), answer) {
-                        Ok(())
-                    } else {
-                        Err(Rejected::Wrong)
-                    });
-                }
-                // Not in Redis: it may have been issued locally during an outage.
-                Ok(None) => {}
-                Err(_) => self.fall_back("captcha_take")?,
-            }
-        }
-        Ok(self.local.captcha.verify(token, client, answer))
+        let issued = match self {
+            Store::Memory(m) => m.take_now(token),
+            Store::Shared(f) => f.take_captcha(token).await?,
+        };
+        Ok(Issued::check(issued, client, answer))
     }
 
     /// The state of a counter, for the admin API.
     pub async fn show(
         &self,
         counter: Counter,
-        subject: Subject<'_>,
+        subject: Subject,
         window: Duration,
     ) -> Option<Shown> {
-        if let Some(shared) = &self.shared {
-            if let Ok(s) = shared.show(counter, &subject).await {
-                return s;
-            }
+        match self {
+            Store::Memory(m) => m.inspect_now(counter, subject, window),
+            Store::Shared(f) => f.inspect(counter, subject, window).await.unwrap_or(None),
         }
-        self.local
-            .counter(counter)
-            .show(self.local.key(&subject), window)
     }
 
     /// Clears a counter (unblock) in the shared store and in memory.
-    pub async fn clear(&self, counter: Counter, subject: Subject<'_>) -> anyhow::Result<()> {
-        self.local.counter(counter).clear(self.local.key(&subject));
-        if let Some(shared) = &self.shared {
-            shared
-                .clear(counter, &subject)
+    pub async fn clear(&self, counter: Counter, subject: Subject) -> anyhow::Result<()> {
+        match self {
+            Store::Memory(m) => {
+                m.clear_now(counter, subject);
+                Ok(())
+            }
+            Store::Shared(f) => f
+                .clear(counter, subject)
                 .await
-                .map_err(|e| anyhow::anyhow!("the shared store did not clear it: {e}"))?;
+                .map(|_| ())
+                .map_err(|_| anyhow::anyhow!("the shared store (redis) did not clear it")),
         }
-        Ok(())
     }
 }
 
@@ -462,17 +459,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv6_prefix_keys() {
-        let s = GuardState::new(&GuardsConfig::default(), &RateLimitConfig::default());
-        let a = s.client_key("2001:db8:1:2:aaaa::1".parse().unwrap());
-        let b = s.client_key("2001:db8:1:2:bbbb::2".parse().unwrap());
-        let c = s.client_key("2001:db8:1:3::1".parse().unwrap());
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        let v4a = s.client_key("1.2.3.4".parse().unwrap());
-        let v4b = s.client_key("1.2.3.5".parse().unwrap());
-        assert_ne!(v4a, v4b, "IPv4 addresses are never grouped");
-        assert_eq!(s.account_key("Bob"), s.account_key("bob"));
-        assert_ne!(s.account_key("bob"), s.account_key("alice"));
+    fn account_keys_ignore_case_and_match_the_digest() {
+        assert_eq!(AccountKey::of("Bob"), AccountKey::of("bob"));
+        assert_ne!(AccountKey::of("bob"), AccountKey::of("alice"));
+        assert_eq!(AccountKey::of("ÉLODIE"), AccountKey::of("élodie"));
+        let long = "X".repeat(200);
+        assert_eq!(AccountKey::of(&long), AccountKey::of(&long.to_lowercase()));
+        // The Redis key part it replaces: the first 16 bytes of the SHA-256, in hex.
+        let d = Sha256::digest(b"bob@example.com");
+        let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            format!("{:032x}", AccountKey::of("Bob@Example.com").get()),
+            hex
+        );
+    }
+
+    #[test]
+    fn the_captcha_check_burns_and_names_the_reason() {
+        let issued = |client, expired| {
+            Some(Issued {
+                client,
+                answer: b"AbC12".to_vec(),
+                expired,
+            })
+        };
+        assert!(Issued::check(issued(1, false), 1, " abc12 ").is_ok());
+        assert_eq!(Issued::check(None, 1, "abc12"), Err(Rejected::Unknown));
+        assert_eq!(
+            Issued::check(issued(2, false), 1, "abc12"),
+            Err(Rejected::OtherClient)
+        );
+        assert_eq!(
+            Issued::check(issued(1, true), 1, "abc12"),
+            Err(Rejected::Expired)
+        );
+        assert_eq!(
+            Issued::check(issued(1, false), 1, "abc13"),
+            Err(Rejected::Wrong)
+        );
     }
 }

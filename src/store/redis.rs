@@ -26,42 +26,75 @@
 //! Subjects are the client key in hex, or the SHA-256 of the normalised
 //! account (no e-mail address or phone number is written to Redis).
 //!
-//! Calls are bounded by `timeout` and go through a [`Breaker`]; the caller
-//! ([`super::Store`]) applies the configured fallback when one fails.
+//! One round trip per guarded request: a slot's settle (release, or count
+//! the event) is queued, and the next reservation's script call carries it
+//! (settles first, then reserves); a settle no reservation picks up within
+//! [`FLUSH_AFTER`] is sent by a background flusher, batched with the others.
+//! Scripts are called by `EVALSHA` only; they are loaded when connections
+//! are (re)opened, and a `NOSCRIPT` answer (a restarted or flushed server) is
+//! met with one `EVAL`, which loads the script again.
+//!
+//! Calls are bounded by `timeout`; errors are returned, and the caller
+//! ([`super::Fallback`]) keeps the circuit breaker and applies the fallback.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
-use sha2::{Digest, Sha256};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 
-use super::breaker::{Breaker, Tripped};
 use super::counters::Shown;
-use super::{Counter, Subject};
-use crate::config::RedisConfig;
+use super::ratelimit::{RateLimits, SharedQuota};
+use super::{Ask, Counter, Issued, Reservation, Slot, Subject};
+use crate::routes::RouteKind;
+use crate::config::{RateLimitConfig, RedisConfig};
 use crate::metrics::Metrics;
-use crate::policy::WindowLimit;
 
-/// Checks and reserves a slot in each counter named by KEYS, atomically.
+/// How long a queued settle waits for a reservation to carry it before the
+/// flusher sends it on its own: short, since the slot counts against the
+/// limit on every replica until then (never too lenient, but a freed slot
+/// should be free again soon).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(1);
+
+/// Most settles one call carries.
+const SETTLE_BATCH: usize = 256;
+
+/// Settles the queued slots, then checks and reserves a slot in each counter
+/// named by the remaining KEYS, atomically.
 const RESERVE: &str = r"
--- KEYS: pairs (count key, in-flight set). ARGV[1]: reservation id,
--- ARGV[2]: how long (ms) an unsettled reservation holds its slot,
--- ARGV[3]: '1' to reserve over the limit (a solved captcha),
--- then per counter: limit, window (ms).
--- Returns per counter: 1 (granted) or 0 (denied), then the window's ms left.
+-- KEYS: pairs (count key, in-flight set): first the settled ones, then the
+-- reserved ones. ARGV[1]: reservation id, ARGV[2]: how long (ms) an
+-- unsettled reservation holds its slot, ARGV[3]: '1' to reserve over the
+-- limit (a solved captcha), ARGV[4]: how many pairs are settled;
+-- then per settled pair: its reservation id, '1' to count, window (ms);
+-- then per reserved pair: limit, window (ms).
+-- Returns per reserved counter: 1 (granted) or 0 (denied), then the window's ms left.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, hold, force = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local out = {}
-for i = 1, #KEYS / 2 do
+local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+for i = 1, ns do
   local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
-  local limit, window = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  local sid, commit, window = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  redis.call('ZREM', fk, sid)
+  if commit == '1' then
+    if redis.call('EXISTS', ck) == 1 then
+      redis.call('INCR', ck)
+    else
+      redis.call('SET', ck, 1, 'PX', window)
+    end
+  end
+end
+local a = 4 + 3 * ns
+local out = {}
+for i = ns + 1, #KEYS / 2 do
+  local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
+  local limit, window = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 2
   redis.call('SET', ck, 0, 'PX', window, 'NX')
   local count = tonumber(redis.call('GET', ck)) or 0
   local ttl = redis.call('PTTL', ck)
@@ -134,9 +167,6 @@ return 0
 /// Why a shared-store call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The breaker is open: the call was not attempted.
-    #[error("circuit breaker open")]
-    BreakerOpen,
     /// No answer within the timeout.
     #[error("timed out")]
     Timeout,
@@ -149,9 +179,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn kind(&self) -> &'static str {
+    /// Label of `poolgate_store_errors_total{kind}`.
+    pub fn kind(&self) -> &'static str {
         match self {
-            StoreError::BreakerOpen => "breaker_open",
             StoreError::Timeout => "timeout",
             StoreError::Redis(e) if e.is_timeout() => "timeout",
             StoreError::Redis(e) if e.is_io_error() || e.is_connection_dropped() => "io",
@@ -160,18 +190,6 @@ impl StoreError {
             StoreError::Reply => "reply",
         }
     }
-}
-
-/// The answer for one counter of a reservation.
-#[derive(Debug)]
-pub enum Answer {
-    /// A slot is held.
-    Granted(Held),
-    /// The limit is reached; the window ends in `retry_after`.
-    Denied {
-        /// Time left in the window.
-        retry_after: Duration,
-    },
 }
 
 /// One connection to the shared store: a single server (reconnecting
@@ -248,60 +266,157 @@ fn tls_certificates(cfg: &RedisConfig) -> anyhow::Result<Option<redis::TlsCertif
     }))
 }
 
-/// The connections the configuration asks for (opened lazily).
-fn connections(cfg: &RedisConfig) -> anyhow::Result<Vec<Conn>> {
-    let url = cfg.url.expose();
-    let named =
-        |e: redis::RedisError| anyhow::anyhow!("store.redis.url {}: {e}", redacted_url(url));
-    let certs = tls_certificates(cfg)?;
-    let n = cfg.pool_size.max(1);
-    if cfg.cluster {
-        let seeds: Vec<&str> = std::iter::once(url)
-            .chain(cfg.nodes.iter().map(String::as_str))
-            .collect();
-        let mut b = ClusterClientBuilder::new(seeds)
-            .connection_timeout(cfg.connect_timeout)
-            .response_timeout(cfg.timeout)
-            // A node that is down fails the call quickly (the fallback
-            // answers) rather than after a long series of retries.
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(100);
-        if let Some(c) = certs {
-            b = b.certs(c);
+/// How fresh connections are opened: at start (lazily), and by
+/// [`RedisStore::reconnect`] when the breaker's probe finds Redis back.
+enum Opener {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient, ClusterConfig),
+}
+
+impl Opener {
+    fn new(cfg: &RedisConfig) -> anyhow::Result<Opener> {
+        let url = cfg.url.expose();
+        let named =
+            |e: redis::RedisError| anyhow::anyhow!("store.redis.url {}: {e}", redacted_url(url));
+        let certs = tls_certificates(cfg)?;
+        if cfg.cluster {
+            let seeds: Vec<&str> = std::iter::once(url)
+                .chain(cfg.nodes.iter().map(String::as_str))
+                .collect();
+            let mut b = ClusterClientBuilder::new(seeds)
+                .connection_timeout(cfg.connect_timeout)
+                .response_timeout(cfg.timeout)
+                // A node that is down fails the call quickly (the fallback
+                // answers) rather than after a long series of retries.
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100);
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            let client = b.build().map_err(named)?;
+            let ccfg = ClusterConfig::new()
+                .set_connection_timeout(cfg.connect_timeout)
+                .set_response_timeout(cfg.timeout);
+            return Ok(Opener::Cluster(client, ccfg));
         }
-        let client = b.build().map_err(named)?;
-        let ccfg = ClusterConfig::new()
-            .set_connection_timeout(cfg.connect_timeout)
-            .set_response_timeout(cfg.timeout);
-        return Ok((0..n)
-            .map(|_| Conn::Cluster(client.get_pending_async_connection_with_config(ccfg.clone())))
-            .collect());
+        let client = match certs {
+            Some(c) => redis::Client::build_with_tls(url, c),
+            None => redis::Client::open(url),
+        }
+        .map_err(named)?;
+        let mcfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.connect_timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            // Reconnection is retried on the next call, not in a long loop
+            // that would hold calls up past their timeout.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(Opener::Single(client, mcfg))
     }
-    let client = match certs {
-        Some(c) => redis::Client::build_with_tls(url, c),
-        None => redis::Client::open(url),
-    }
-    .map_err(named)?;
-    let mcfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(cfg.connect_timeout))
-        .set_response_timeout(Some(cfg.timeout))
-        // Reconnection is retried on the next call, not in a long loop
-        // that would hold calls up past their timeout.
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    (0..n)
-        .map(|_| {
-            ConnectionManager::new_lazy_with_config(client.clone(), mcfg.clone())
-                .map(Conn::Single)
-                .map_err(named)
+
+    /// A connection, opened on its first use.
+    fn lazy(&self) -> redis::RedisResult<Conn> {
+        Ok(match self {
+            Opener::Single(c, m) => Conn::Single(ConnectionManager::new_lazy_with_config(
+                c.clone(),
+                m.clone(),
+            )?),
+            Opener::Cluster(c, cc) => {
+                Conn::Cluster(c.get_pending_async_connection_with_config(cc.clone()))
+            }
         })
-        .collect()
+    }
+
+    /// A connection, opened now.
+    async fn open(&self) -> redis::RedisResult<Conn> {
+        Ok(match self {
+            Opener::Single(c, m) => {
+                Conn::Single(ConnectionManager::new_with_config(c.clone(), m.clone()).await?)
+            }
+            Opener::Cluster(c, cc) => {
+                Conn::Cluster(c.get_async_connection_with_config(cc.clone()).await?)
+            }
+        })
+    }
+}
+
+/// A Lua script, called by its SHA1.
+struct Lua {
+    script: Script,
+    code: &'static str,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Lua {
+        Lua {
+            script: Script::new(code),
+            code,
+        }
+    }
+
+    /// `EVALSHA` of this script with `keys` and `args`.
+    fn cmd(&self, nkeys: usize) -> Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(self.script.get_hash()).arg(nkeys);
+        c
+    }
+}
+
+/// A reserved slot's identity in Redis, for its settle.
+#[derive(Debug)]
+pub struct SlotId {
+    count_key: String,
+    id: Arc<str>,
+    window_ms: u64,
+}
+
+/// The queue of settled slots, waiting for a reservation (or the flusher)
+/// to carry them to Redis.
+#[derive(Debug, Default)]
+pub struct Settler {
+    queue: Mutex<Vec<(SlotId, bool)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Settler {
+    /// Queues a settle.
+    pub(crate) fn settle(&self, id: SlotId, commit: bool) {
+        let first = {
+            let Ok(mut q) = self.queue.lock() else {
+                return;
+            };
+            q.push((id, commit));
+            q.len() == 1
+        };
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<(SlotId, bool)> {
+        match self.queue.lock() {
+            Ok(mut q) if !q.is_empty() => {
+                let n = q.len().min(SETTLE_BATCH);
+                if n == q.len() {
+                    std::mem::take(&mut *q)
+                } else {
+                    q.drain(..n).collect()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().map_or(true, |q| q.is_empty())
+    }
 }
 
 /// The Redis-backed store.
 pub struct RedisStore {
-    conns: Vec<Conn>,
+    opener: Opener,
+    conns: ArcSwap<Vec<Conn>>,
     cluster: bool,
     next: AtomicUsize,
     prefix: String,
@@ -310,13 +425,14 @@ pub struct RedisStore {
     hold_ms: u64,
     replica: u64,
     seq: AtomicU64,
-    breaker: Breaker,
-    reserve: Script,
-    settle: Script,
-    show: Script,
-    rate: Script,
+    reserve: Lua,
+    settle: Lua,
+    show: Lua,
+    rate: Lua,
     metrics: Metrics,
-    fallback: &'static str,
+    settler: Arc<Settler>,
+    flusher: AtomicBool,
+    rates: RateLimits,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -340,9 +456,16 @@ impl RedisStore {
     /// `hold` is how long an unsettled reservation holds its slot: longer
     /// than any upstream request may take.
     pub fn new(cfg: &RedisConfig, hold: Duration, metrics: Metrics) -> anyhow::Result<Self> {
-        let conns = connections(cfg)?;
+        let opener = Opener::new(cfg)?;
+        let named = |e: redis::RedisError| {
+            anyhow::anyhow!("store.redis.url {}: {e}", redacted_url(cfg.url.expose()))
+        };
+        let conns = (0..cfg.pool_size.max(1))
+            .map(|_| opener.lazy().map_err(named))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(RedisStore {
-            conns,
+            opener,
+            conns: ArcSwap::from_pointee(conns),
             cluster: cfg.cluster,
             next: AtomicUsize::new(0),
             prefix: cfg.key_prefix.clone(),
@@ -353,37 +476,43 @@ impl RedisStore {
                 .max(1000),
             replica: rand::random(),
             seq: AtomicU64::new(0),
-            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
-            reserve: Script::new(RESERVE),
-            settle: Script::new(SETTLE),
-            show: Script::new(SHOW),
-            rate: Script::new(RATE),
+            reserve: Lua::new(RESERVE),
+            settle: Lua::new(SETTLE),
+            show: Lua::new(SHOW),
+            rate: Lua::new(RATE),
             metrics,
-            fallback: cfg.fallback.as_str(),
+            settler: Arc::default(),
+            flusher: AtomicBool::new(false),
+            rates: RateLimits::new(&RateLimitConfig::default()),
         })
     }
 
-    fn conn(&self) -> Conn {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+    /// Keeps the rate limits of `rate` in Redis where `rate_limit.shared` asks for it.
+    pub fn with_rates(mut self, rate: &RateLimitConfig) -> Self {
+        self.rates = RateLimits::new(rate);
+        self
     }
 
-    /// Runs one call with the timeout, the breaker and the metrics.
-    async fn call<T>(
-        &self,
-        op: &'static str,
-        f: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        if !self.breaker.allows() {
-            // Not attempted; the breaker's clock is left alone, so it closes on time.
-            self.metrics
-                .store_errors
-                .with_label_values(&[op, StoreError::BreakerOpen.kind()])
-                .inc();
-            return Err(StoreError::BreakerOpen);
+    /// The quota `kind` keeps in Redis, if any.
+    pub fn shared_quota(&self, kind: RouteKind) -> Option<SharedQuota> {
+        self.rates.shared_quota(kind)
+    }
+
+    fn conn(&self) -> Conn {
+        let conns = self.conns.load();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len().max(1);
+        // `conns` is never empty (pool_size >= 1); a lazy spare is the fallback.
+        match conns.get(i) {
+            Some(c) => c.clone(),
+            None => conns[0].clone(),
         }
+    }
+
+    /// Runs one call with the timeout and the metrics.
+    async fn call<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, StoreError> {
         let started = Instant::now();
-        let r = match tokio::time::timeout(self.timeout, f).await {
+        let mut conn = self.conn();
+        let r = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout),
@@ -392,77 +521,92 @@ impl RedisStore {
             .store_duration
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
-        match &r {
-            Ok(_) => {
-                if self.breaker.success() {
-                    self.metrics.store_breaker_open.set(0);
-                    tracing::info!("shared store (redis) answers again; breaker closed");
-                }
-            }
-            Err(e) => {
-                self.metrics
-                    .store_errors
-                    .with_label_values(&[op, e.kind()])
-                    .inc();
-                match self.breaker.failure() {
-                    Tripped::Opened => {
-                        self.metrics.store_breaker_open.set(1);
-                        tracing::error!(op, error = %e, fallback = self.fallback,
-                            "shared store (redis) failing; breaker open, using the fallback");
-                    }
-                    Tripped::Reopened => {
-                        tracing::warn!(op, error = %e, "shared store (redis) still failing")
-                    }
-                    Tripped::No => tracing::warn!(op, error = %e, "shared store call failed"),
-                }
-            }
+        if let Err(e) = &r {
+            self.metrics
+                .store_errors
+                .with_label_values(&[op, e.kind()])
+                .inc();
         }
         r
     }
 
-    /// The count key and in-flight set of a counter. The braces are the
-    /// key's hash tag: a counter's two keys share one cluster slot (a script
-    /// may touch both), while counters and subjects spread over the slots.
-    fn keys(&self, counter: Counter, subject: &Subject<'_>) -> (String, String) {
-        let mut k = String::with_capacity(self.prefix.len() + 44);
-        let _ = write!(k, "{}:{{{}:", self.prefix, counter.as_str());
-        match subject {
-            Subject::Client(c) => {
-                let _ = write!(k, "{c:032x}");
-            }
-            Subject::Account(a) => {
-                let digest = Sha256::digest(a.to_lowercase().as_bytes());
-                for b in &digest[..16] {
-                    let _ = write!(k, "{b:02x}");
+    /// Calls a script by `EVALSHA`; on `NOSCRIPT` (a restarted or flushed
+    /// server), once by `EVAL`, which loads it again.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        lua: &Lua,
+        cmd: Cmd,
+    ) -> Result<T, StoreError> {
+        match self.call(op, &cmd).await {
+            Err(StoreError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(lua.code);
+                for a in cmd.args_iter().skip(2) {
+                    if let redis::Arg::Simple(b) = a {
+                        eval.arg(b);
+                    }
                 }
+                self.call(op, &eval).await
             }
+            r => r,
         }
-        k.push('}');
-        let f = format!("{k}:f");
-        (k, f)
+    }
+
+    /// The count key of a counter. The braces are the key's hash tag: a
+    /// counter's two keys (this and its in-flight set, `<key>:f`) share one
+    /// cluster slot, while counters and subjects spread over the slots.
+    fn count_key(&self, counter: Counter, subject: Subject) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + 52);
+        let _ = write!(
+            k,
+            "{}:{{{}:{:032x}}}",
+            self.prefix,
+            counter.as_str(),
+            subject.key()
+        );
+        k
+    }
+
+    fn in_flight_key(count_key: &str) -> String {
+        let mut f = String::with_capacity(count_key.len() + 2);
+        f.push_str(count_key);
+        f.push_str(":f");
+        f
     }
 
     /// Reserves a slot in each counter of `asks`: in one round trip to a
-    /// single server; in a cluster, one script call per counter (their keys
-    /// live in different slots), sent together. Each counter's
-    /// check-and-reserve is atomic either way. If any call fails, the slots
-    /// the others granted are released (dropped) and the whole fails.
+    /// single server, which also carries the settles queued since the last
+    /// one; in a cluster, one script call per counter (their keys live in
+    /// different slots), sent together. Each counter's check-and-reserve is
+    /// atomic either way. If any call fails, the slots the others granted are
+    /// released (dropped) and the whole fails.
     pub async fn reserve(
         self: &Arc<Self>,
-        asks: &[(Counter, Subject<'_>, WindowLimit)],
+        asks: &[Ask],
         force: bool,
-    ) -> Result<Vec<Answer>, StoreError> {
-        let id = format!(
+    ) -> Result<Vec<Reservation>, StoreError> {
+        self.start_flusher();
+        let mut id = String::with_capacity(33);
+        let _ = write!(
+            id,
             "{:x}-{:x}",
             self.replica,
             self.seq.fetch_add(1, Ordering::Relaxed)
         );
-        if !self.cluster || asks.len() < 2 {
-            return self.reserve_in_one_call(&id, asks, force).await;
+        let id: Arc<str> = id.into();
+        if !self.cluster {
+            let settles = self.settler.take();
+            return self.reserve_in_one_call(&id, asks, force, settles).await;
+        }
+        if asks.len() < 2 {
+            return self.reserve_in_one_call(&id, asks, force, Vec::new()).await;
         }
         let calls = asks
             .chunks(1)
-            .map(|one| self.reserve_in_one_call(&id, one, force));
+            .map(|one| self.reserve_in_one_call(&id, one, force, Vec::new()));
         let mut out = Vec::with_capacity(asks.len());
         for r in futures_util::future::join_all(calls).await {
             // On an error, `out` and the other results drop: their slots are released.
@@ -471,50 +615,101 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// One RESERVE script call for `asks` (whose keys must share a slot in a cluster).
+    /// One RESERVE script call for `asks` (whose keys must share a slot in a
+    /// cluster), settling `settles` first.
     async fn reserve_in_one_call(
         self: &Arc<Self>,
-        id: &str,
-        asks: &[(Counter, Subject<'_>, WindowLimit)],
+        id: &Arc<str>,
+        asks: &[Ask],
         force: bool,
-    ) -> Result<Vec<Answer>, StoreError> {
-        let mut inv = self.reserve.prepare_invoke();
-        inv.arg(id).arg(self.hold_ms).arg(u8::from(force));
-        let mut keys = Vec::with_capacity(asks.len());
-        for (counter, subject, limit) in asks {
-            let (ck, fk) = self.keys(*counter, subject);
-            inv.key(&ck).key(&fk);
-            inv.arg(limit.limit).arg(window_ms(limit.window));
-            keys.push(ck);
+        settles: Vec<(SlotId, bool)>,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        let mut cmd = self.reserve.cmd(2 * (settles.len() + asks.len()));
+        let count_keys: Vec<String> = asks
+            .iter()
+            .map(|a| self.count_key(a.counter, a.subject))
+            .collect();
+        for (s, _) in &settles {
+            cmd.arg(&s.count_key).arg(Self::in_flight_key(&s.count_key));
         }
-        let mut conn = self.conn();
-        let reply: Vec<i64> = self.call("reserve", inv.invoke_async(&mut conn)).await?;
+        for ck in &count_keys {
+            cmd.arg(ck).arg(Self::in_flight_key(ck));
+        }
+        cmd.arg(&**id)
+            .arg(self.hold_ms)
+            .arg(u8::from(force))
+            .arg(settles.len());
+        for (s, commit) in &settles {
+            cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
+        }
+        for a in asks {
+            cmd.arg(a.limit.limit).arg(window_ms(a.limit.window));
+        }
+        // A settle this call carried is not sent again if it fails: an
+        // unsettled slot lapses after `hold`, and a lost commit under-counts
+        // one failure (counted in `poolgate_store_errors_total`).
+        drop(settles);
+        let reply: Vec<i64> = self.eval("reserve", &self.reserve, cmd).await?;
         if reply.len() != asks.len() * 2 {
             return Err(StoreError::Reply);
         }
-        Ok(keys
+        Ok(count_keys
             .into_iter()
             .zip(asks)
             .zip(reply.chunks_exact(2))
-            .map(|((count_key, (_, _, limit)), r)| {
+            .map(|((count_key, ask), r)| {
                 if r[0] == 1 {
-                    Answer::Granted(Held {
-                        store: Some(self.clone()),
-                        count_key,
-                        id: id.to_string(),
-                        window_ms: window_ms(limit.window),
-                    })
+                    Reservation::Held(Slot::redis(
+                        self.settler.clone(),
+                        SlotId {
+                            count_key,
+                            id: id.clone(),
+                            window_ms: window_ms(ask.limit.window),
+                        },
+                    ))
                 } else {
                     let ms = u64::try_from(r[1]).unwrap_or(1000).max(1000);
-                    Answer::Denied {
-                        retry_after: Duration::from_millis(ms.div_ceil(1000) * 1000),
-                    }
+                    Reservation::Denied(Duration::from_millis(ms.div_ceil(1000) * 1000))
                 }
             })
             .collect())
     }
 
-    async fn settle_now(&self, settled: Vec<(Held, bool)>) {
+    /// Starts (once) the task that sends the settles no reservation carried.
+    fn start_flusher(self: &Arc<Self>) {
+        if self.flusher.load(Ordering::Relaxed) || self.flusher.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.flusher.store(false, Ordering::Release);
+            return;
+        };
+        let settler = self.settler.clone();
+        let store: Weak<RedisStore> = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                settler.wake.notified().await;
+                // Give a reservation the chance to carry them (single server).
+                tokio::time::sleep(FLUSH_AFTER).await;
+                loop {
+                    let Some(store) = store.upgrade() else {
+                        return;
+                    };
+                    let batch = settler.take();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    store.send_settles(batch).await;
+                    if settler.is_empty() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Sends settles on their own (the flusher).
+    async fn send_settles(&self, settled: Vec<(SlotId, bool)>) {
         if self.cluster && settled.len() > 1 {
             // One call per counter: a cluster refuses a script whose keys
             // are in different slots.
@@ -525,21 +720,17 @@ impl RedisStore {
         }
     }
 
-    async fn settle_in_one_call(&self, settled: &[(Held, bool)]) {
-        let mut conn = self.conn();
-        let mut inv = self.settle.prepare_invoke();
-        for (h, commit) in settled {
-            inv.key(&h.count_key)
-                .key(format!("{}:f", h.count_key))
-                .arg(&h.id)
-                .arg(u8::from(*commit))
-                .arg(h.window_ms);
+    async fn settle_in_one_call(&self, settled: &[(SlotId, bool)]) {
+        let mut cmd = self.settle.cmd(2 * settled.len());
+        for (s, _) in settled {
+            cmd.arg(&s.count_key).arg(Self::in_flight_key(&s.count_key));
+        }
+        for (s, commit) in settled {
+            cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
         }
         // A lost settle costs little: an unsettled slot lapses after `hold`,
         // and a lost commit under-counts one failure (logged, counted).
-        let _ = self
-            .call::<i64>("settle", inv.invoke_async(&mut conn))
-            .await;
+        let _ = self.eval::<i64>("settle", &self.settle, cmd).await;
     }
 
     /// Takes one request from `client`'s shared rate state of `class`:
@@ -556,10 +747,9 @@ impl RedisStore {
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut inv = self.rate.prepare_invoke();
-        inv.key(&key).arg(interval_us).arg(burst.max(1));
-        let mut conn = self.conn();
-        let wait_us: i64 = self.call("rate_limit", inv.invoke_async(&mut conn)).await?;
+        let mut cmd = self.rate.cmd(1);
+        cmd.arg(&key).arg(interval_us).arg(burst.max(1));
+        let wait_us: i64 = self.eval("rate_limit", &self.rate, cmd).await?;
         Ok(match u64::try_from(wait_us) {
             Ok(0) => Ok(()),
             Ok(us) => Err(Duration::from_micros(us)),
@@ -577,27 +767,26 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         let key = format!("{}:cap:{token}", self.prefix);
         let value = format!("{client:032x}:{}", String::from_utf8_lossy(answer));
-        let mut conn = self.conn();
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key).arg(&value).arg("PX").arg(ms);
-        self.call::<()>("captcha_put", cmd.query_async(&mut conn))
-            .await
+        self.call::<()>("captcha_put", &cmd).await
     }
 
-    /// Takes (reads and deletes: single use) the captcha of `token`:
-    /// the client key it was issued to and its answer.
-    pub async fn take_captcha(&self, token: &str) -> Result<Option<(u128, String)>, StoreError> {
+    /// Takes (reads and deletes: single use) the captcha of `token`.
+    pub async fn take_captcha(&self, token: &str) -> Result<Option<Issued>, StoreError> {
         let key = format!("{}:cap:{token}", self.prefix);
-        let mut conn = self.conn();
         let mut cmd = redis::cmd("GETDEL");
         cmd.arg(&key);
-        let v: Option<String> = self
-            .call("captcha_take", cmd.query_async(&mut conn))
-            .await?;
+        let v: Option<String> = self.call("captcha_take", &cmd).await?;
         Ok(v.and_then(|v| {
             let (client, answer) = v.split_once(':')?;
-            Some((u128::from_str_radix(client, 16).ok()?, answer.to_string()))
+            Some(Issued {
+                client: u128::from_str_radix(client, 16).ok()?,
+                answer: answer.as_bytes().to_vec(),
+                // Redis forgot it at its TTL.
+                expired: false,
+            })
         }))
     }
 
@@ -605,13 +794,12 @@ impl RedisStore {
     pub async fn show(
         &self,
         counter: Counter,
-        subject: &Subject<'_>,
+        subject: Subject,
     ) -> Result<Option<Shown>, StoreError> {
-        let (ck, fk) = self.keys(counter, subject);
-        let mut conn = self.conn();
-        let mut inv = self.show.prepare_invoke();
-        inv.key(&ck).key(&fk);
-        let r: Vec<i64> = self.call("show", inv.invoke_async(&mut conn)).await?;
+        let ck = self.count_key(counter, subject);
+        let mut cmd = self.show.cmd(2);
+        cmd.arg(&ck).arg(Self::in_flight_key(&ck));
+        let r: Vec<i64> = self.eval("show", &self.show, cmd).await?;
         let [count, ttl, inflight] = r[..] else {
             return Err(StoreError::Reply);
         };
@@ -626,97 +814,57 @@ impl RedisStore {
     }
 
     /// Forgets a counter's count (unblock); reservations in flight stay.
-    pub async fn clear(&self, counter: Counter, subject: &Subject<'_>) -> Result<bool, StoreError> {
-        let (ck, _) = self.keys(counter, subject);
-        let mut conn = self.conn();
+    pub async fn clear(&self, counter: Counter, subject: Subject) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(&ck);
-        let n: i64 = self.call("clear", cmd.query_async(&mut conn)).await?;
+        cmd.arg(self.count_key(counter, subject));
+        let n: i64 = self.call("clear", &cmd).await?;
         Ok(n > 0)
     }
 
-    /// Connects every pooled connection and sends `PING` on it (for
-    /// `poolgate check` and start-up), allowing the connect timeout as well.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        for c in &self.conns {
-            let mut conn = c.clone();
-            let cmd = redis::cmd("PING");
-            let r = tokio::time::timeout(
-                self.connect_timeout + self.timeout,
-                cmd.query_async::<String>(&mut conn),
-            )
-            .await;
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(StoreError::Redis(e)),
-                Err(_) => return Err(StoreError::Timeout),
+    /// Opens fresh connections (the whole pool), sends `PING` on each and
+    /// loads the scripts, then puts them in place of the old ones: what the
+    /// breaker's probe runs, so no request meets a stale connection after an
+    /// outage; also at start and for `poolgate check`. Bounded by the
+    /// connect timeout plus the call timeout.
+    pub async fn reconnect(&self) -> Result<(), StoreError> {
+        let fresh = async {
+            let mut conns = Vec::with_capacity(self.conns.load().len());
+            for i in 0..self.conns.load().len() {
+                let mut c = self.opener.open().await?;
+                redis::cmd("PING").query_async::<String>(&mut c).await?;
+                if i == 0 && !self.cluster {
+                    // Scripts are per server: one load serves every connection.
+                    // (A cluster node answers NOSCRIPT once, and EVAL loads it.)
+                    for lua in [&self.reserve, &self.settle, &self.show, &self.rate] {
+                        redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(lua.code)
+                            .query_async::<String>(&mut c)
+                            .await?;
+                    }
+                }
+                conns.push(c);
             }
+            Ok::<_, redis::RedisError>(conns)
+        };
+        match tokio::time::timeout(self.connect_timeout + self.timeout, fresh).await {
+            Ok(Ok(conns)) => {
+                self.conns.store(Arc::new(conns));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout),
         }
-        Ok(())
+    }
+
+    /// Connects and sends `PING` (start-up, `poolgate check`): [`Self::reconnect`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.reconnect().await
     }
 }
 
 fn window_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1000)
-}
-
-/// A slot held in Redis, settled by [`super::Slot::settle_all`]. Dropping it
-/// unsettled releases it, off the request path (a task), as the in-memory
-/// permit does.
-#[derive(Debug)]
-pub struct Held {
-    store: Option<Arc<RedisStore>>,
-    count_key: String,
-    id: String,
-    window_ms: u64,
-}
-
-impl Held {
-    /// Takes the store and the slot's identity out, leaving an inert husk
-    /// (whose drop does nothing).
-    fn detach(&mut self) -> Option<(Arc<RedisStore>, Held)> {
-        let store = self.store.take()?;
-        let held = Held {
-            store: None,
-            count_key: std::mem::take(&mut self.count_key),
-            id: std::mem::take(&mut self.id),
-            window_ms: self.window_ms,
-        };
-        Some((store, held))
-    }
-
-    /// Settles several slots of one store in one round trip.
-    pub fn settle_all(slots: Vec<(Held, bool)>) {
-        let mut store = None;
-        let settled = slots
-            .into_iter()
-            .map(|(mut h, commit)| {
-                if let Some(s) = h.store.take() {
-                    store.get_or_insert(s);
-                }
-                (h, commit)
-            })
-            .collect();
-        if let Some(store) = store {
-            send_settle(store, settled);
-        }
-    }
-}
-
-/// Sends settles after the answer, not before it: a slot still counts against
-/// the limit until then, so a late settle is never too lenient.
-fn send_settle(store: Arc<RedisStore>, settled: Vec<(Held, bool)>) {
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move { store.settle_now(settled).await });
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some((store, held)) = self.detach() {
-            send_settle(store, vec![(held, false)]);
-        }
-    }
 }
 
 #[cfg(test)]
