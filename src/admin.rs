@@ -30,8 +30,8 @@ pub struct Admin {
     pub store: Arc<Store>,
     /// How account identifiers are normalised (as in requests).
     pub normalize: crate::extract::Normalize,
-    /// Who may call what.
-    pub auth: AdminAuth,
+    /// Who may call what (swapped by a configuration reload).
+    pub auth: arc_swap::ArcSwap<AdminAuth>,
 }
 
 /// The admin token check.
@@ -169,7 +169,7 @@ impl Admin {
         peer: IpAddr,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path();
-        let access = self.auth.check(path, req.headers(), peer);
+        let access = self.auth.load().check(path, req.headers(), peer);
         if access != Access::Granted {
             return Ok(refused(access));
         }

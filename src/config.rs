@@ -929,6 +929,8 @@ impl Config {
         }
         crate::extract::phone::PhoneRegion::parse(&self.guards.phone_default_region)
             .context("guards.phone_default_region")?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level {:?} is not a filter: {e}", self.log.level))?;
         if !(0.0..=1.0).contains(&self.log.access_log_sample) {
             bail!("log.access_log_sample must be between 0 and 1");
         }
@@ -993,6 +995,284 @@ impl Config {
     /// The upstream base URL, parsed.
     pub fn upstream_uri(&self) -> anyhow::Result<Uri> {
         parse_base_uri(&self.upstream.url).context("upstream.url")
+    }
+}
+
+/// What a change of a key takes: a reload (SIGHUP) applies it in place,
+/// or only a restart does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// Applied by a reload, counters kept.
+    InPlace,
+    /// Needs a restart; a reload that changes it is refused as a whole.
+    Restart,
+}
+
+/// The verdict on reloading `old` into `new`: the keys that changed, by class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Changed keys a reload applies in place.
+    pub in_place: Vec<&'static str>,
+    /// Changed keys that need a restart (if any, the reload is refused).
+    pub restart: Vec<&'static str>,
+}
+
+impl ReloadPlan {
+    /// Whether a reload may apply the new configuration.
+    pub fn allowed(&self) -> bool {
+        self.restart.is_empty()
+    }
+}
+
+impl Config {
+    /// Every key with its reload class and a rendering of its value that
+    /// two configurations can be compared by (secrets included, so never
+    /// print it).
+    ///
+    /// The structs are destructured without `..`: a new key does not compile
+    /// until it is classified here.
+    pub fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
+        use Reload::{InPlace, Restart};
+        fn v(x: &dyn std::fmt::Debug) -> String {
+            format!("{x:?}")
+        }
+        let secret = |s: &Option<Secret>| v(&s.as_ref().map(Secret::expose));
+        let Config {
+            server,
+            upstream,
+            policy,
+            log,
+            guards,
+            rate_limit,
+            routes,
+            store,
+            captcha,
+            admin,
+        } = self;
+        let ServerConfig {
+            listen,
+            admin_listen,
+            max_body_bytes,
+            header_read_timeout,
+            max_header_bytes,
+            body_read_timeout,
+            max_connections,
+            http2_max_concurrent_streams,
+            shutdown_grace,
+            trusted_proxies,
+            trusted_backends,
+            workers,
+        } = server;
+        let UpstreamConfig {
+            url,
+            connect_timeout,
+            request_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            preserve_host,
+            ca_file,
+        } = upstream;
+        let LogConfig {
+            format,
+            level,
+            rejections_per_second,
+            access_log,
+            access_log_sample,
+        } = log;
+        let GuardsConfig {
+            dry_run,
+            dry_run_guards,
+            inspect_body_bytes,
+            inspect_response_bytes,
+            max_tracked_keys,
+            ipv6_prefix,
+            captcha_ttl,
+            max_captchas,
+            sweep_interval,
+            replace_default_routes,
+            phone_default_region,
+            send_code,
+            captcha_cookie_samesite,
+        } = guards;
+        let SendCodeConfig {
+            per_client,
+            per_recipient,
+            window,
+        } = send_code;
+        let RateLimitConfig {
+            login,
+            register,
+            password,
+            captcha: captcha_rate,
+            other,
+            send_code: send_code_rate,
+            max_tracked_keys: rate_keys,
+            shared,
+        } = rate_limit;
+        let AdminConfig {
+            token,
+            protect_metrics,
+        } = admin;
+        let mut keys = vec![
+            // Sockets, threads and the listeners' own settings are made once.
+            ("server.listen", Restart, v(listen)),
+            ("server.admin_listen", Restart, v(admin_listen)),
+            ("server.max_body_bytes", InPlace, v(max_body_bytes)),
+            (
+                "server.header_read_timeout",
+                Restart,
+                v(header_read_timeout),
+            ),
+            ("server.max_header_bytes", Restart, v(max_header_bytes)),
+            ("server.body_read_timeout", InPlace, v(body_read_timeout)),
+            ("server.max_connections", Restart, v(max_connections)),
+            (
+                "server.http2_max_concurrent_streams",
+                Restart,
+                v(http2_max_concurrent_streams),
+            ),
+            ("server.shutdown_grace", Restart, v(shutdown_grace)),
+            ("server.trusted_proxies", InPlace, v(trusted_proxies)),
+            ("server.trusted_backends", InPlace, v(trusted_backends)),
+            ("server.workers", Restart, v(workers)),
+            // The upstream's connection pools live in the workers.
+            ("upstream.url", Restart, v(url)),
+            ("upstream.connect_timeout", Restart, v(connect_timeout)),
+            ("upstream.request_timeout", Restart, v(request_timeout)),
+            ("upstream.pool_idle_timeout", Restart, v(pool_idle_timeout)),
+            ("upstream.pool_max_idle", Restart, v(pool_max_idle)),
+            ("upstream.preserve_host", Restart, v(preserve_host)),
+            ("upstream.ca_file", Restart, v(ca_file)),
+            ("log.format", Restart, v(format)),
+            ("log.level", InPlace, v(level)),
+            (
+                "log.rejections_per_second",
+                Restart,
+                v(rejections_per_second),
+            ),
+            ("log.access_log", InPlace, v(access_log)),
+            ("log.access_log_sample", InPlace, v(access_log_sample)),
+            ("guards.dry_run", InPlace, v(dry_run)),
+            ("guards.dry_run_guards", InPlace, v(dry_run_guards)),
+            ("guards.inspect_body_bytes", InPlace, v(inspect_body_bytes)),
+            (
+                "guards.inspect_response_bytes",
+                InPlace,
+                v(inspect_response_bytes),
+            ),
+            // The counters' sizes, key derivation and sweep are the state
+            // a reload keeps: changing them would mean starting it afresh.
+            ("guards.max_tracked_keys", Restart, v(max_tracked_keys)),
+            ("guards.ipv6_prefix", Restart, v(ipv6_prefix)),
+            ("guards.captcha_ttl", Restart, v(captcha_ttl)),
+            ("guards.max_captchas", Restart, v(max_captchas)),
+            ("guards.sweep_interval", Restart, v(sweep_interval)),
+            (
+                "guards.replace_default_routes",
+                InPlace,
+                v(replace_default_routes),
+            ),
+            // The policy's whitelist is compiled with it.
+            (
+                "guards.phone_default_region",
+                Restart,
+                v(phone_default_region),
+            ),
+            ("guards.send_code.per_client", InPlace, v(per_client)),
+            ("guards.send_code.per_recipient", InPlace, v(per_recipient)),
+            ("guards.send_code.window", Restart, v(window)),
+            (
+                "guards.captcha_cookie_samesite",
+                InPlace,
+                v(captcha_cookie_samesite),
+            ),
+            ("rate_limit.login", InPlace, v(login)),
+            ("rate_limit.register", InPlace, v(register)),
+            ("rate_limit.password", InPlace, v(password)),
+            ("rate_limit.captcha", InPlace, v(captcha_rate)),
+            ("rate_limit.other", InPlace, v(other)),
+            ("rate_limit.send_code", InPlace, v(send_code_rate)),
+            ("rate_limit.max_tracked_keys", InPlace, v(rate_keys)),
+            ("rate_limit.shared", InPlace, v(shared)),
+            ("routes", InPlace, v(routes)),
+            ("captcha", InPlace, v(captcha)),
+            ("admin.token", InPlace, secret(token)),
+            ("admin.protect_metrics", InPlace, v(protect_metrics)),
+        ];
+        keys.extend(policy.reload_keys());
+        keys.extend(store.reload_keys());
+        keys
+    }
+
+    /// The verdict on reloading this configuration into `new`.
+    pub fn reload_plan(&self, new: &Config) -> ReloadPlan {
+        let mut plan = ReloadPlan::default();
+        let old: std::collections::HashMap<_, _> = self
+            .reload_keys()
+            .into_iter()
+            .map(|(k, _, v)| (k, v))
+            .collect();
+        for (key, class, value) in new.reload_keys() {
+            if old.get(key) == Some(&value) {
+                continue;
+            }
+            match class {
+                Reload::InPlace => plan.in_place.push(key),
+                Reload::Restart => plan.restart.push(key),
+            }
+        }
+        // A key present on one side only (another policy source or store
+        // kind) is a change of the kind, which the kind's key reports.
+        plan
+    }
+}
+
+impl PolicyConfig {
+    /// The policy keys (all need a restart: the refresher owns the source).
+    fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
+        let PolicyConfig {
+            source,
+            refresh_interval,
+            snapshot_path,
+            file,
+            authing,
+        } = self;
+        let authing = authing.as_ref().map(|a| {
+            (
+                format!("{a:?}"),
+                a.secret.as_ref().map(|s| s.expose().to_string()),
+            )
+        });
+        vec![
+            ("policy.source", Reload::Restart, format!("{source:?}")),
+            (
+                "policy.refresh_interval",
+                Reload::Restart,
+                format!("{refresh_interval:?}"),
+            ),
+            (
+                "policy.snapshot_path",
+                Reload::Restart,
+                format!("{snapshot_path:?}"),
+            ),
+            ("policy.file", Reload::Restart, format!("{file:?}")),
+            ("policy.authing", Reload::Restart, format!("{authing:?}")),
+        ]
+    }
+}
+
+impl StoreConfig {
+    /// The store keys (all need a restart: the connections and the state
+    /// are made once).
+    fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
+        let StoreConfig { kind, redis } = self;
+        let redis = redis
+            .as_ref()
+            .map(|r| (format!("{r:?}"), r.url.expose().to_string()));
+        vec![
+            ("store.kind", Reload::Restart, format!("{kind:?}")),
+            ("store.redis", Reload::Restart, format!("{redis:?}")),
+        ]
     }
 }
 
@@ -1225,6 +1505,45 @@ mod tests {
         assert!(err.contains("protect_metrics"), "{err}");
         let typo = format!("{MIN}\n[admin]\ntokn = \"x\"\n");
         assert!(Config::parse(&typo).is_err());
+    }
+
+    #[test]
+    fn reload_plan_sorts_changed_keys_by_what_they_take() {
+        let old = Config::parse(MIN).unwrap();
+        assert_eq!(old.reload_plan(&old), ReloadPlan::default());
+        let soft = format!(
+            "{MIN}\n[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[rate_limit]\nlogin = {{ per_second = 1 }}\n[admin]\ntoken = \"0123456789abcdef0\"\n"
+        );
+        let plan = old.reload_plan(&Config::parse(&soft).unwrap());
+        assert!(plan.allowed());
+        assert_eq!(
+            plan.in_place,
+            vec!["server.trusted_proxies", "rate_limit.login", "admin.token"]
+        );
+        let hard = format!("{MIN}\n[server]\nlisten = \"127.0.0.1:1\"\nmax_body_bytes = 5\n");
+        let plan = old.reload_plan(&Config::parse(&hard).unwrap());
+        assert!(!plan.allowed());
+        assert_eq!(plan.restart, vec!["server.listen"]);
+        assert_eq!(plan.in_place, vec!["server.max_body_bytes"]);
+        // A secret's change is seen, though it is never printed.
+        let mut a = Config::parse(MIN).unwrap();
+        let mut b = a.clone();
+        a.store.redis = Some(RedisConfig::default());
+        b.store.redis = Some(RedisConfig {
+            url: Secret::new("redis://:other@127.0.0.1:6379/0"),
+            ..RedisConfig::default()
+        });
+        assert_eq!(a.reload_plan(&b).restart, vec!["store.redis"]);
+    }
+
+    #[test]
+    fn a_bad_log_level_is_named() {
+        let text = format!("{MIN}\n[log]\nlevel = \"poolgate=loud\"\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&text).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("log.level"), "{err}");
     }
 
     #[test]
