@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::classify::{default_graphql_ops, default_routes, RouteTable};
 use crate::client_ip::ClientIpResolver;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, PolicySource, SourceKind};
 use crate::gateway::{ConnService, Gateway};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
@@ -99,11 +99,8 @@ fn config_reloads_metric(metrics: &Metrics) -> prometheus::IntCounterVec {
 /// The series [`Metrics::precreate`] makes for `cfg`.
 fn precreate(metrics: &Metrics, cfg: &Config) {
     metrics.precreate(&crate::metrics::Known {
-        source: cfg.policy.source.as_str(),
-        store_fallback: match (&cfg.store.kind, &cfg.store.redis) {
-            (crate::config::StoreKind::Redis, Some(r)) => Some(r.fallback.as_str()),
-            _ => None,
-        },
+        source: cfg.policy.source.kind().as_str(),
+        store_fallback: cfg.store.redis().map(|r| r.fallback.as_str()),
         shadowed: crate::guards::GUARD_NAMES
             .iter()
             .copied()
@@ -117,29 +114,15 @@ pub fn build_source(
     cfg: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<(Source, Option<std::time::Duration>)> {
-    Ok(match cfg.policy.source {
-        SourceKind::File => {
-            let f = cfg
-                .policy
-                .file
-                .as_ref()
-                .context("policy.source = \"file\" needs [policy.file]")?;
-            (
-                Source::File(FileSource::new(f.path.clone(), f.whitelist_path.clone())),
-                Some(f.poll_interval),
-            )
-        }
-        SourceKind::Authing => {
-            let a = cfg
-                .policy
-                .authing
-                .as_ref()
-                .context("policy.source = \"authing\" needs [policy.authing]")?;
-            (
-                Source::Authing(Box::new(AuthingSource::new(a, metrics.clone())?)),
-                None,
-            )
-        }
+    Ok(match &cfg.policy.source {
+        PolicySource::File(f) => (
+            Source::File(FileSource::new(f.path.clone(), f.whitelist_path.clone())),
+            Some(f.poll_interval),
+        ),
+        PolicySource::Authing(a) => (
+            Source::Authing(Box::new(AuthingSource::new(a, metrics.clone())?)),
+            None,
+        ),
     })
 }
 
@@ -202,7 +185,7 @@ impl App {
         let policy = Arc::new(PolicyStore::new());
         let reload = Arc::new(Notify::new());
         let (source, poll) = build_source(&cfg, &metrics)?;
-        let source_kind = cfg.policy.source;
+        let source_kind = cfg.policy.source.kind();
         let mut refresher = Refresher::new(
             source,
             policy.clone(),
@@ -239,9 +222,8 @@ impl App {
             metrics.clone(),
         )?);
         if let Some(shared) = store.shared() {
-            let url = crate::store::redis::redacted_url(
-                cfg.store.redis.as_ref().map_or("", |r| r.url.expose()),
-            );
+            let url =
+                crate::store::redis::redacted_url(cfg.store.redis().map_or("", |r| r.url.expose()));
             match shared.ping().await {
                 Ok(()) => tracing::info!(%url, "shared store (redis) reachable"),
                 Err(e) => tracing::error!(%url, error = %e,

@@ -302,8 +302,8 @@ async fn check(cfg: &Config, against: Option<&std::path::Path>) -> anyhow::Resul
     } else if !cfg.guards.dry_run_guards.is_empty() {
         println!("dry run     {}", cfg.guards.dry_run_guards.join(", "));
     }
-    match (&cfg.store.kind, &cfg.store.redis) {
-        (poolgate::config::StoreKind::Redis, Some(r)) => {
+    match &cfg.store {
+        poolgate::config::StoreConfig::Redis(r) => {
             let url = poolgate::store::redis::redacted_url(r.url.expose());
             let store = poolgate::store::redis::RedisStore::new(
                 r,
@@ -319,7 +319,7 @@ async fn check(cfg: &Config, against: Option<&std::path::Path>) -> anyhow::Resul
                 r.fallback.as_str()
             );
         }
-        _ => println!("store       memory"),
+        poolgate::config::StoreConfig::Memory => println!("store       memory"),
     }
     println!("upstream    {}", cfg.upstream.url);
     println!(

@@ -395,7 +395,7 @@ async fn registration_rules_in_every_api_shape() {
     )
     .unwrap();
     let mut cfg = file_config(dir.path(), &pool, up.addr, "");
-    cfg.policy.file.as_mut().unwrap().whitelist_path = Some(dir.path().join("wl.json"));
+    cfg.policy.file_mut().unwrap().whitelist_path = Some(dir.path().join("wl.json"));
     let app = poolgate::App::start(cfg).await.unwrap();
     let gw = app.proxy_addr();
     let reg = |email: &str, pw: &str| json!({"email": email, "password": pw}).to_string();

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::captcha::{CaptchaStore, Rejected};
 use crate::classify::RouteKind;
-use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreFallback, StoreKind};
+use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreFallback};
 use crate::guards::ratelimit::RateLimits;
 use crate::metrics::Metrics;
 use crate::policy::{PolicyStore, WindowLimit};
@@ -271,15 +271,12 @@ impl Store {
         metrics: Metrics,
     ) -> anyhow::Result<Store> {
         let local = Arc::new(GuardState::new(guards, rate));
-        let (shared, fallback) = match (cfg.kind, &cfg.redis) {
-            (StoreKind::Redis, Some(r)) => (
+        let (shared, fallback) = match cfg {
+            StoreConfig::Redis(r) => (
                 Some(Arc::new(RedisStore::new(r, hold, metrics.clone())?)),
                 r.fallback,
             ),
-            (StoreKind::Redis, None) => {
-                anyhow::bail!("store.kind = \"redis\" needs a [store.redis] section")
-            }
-            (StoreKind::Memory, _) => (None, StoreFallback::Local),
+            StoreConfig::Memory => (None, StoreFallback::Local),
         };
         Ok(Store {
             local,
