@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use poolgate::routes::RouteTable;
 use poolgate::client_ip::ClientIpResolver;
 use poolgate::config::{GuardsConfig, RateLimitConfig};
 use poolgate::extract;
 use poolgate::guards::{self, cors};
 use poolgate::policy::origins::OriginMatcher;
 use poolgate::policy::{CompiledPolicy, PoolDetail, WhitelistEntries};
+use poolgate::routes::RouteTable;
 use poolgate::store::{MemoryStore, Reservation};
 
 const POOL: &str = r#"{"code":200,"message":"ok","data":{

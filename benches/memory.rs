@@ -10,10 +10,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use poolgate::routes::RouteKind;
 use poolgate::client_ip::client_key;
 use poolgate::config::{GuardsConfig, Rate, RateLimitConfig};
 use poolgate::policy::WindowLimit;
+use poolgate::routes::RouteKind;
 use poolgate::store::{MemoryStore, Reservation};
 
 /// Heap bytes live now.

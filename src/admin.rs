@@ -32,8 +32,8 @@ pub struct Admin {
     pub normalize: crate::extract::Normalize,
     /// How client keys are made (as in requests): `guards.ipv6_prefix`.
     pub ipv6_prefix: u8,
-    /// Who may call what.
-    pub auth: AdminAuth,
+    /// Who may call what (swapped by a configuration reload).
+    pub auth: arc_swap::ArcSwap<AdminAuth>,
 }
 
 /// The admin token check.
@@ -171,7 +171,7 @@ impl Admin {
         peer: IpAddr,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         let path = req.uri().path();
-        let access = self.auth.check(path, req.headers(), peer);
+        let access = self.auth.load().check(path, req.headers(), peer);
         if access != Access::Granted {
             return Ok(refused(access));
         }

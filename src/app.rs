@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::client_ip::ClientIpResolver;
-use crate::config::{Config, SourceKind};
+use crate::config::{Config, PolicySource, SourceKind};
 use crate::gateway::{ConnService, Gateway};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
@@ -46,6 +46,67 @@ pub struct App {
     pub guard_state: Arc<MemoryStore>,
     /// The store the guards use (memory, or Redis with the memory store as fallback).
     pub store: Arc<Store>,
+    reloader: Reloader,
+}
+
+/// What a configuration reload changes in place, and the configuration in force.
+struct Reloader {
+    /// The configuration in force; the lock also keeps two reloads apart.
+    current: std::sync::Mutex<Config>,
+    gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
+    /// `poolgate_config_reloads_total{result}`.
+    reloads: prometheus::IntCounterVec,
+    /// Sets the log filter (the binary's tracing-subscriber reload handle).
+    log_level: Option<LogLevelHook>,
+}
+
+/// Sets the log filter to a `log.level` value.
+pub type LogLevelHook = Box<dyn Fn(&str) -> anyhow::Result<()> + Send + Sync>;
+
+/// The results a configuration reload is counted by.
+pub const CONFIG_RELOAD_RESULTS: [&str; 3] = ["applied", "refused", "invalid"];
+
+/// What a configuration reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigReload {
+    /// The new configuration is in force; these keys changed (none: nothing did).
+    Applied(Vec<&'static str>),
+    /// These changed keys need a restart: nothing was applied.
+    Refused(Vec<&'static str>),
+    /// The new configuration is invalid (the error): nothing was applied.
+    Invalid(String),
+}
+
+// Static construction: the name and labels are constants.
+#[allow(clippy::expect_used)]
+fn config_reloads_metric(metrics: &Metrics) -> prometheus::IntCounterVec {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "poolgate_config_reloads_total",
+            "Configuration reloads (SIGHUP), by result: applied, refused (a changed key needs a restart) or invalid.",
+        ),
+        &["result"],
+    )
+    .expect("valid metric");
+    for r in CONFIG_RELOAD_RESULTS {
+        c.with_label_values(&[r]);
+    }
+    metrics.register_collector(Box::new(c.clone()));
+    c
+}
+
+/// The series [`Metrics::precreate`] makes for `cfg`.
+fn precreate(metrics: &Metrics, cfg: &Config) {
+    metrics.precreate(&crate::metrics::Known {
+        source: cfg.policy.source.kind().as_str(),
+        store_fallback: cfg.store.redis().map(|r| r.fallback.as_str()),
+        shadowed: crate::guards::GUARD_NAMES
+            .iter()
+            .copied()
+            .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.iter().any(|d| d == g))
+            .collect(),
+    });
 }
 
 /// Builds the configured policy source.
@@ -53,29 +114,15 @@ pub fn build_source(
     cfg: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<(Source, Option<std::time::Duration>)> {
-    Ok(match cfg.policy.source {
-        SourceKind::File => {
-            let f = cfg
-                .policy
-                .file
-                .as_ref()
-                .context("policy.source = \"file\" needs [policy.file]")?;
-            (
-                Source::File(FileSource::new(f.path.clone(), f.whitelist_path.clone())),
-                Some(f.poll_interval),
-            )
-        }
-        SourceKind::Authing => {
-            let a = cfg
-                .policy
-                .authing
-                .as_ref()
-                .context("policy.source = \"authing\" needs [policy.authing]")?;
-            (
-                Source::Authing(Box::new(AuthingSource::new(a, metrics.clone())?)),
-                None,
-            )
-        }
+    Ok(match &cfg.policy.source {
+        PolicySource::File(f) => (
+            Source::File(FileSource::new(f.path.clone(), f.whitelist_path.clone())),
+            Some(f.poll_interval),
+        ),
+        PolicySource::Authing(a) => (
+            Source::Authing(Box::new(AuthingSource::new(a, metrics.clone())?)),
+            None,
+        ),
     })
 }
 
@@ -139,7 +186,7 @@ impl App {
         let policy = Arc::new(PolicyStore::new());
         let reload = Arc::new(Notify::new());
         let (source, poll) = build_source(&cfg, &metrics)?;
-        let source_kind = cfg.policy.source;
+        let source_kind = cfg.policy.source.kind();
         let mut refresher = Refresher::new(
             source,
             policy.clone(),
@@ -176,9 +223,8 @@ impl App {
             metrics.clone(),
         )?);
         if let Some(shared) = store.shared() {
-            let url = crate::store::redis::redacted_url(
-                cfg.store.redis.as_ref().map_or("", |r| r.url.expose()),
-            );
+            let url =
+                crate::store::redis::redacted_url(cfg.store.redis().map_or("", |r| r.url.expose()));
             match shared.ping().await {
                 Ok(()) => tracing::info!(%url, "shared store (redis) reachable"),
                 Err(e) => tracing::error!(%url, error = %e,
@@ -187,18 +233,8 @@ impl App {
         }
         let state = store.memory().clone();
         metrics.register_collector(state.rate.collector());
-        metrics.precreate(&crate::metrics::Known {
-            source: source_kind.as_str(),
-            store_fallback: match (&cfg.store.kind, &cfg.store.redis) {
-                (crate::config::StoreKind::Redis, Some(r)) => Some(r.fallback.as_str()),
-                _ => None,
-            },
-            shadowed: crate::guards::GUARD_NAMES
-                .iter()
-                .copied()
-                .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.iter().any(|d| d == g))
-                .collect(),
-        });
+        precreate(&metrics, &cfg);
+        let reloads = config_reloads_metric(&metrics);
         let rejection_log = Arc::new(crate::rejection_log::RejectionLog::new(
             cfg.log.rejections_per_second,
         ));
@@ -309,12 +345,13 @@ impl App {
             metrics: metrics.clone(),
             draining: draining.clone(),
             store: store.clone(),
-            auth: crate::admin::AdminAuth::new(&cfg.admin),
+            auth: arc_swap::ArcSwap::from_pointee(crate::admin::AdminAuth::new(&cfg.admin)),
         });
-        if !admin.auth.has_token() && !admin_addr.ip().is_loopback() {
+        if !admin.auth.load().has_token() && !admin_addr.ip().is_loopback() {
             tracing::warn!(%admin_addr,
                 "the admin listener is not on loopback and no admin token is set: anyone who can reach it reads /policy and /counters; set [admin] token or POOLGATE_ADMIN_TOKEN");
         }
+        let admin_handle = admin.clone();
         tasks.push(tokio::spawn(serve(
             admin_listener,
             ListenerOptions {
@@ -347,6 +384,13 @@ impl App {
         )));
         tasks.push(tokio::spawn(refresher.run(shutdown_rx)));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = source_kind.as_str(), "poolgate listening");
+        let reloader = Reloader {
+            current: std::sync::Mutex::new(cfg),
+            gateway,
+            admin: admin_handle,
+            reloads,
+            log_level: None,
+        };
         Ok(App {
             proxy_addr,
             admin_addr,
@@ -358,7 +402,98 @@ impl App {
             metrics,
             guard_state: state,
             store,
+            reloader,
         })
+    }
+
+    /// Lets [`Self::reload_config`] change the log filter (`log.level`);
+    /// without it a changed level is applied at the next start only.
+    pub fn with_log_level(mut self, set: LogLevelHook) -> App {
+        self.reloader.log_level = Some(set);
+        self
+    }
+
+    /// Applies a reloaded configuration (`Config::load` again, as SIGHUP
+    /// does) in place, keeping every counter, or refuses it as a whole.
+    ///
+    /// Applied in place: the run-time settings ([`Runtime`]: limits, trusted
+    /// proxies and backends, routes, guard settings, access log, captcha),
+    /// the rate limits (a class whose rate changed starts fresh, the others
+    /// keep their clients' state), the admin token and the log level.
+    /// Refused, with the old configuration kept entirely: an invalid
+    /// configuration, or one that changes a key that needs a restart
+    /// ([`Config::reload_keys`]). Each outcome is logged and counted in
+    /// `poolgate_config_reloads_total{result}`.
+    pub fn reload_config(&self, loaded: anyhow::Result<Config>) -> ConfigReload {
+        let r = &self.reloader;
+        let mut current = match r.current.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let outcome = match loaded.and_then(|new| {
+            let plan = current.reload_plan(&new);
+            // Built before anything is applied: a failure here leaves the
+            // old configuration whole.
+            let runtime = if plan.allowed() {
+                Some(runtime_of(&new)?)
+            } else {
+                None
+            };
+            Ok((new, plan, runtime))
+        }) {
+            Err(e) => {
+                let e = format!("{e:#}");
+                // One log line, though toml's errors quote the file over several.
+                let one_line = e.split_whitespace().collect::<Vec<_>>().join(" ");
+                tracing::error!(error = %one_line, result = "invalid",
+                    "configuration reload refused: the new configuration is invalid; the old one stays in force");
+                ConfigReload::Invalid(e)
+            }
+            Ok((_, plan, _)) if !plan.allowed() => {
+                tracing::error!(keys = %plan.restart.join(", "), result = "refused",
+                    "configuration reload refused: these changed keys need a restart; the old configuration stays in force");
+                ConfigReload::Refused(plan.restart)
+            }
+            Ok((new, plan, runtime)) => {
+                if let Some(rt) = runtime {
+                    r.gateway.runtime.store(Arc::new(rt));
+                }
+                let rebuilt = self.store.memory().rate.reconfigure(&new.rate_limit);
+                r.admin
+                    .auth
+                    .store(Arc::new(crate::admin::AdminAuth::new(&new.admin)));
+                if plan.in_place.contains(&"log.level") {
+                    match &r.log_level {
+                        Some(set) => {
+                            if let Err(e) = set(&new.log.level) {
+                                tracing::error!(error = %format!("{e:#}"), "log.level not applied");
+                            }
+                        }
+                        None => tracing::warn!("log.level changed but cannot be applied in place; it takes effect at the next start"),
+                    }
+                }
+                precreate(&self.metrics, &new);
+                if plan.in_place.is_empty() {
+                    tracing::info!(
+                        result = "applied",
+                        "configuration reloaded: nothing changed"
+                    );
+                } else {
+                    tracing::info!(keys = %plan.in_place.join(", "),
+                        rate_limits_restarted = %rebuilt.join(", "), result = "applied",
+                        "configuration reloaded in place; counters kept");
+                }
+                *current = new;
+                ConfigReload::Applied(plan.in_place)
+            }
+        };
+        let result = match &outcome {
+            ConfigReload::Applied(_) => "applied",
+            ConfigReload::Refused(_) => "refused",
+            ConfigReload::Invalid(_) => "invalid",
+        };
+        r.reloads.with_label_values(&[result]).inc();
+        outcome
     }
 
     /// The proxy listener's address.

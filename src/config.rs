@@ -349,23 +349,102 @@ fn default_true() -> bool {
 }
 
 /// Where the pool policy comes from.
+///
+/// The file keeps its flat shape (`source = "file"` plus a `[policy.file]`
+/// section); it is read into [`PolicySource`], so a source without its
+/// settings, or with the other source's settings, cannot exist past parsing.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawPolicyConfig")]
 pub struct PolicyConfig {
-    /// `file` or `authing`.
-    pub source: SourceKind,
+    /// The source and its settings.
+    pub source: PolicySource,
     /// How often the source is fetched again.
-    #[serde(default = "default_refresh", with = "humantime_serde")]
     pub refresh_interval: Duration,
     /// Where the last good policy is persisted (no secrets are written). Unset: no snapshot.
-    #[serde(default)]
     pub snapshot_path: Option<PathBuf>,
-    /// Settings of the `file` source.
+}
+
+/// The policy source, with the settings of that source only.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// `source = "file"` with `[policy.file]`.
+    File(FileSourceConfig),
+    /// `source = "authing"` with `[policy.authing]`.
+    Authing(AuthingSourceConfig),
+}
+
+impl PolicySource {
+    /// Which source it is.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            PolicySource::File(_) => SourceKind::File,
+            PolicySource::Authing(_) => SourceKind::Authing,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The `file` source's settings, when that is the source.
+    pub fn file_mut(&mut self) -> Option<&mut FileSourceConfig> {
+        match &mut self.source {
+            PolicySource::File(f) => Some(f),
+            PolicySource::Authing(_) => None,
+        }
+    }
+
+    /// The `authing` source's settings, when that is the source.
+    pub fn authing_mut(&mut self) -> Option<&mut AuthingSourceConfig> {
+        match &mut self.source {
+            PolicySource::Authing(a) => Some(a),
+            PolicySource::File(_) => None,
+        }
+    }
+}
+
+/// `[policy]` as written in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyConfig {
+    source: SourceKind,
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    refresh_interval: Duration,
     #[serde(default)]
-    pub file: Option<FileSourceConfig>,
-    /// Settings of the `authing` source.
+    snapshot_path: Option<PathBuf>,
     #[serde(default)]
-    pub authing: Option<AuthingSourceConfig>,
+    file: Option<FileSourceConfig>,
+    #[serde(default)]
+    authing: Option<AuthingSourceConfig>,
+}
+
+impl TryFrom<RawPolicyConfig> for PolicyConfig {
+    type Error = String;
+    fn try_from(r: RawPolicyConfig) -> Result<Self, String> {
+        let source = match (r.source, r.file, r.authing) {
+            (SourceKind::File, Some(f), None) => PolicySource::File(f),
+            (SourceKind::Authing, None, Some(a)) => PolicySource::Authing(a),
+            (SourceKind::File, None, _) => {
+                return Err("policy.source = \"file\" needs a [policy.file] section with `path`".into())
+            }
+            (SourceKind::Authing, _, None) => {
+                return Err("policy.source = \"authing\" needs a [policy.authing] section".into())
+            }
+            (kind, _, _) => {
+                return Err(format!(
+                    "policy.source = \"{}\" but [policy.{}] is set too: a pool has one source; remove the other section",
+                    kind.as_str(),
+                    match kind {
+                        SourceKind::File => "authing",
+                        SourceKind::Authing => "file",
+                    }
+                ))
+            }
+        };
+        Ok(PolicyConfig {
+            source,
+            refresh_interval: r.refresh_interval,
+            snapshot_path: r.snapshot_path,
+        })
+    }
 }
 
 fn default_refresh() -> Duration {
@@ -475,14 +554,61 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Where the guards' counters, locks and captchas live.
+///
+/// Written `kind = "memory" | "redis"` plus `[store.redis]`; read into this
+/// enum, so Redis settings exist only for the Redis store.
+// Built once per (re)load: the size of the memory variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "RawStoreConfig")]
+pub enum StoreConfig {
+    /// In this process (one replica, the default).
+    #[default]
+    Memory,
+    /// In a Redis shared by every replica (`[store.redis]`, every key of
+    /// which has a default).
+    Redis(RedisConfig),
+}
+
+impl StoreConfig {
+    /// Which store it is.
+    pub fn kind(&self) -> StoreKind {
+        match self {
+            StoreConfig::Memory => StoreKind::Memory,
+            StoreConfig::Redis(_) => StoreKind::Redis,
+        }
+    }
+
+    /// The Redis settings, for the Redis store.
+    pub fn redis(&self) -> Option<&RedisConfig> {
+        match self {
+            StoreConfig::Redis(r) => Some(r),
+            StoreConfig::Memory => None,
+        }
+    }
+}
+
+/// `[store]` as written in the file.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// `memory` (one replica, the default) or `redis` (replicas share them).
+struct RawStoreConfig {
     #[serde(default)]
-    pub kind: StoreKind,
-    /// The Redis settings, for `kind = "redis"`.
-    pub redis: Option<RedisConfig>,
+    kind: StoreKind,
+    #[serde(default)]
+    redis: Option<RedisConfig>,
+}
+
+impl TryFrom<RawStoreConfig> for StoreConfig {
+    type Error = String;
+    fn try_from(r: RawStoreConfig) -> Result<Self, String> {
+        match (r.kind, r.redis) {
+            (StoreKind::Memory, None) => Ok(StoreConfig::Memory),
+            (StoreKind::Redis, r) => Ok(StoreConfig::Redis(r.unwrap_or_default())),
+            (StoreKind::Memory, Some(_)) => Err(
+                "[store.redis] is set but store.kind = \"memory\": set kind = \"redis\" or remove the section".into(),
+            ),
+        }
+    }
 }
 
 /// The counter store.
@@ -797,7 +923,7 @@ impl Config {
                 *p = dir.join(&*p);
             }
         };
-        if let Some(f) = self.policy.file.as_mut() {
+        if let Some(f) = self.policy.file_mut() {
             fix(&mut f.path);
             if let Some(w) = f.whitelist_path.as_mut() {
                 fix(w);
@@ -829,7 +955,7 @@ impl Config {
             self.log.format = v.parse().context("POOLGATE_LOG_FORMAT")?;
         }
         if let Some(v) = env("POOLGATE_POOL_FILE") {
-            if let Some(f) = self.policy.file.as_mut() {
+            if let Some(f) = self.policy.file_mut() {
                 f.path = v.into();
             }
         }
@@ -843,11 +969,14 @@ impl Config {
         }
         if let Some(v) = env("POOLGATE_REDIS_URL").filter(|v| !v.is_empty()) {
             // The URL may carry a password: the environment is its place.
-            self.store.kind = StoreKind::Redis;
-            let r = self.store.redis.get_or_insert_with(RedisConfig::default);
-            r.url = Secret(v);
+            if let StoreConfig::Memory = self.store {
+                self.store = StoreConfig::Redis(RedisConfig::default());
+            }
+            if let StoreConfig::Redis(r) = &mut self.store {
+                r.url = Secret(v);
+            }
         }
-        if let Some(a) = self.policy.authing.as_mut() {
+        if let Some(a) = self.policy.authing_mut() {
             if let Some(v) = env("POOLGATE_AUTHING_API_BASE") {
                 a.api_base = v;
             }
@@ -885,21 +1014,10 @@ impl Config {
             ("guards.captcha_ttl", self.guards.captcha_ttl),
             ("guards.sweep_interval", self.guards.sweep_interval),
         ];
-        for (name, d) in positive
-            .into_iter()
-            .chain(
-                self.policy
-                    .file
-                    .as_ref()
-                    .map(|f| ("policy.file.poll_interval", f.poll_interval)),
-            )
-            .chain(
-                self.policy
-                    .authing
-                    .as_ref()
-                    .map(|a| ("policy.authing.timeout", a.timeout)),
-            )
-        {
+        for (name, d) in positive.into_iter().chain([match &self.policy.source {
+            PolicySource::File(f) => ("policy.file.poll_interval", f.poll_interval),
+            PolicySource::Authing(a) => ("policy.authing.timeout", a.timeout),
+        }]) {
             if d.is_zero() {
                 bail!("{name} must be greater than 0");
             }
@@ -921,7 +1039,7 @@ impl Config {
         if self.rate_limit.max_tracked_keys == 0 {
             bail!("rate_limit.max_tracked_keys must be greater than 0");
         }
-        if self.rate_limit.shared && self.store.kind != StoreKind::Redis {
+        if self.rate_limit.shared && self.store.kind() != StoreKind::Redis {
             bail!("rate_limit.shared = true keeps the rates in Redis: it needs store.kind = \"redis\"");
         }
         if self.guards.ipv6_prefix > 128 {
@@ -929,6 +1047,8 @@ impl Config {
         }
         crate::extract::phone::PhoneRegion::parse(&self.guards.phone_default_region)
             .context("guards.phone_default_region")?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level {:?} is not a filter: {e}", self.log.level))?;
         if !(0.0..=1.0).contains(&self.log.access_log_sample) {
             bail!("log.access_log_sample must be between 0 and 1");
         }
@@ -946,10 +1066,7 @@ impl Config {
                 );
             }
         }
-        if self.store.kind == StoreKind::Redis {
-            let r = self.store.redis.as_ref().context(
-                "store.kind = \"redis\" needs a [store.redis] section (or POOLGATE_REDIS_URL)",
-            )?;
+        if let Some(r) = self.store.redis() {
             r.validate()?;
         }
         if let Some(t) = &self.admin.token {
@@ -965,26 +1082,16 @@ impl Config {
         if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
             bail!("server.listen and server.admin_listen must differ");
         }
-        match self.policy.source {
-            SourceKind::File => {
-                if self.policy.file.is_none() {
-                    bail!("policy.source = \"file\" needs a [policy.file] section with `path`");
-                }
+        if let PolicySource::Authing(a) = &self.policy.source {
+            if a.user_pool_id.trim().is_empty() {
+                bail!("policy.authing.user_pool_id is empty");
             }
-            SourceKind::Authing => {
-                let Some(a) = &self.policy.authing else {
-                    bail!("policy.source = \"authing\" needs a [policy.authing] section");
-                };
-                if a.user_pool_id.trim().is_empty() {
-                    bail!("policy.authing.user_pool_id is empty");
-                }
-                parse_base_uri(&a.api_base).context("policy.authing.api_base")?;
-                if a.secret.is_none() {
-                    bail!(
-                        "the Authing pool secret is missing: set the environment variable {}",
-                        a.secret_env
-                    );
-                }
+            parse_base_uri(&a.api_base).context("policy.authing.api_base")?;
+            if a.secret.is_none() {
+                bail!(
+                    "the Authing pool secret is missing: set the environment variable {}",
+                    a.secret_env
+                );
             }
         }
         Ok(())
@@ -993,6 +1100,286 @@ impl Config {
     /// The upstream base URL, parsed.
     pub fn upstream_uri(&self) -> anyhow::Result<Uri> {
         parse_base_uri(&self.upstream.url).context("upstream.url")
+    }
+}
+
+/// What a change of a key takes: a reload (SIGHUP) applies it in place,
+/// or only a restart does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// Applied by a reload, counters kept.
+    InPlace,
+    /// Needs a restart; a reload that changes it is refused as a whole.
+    Restart,
+}
+
+/// The verdict on reloading `old` into `new`: the keys that changed, by class.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// Changed keys a reload applies in place.
+    pub in_place: Vec<&'static str>,
+    /// Changed keys that need a restart (if any, the reload is refused).
+    pub restart: Vec<&'static str>,
+}
+
+impl ReloadPlan {
+    /// Whether a reload may apply the new configuration.
+    pub fn allowed(&self) -> bool {
+        self.restart.is_empty()
+    }
+}
+
+impl Config {
+    /// Every key with its reload class and a rendering of its value that
+    /// two configurations can be compared by (secrets included, so never
+    /// print it).
+    ///
+    /// The structs are destructured without `..`: a new key does not compile
+    /// until it is classified here.
+    pub fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
+        use Reload::{InPlace, Restart};
+        fn v(x: &dyn std::fmt::Debug) -> String {
+            format!("{x:?}")
+        }
+        let secret = |s: &Option<Secret>| v(&s.as_ref().map(Secret::expose));
+        let Config {
+            server,
+            upstream,
+            policy,
+            log,
+            guards,
+            rate_limit,
+            routes,
+            store,
+            captcha,
+            admin,
+        } = self;
+        let ServerConfig {
+            listen,
+            admin_listen,
+            max_body_bytes,
+            header_read_timeout,
+            max_header_bytes,
+            body_read_timeout,
+            max_connections,
+            http2_max_concurrent_streams,
+            shutdown_grace,
+            trusted_proxies,
+            trusted_backends,
+            workers,
+        } = server;
+        let UpstreamConfig {
+            url,
+            connect_timeout,
+            request_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            preserve_host,
+            ca_file,
+        } = upstream;
+        let LogConfig {
+            format,
+            level,
+            rejections_per_second,
+            access_log,
+            access_log_sample,
+        } = log;
+        let GuardsConfig {
+            dry_run,
+            dry_run_guards,
+            inspect_body_bytes,
+            inspect_response_bytes,
+            max_tracked_keys,
+            ipv6_prefix,
+            captcha_ttl,
+            max_captchas,
+            sweep_interval,
+            replace_default_routes,
+            phone_default_region,
+            send_code,
+            captcha_cookie_samesite,
+        } = guards;
+        let SendCodeConfig {
+            per_client,
+            per_recipient,
+            window,
+        } = send_code;
+        let RateLimitConfig {
+            login,
+            register,
+            password,
+            captcha: captcha_rate,
+            other,
+            send_code: send_code_rate,
+            max_tracked_keys: rate_keys,
+            shared,
+        } = rate_limit;
+        let AdminConfig {
+            token,
+            protect_metrics,
+        } = admin;
+        let mut keys = vec![
+            // Sockets, threads and the listeners' own settings are made once.
+            ("server.listen", Restart, v(listen)),
+            ("server.admin_listen", Restart, v(admin_listen)),
+            ("server.max_body_bytes", InPlace, v(max_body_bytes)),
+            (
+                "server.header_read_timeout",
+                Restart,
+                v(header_read_timeout),
+            ),
+            ("server.max_header_bytes", Restart, v(max_header_bytes)),
+            ("server.body_read_timeout", InPlace, v(body_read_timeout)),
+            ("server.max_connections", Restart, v(max_connections)),
+            (
+                "server.http2_max_concurrent_streams",
+                Restart,
+                v(http2_max_concurrent_streams),
+            ),
+            ("server.shutdown_grace", Restart, v(shutdown_grace)),
+            ("server.trusted_proxies", InPlace, v(trusted_proxies)),
+            ("server.trusted_backends", InPlace, v(trusted_backends)),
+            ("server.workers", Restart, v(workers)),
+            // The upstream's connection pools live in the workers.
+            ("upstream.url", Restart, v(url)),
+            ("upstream.connect_timeout", Restart, v(connect_timeout)),
+            ("upstream.request_timeout", Restart, v(request_timeout)),
+            ("upstream.pool_idle_timeout", Restart, v(pool_idle_timeout)),
+            ("upstream.pool_max_idle", Restart, v(pool_max_idle)),
+            ("upstream.preserve_host", Restart, v(preserve_host)),
+            ("upstream.ca_file", Restart, v(ca_file)),
+            ("log.format", Restart, v(format)),
+            ("log.level", InPlace, v(level)),
+            (
+                "log.rejections_per_second",
+                Restart,
+                v(rejections_per_second),
+            ),
+            ("log.access_log", InPlace, v(access_log)),
+            ("log.access_log_sample", InPlace, v(access_log_sample)),
+            ("guards.dry_run", InPlace, v(dry_run)),
+            ("guards.dry_run_guards", InPlace, v(dry_run_guards)),
+            ("guards.inspect_body_bytes", InPlace, v(inspect_body_bytes)),
+            (
+                "guards.inspect_response_bytes",
+                InPlace,
+                v(inspect_response_bytes),
+            ),
+            // The counters' sizes, key derivation and sweep are the state
+            // a reload keeps: changing them would mean starting it afresh.
+            ("guards.max_tracked_keys", Restart, v(max_tracked_keys)),
+            ("guards.ipv6_prefix", Restart, v(ipv6_prefix)),
+            ("guards.captcha_ttl", Restart, v(captcha_ttl)),
+            ("guards.max_captchas", Restart, v(max_captchas)),
+            ("guards.sweep_interval", Restart, v(sweep_interval)),
+            (
+                "guards.replace_default_routes",
+                InPlace,
+                v(replace_default_routes),
+            ),
+            // The policy's whitelist is compiled with it.
+            (
+                "guards.phone_default_region",
+                Restart,
+                v(phone_default_region),
+            ),
+            ("guards.send_code.per_client", InPlace, v(per_client)),
+            ("guards.send_code.per_recipient", InPlace, v(per_recipient)),
+            ("guards.send_code.window", Restart, v(window)),
+            (
+                "guards.captcha_cookie_samesite",
+                InPlace,
+                v(captcha_cookie_samesite),
+            ),
+            ("rate_limit.login", InPlace, v(login)),
+            ("rate_limit.register", InPlace, v(register)),
+            ("rate_limit.password", InPlace, v(password)),
+            ("rate_limit.captcha", InPlace, v(captcha_rate)),
+            ("rate_limit.other", InPlace, v(other)),
+            ("rate_limit.send_code", InPlace, v(send_code_rate)),
+            ("rate_limit.max_tracked_keys", InPlace, v(rate_keys)),
+            ("rate_limit.shared", InPlace, v(shared)),
+            ("routes", InPlace, v(routes)),
+            ("captcha", InPlace, v(captcha)),
+            ("admin.token", InPlace, secret(token)),
+            ("admin.protect_metrics", InPlace, v(protect_metrics)),
+        ];
+        keys.extend(policy.reload_keys());
+        keys.extend(store.reload_keys());
+        keys
+    }
+
+    /// The verdict on reloading this configuration into `new`.
+    pub fn reload_plan(&self, new: &Config) -> ReloadPlan {
+        let mut plan = ReloadPlan::default();
+        let old: std::collections::HashMap<_, _> = self
+            .reload_keys()
+            .into_iter()
+            .map(|(k, _, v)| (k, v))
+            .collect();
+        for (key, class, value) in new.reload_keys() {
+            if old.get(key) == Some(&value) {
+                continue;
+            }
+            match class {
+                Reload::InPlace => plan.in_place.push(key),
+                Reload::Restart => plan.restart.push(key),
+            }
+        }
+        // A key present on one side only (another policy source or store
+        // kind) is a change of the kind, which the kind's key reports.
+        plan
+    }
+}
+
+impl PolicyConfig {
+    /// The policy keys (all need a restart: the refresher owns the source).
+    fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
+        let PolicyConfig {
+            source,
+            refresh_interval,
+            snapshot_path,
+        } = self;
+        let (file, authing) = match source {
+            PolicySource::File(f) => (Some(f), None),
+            PolicySource::Authing(a) => (
+                None,
+                Some((format!("{a:?}"), a.secret.as_ref().map(Secret::expose))),
+            ),
+        };
+        vec![
+            (
+                "policy.source",
+                Reload::Restart,
+                format!("{:?}", source.kind()),
+            ),
+            (
+                "policy.refresh_interval",
+                Reload::Restart,
+                format!("{refresh_interval:?}"),
+            ),
+            (
+                "policy.snapshot_path",
+                Reload::Restart,
+                format!("{snapshot_path:?}"),
+            ),
+            ("policy.file", Reload::Restart, format!("{file:?}")),
+            ("policy.authing", Reload::Restart, format!("{authing:?}")),
+        ]
+    }
+}
+
+impl StoreConfig {
+    /// The store keys (all need a restart: the connections and the state
+    /// are made once).
+    fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
+        let redis = self
+            .redis()
+            .map(|r| (format!("{r:?}"), r.url.expose().to_string()));
+        vec![
+            ("store.kind", Reload::Restart, format!("{:?}", self.kind())),
+            ("store.redis", Reload::Restart, format!("{redis:?}")),
+        ]
     }
 }
 
@@ -1095,13 +1482,13 @@ mod tests {
     #[test]
     fn redis_store_settings_and_their_errors() {
         let mut cfg = Config::parse(MIN).unwrap();
-        assert_eq!(cfg.store.kind, StoreKind::Memory);
+        assert_eq!(cfg.store.kind(), StoreKind::Memory);
         // The URL (it may carry a password) comes from the environment.
         cfg.apply_env(|k| (k == "POOLGATE_REDIS_URL").then(|| "redis://:pw@db:6379/1".into()))
             .unwrap();
         cfg.validate().unwrap();
-        assert_eq!(cfg.store.kind, StoreKind::Redis);
-        let r = cfg.store.redis.as_ref().unwrap();
+        assert_eq!(cfg.store.kind(), StoreKind::Redis);
+        let r = cfg.store.redis().unwrap();
         assert_eq!(r.url.expose(), "redis://:pw@db:6379/1");
         assert_eq!(r.fallback, StoreFallback::Local);
         assert!(
@@ -1109,12 +1496,15 @@ mod tests {
             "the URL is never printed"
         );
 
+        // Every Redis key has a default: `kind` alone is a whole store.
         let text = format!("{MIN}\n[store]\nkind = \"redis\"\n");
-        let err = format!(
-            "{:#}",
-            Config::parse(&text).unwrap().validate().unwrap_err()
-        );
-        assert!(err.contains("[store.redis]"), "{err}");
+        let cfg = Config::parse(&text).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.store.redis().unwrap().key_prefix, "poolgate");
+        // Redis settings for the memory store are a contradiction.
+        let text = format!("{MIN}\n[store]\nkind = \"memory\"\n[store.redis]\npool_size = 4\n");
+        let err = format!("{:#}", Config::parse(&text).unwrap_err());
+        assert!(err.contains("[store.redis] is set but store.kind"), "{err}");
         for (bad, named) in [
             ("url = \"http://db\"", "store.redis.url"),
             ("pool_size = 0", "pool_size"),
@@ -1144,13 +1534,13 @@ mod tests {
              client_cert_file = \"c.pem\"\nclient_key_file = \"k.pem\"",
         )
         .unwrap();
-        let r = cfg.store.redis.as_ref().unwrap();
+        let r = cfg.store.redis().unwrap();
         assert!(r.tls() && !r.cluster);
         let cfg = parse(
             "url = \"redis://10.0.0.1:7000\"\ncluster = true\nnodes = [\"redis://10.0.0.2:7000\"]",
         )
         .unwrap();
-        assert_eq!(cfg.store.redis.as_ref().unwrap().nodes.len(), 1);
+        assert_eq!(cfg.store.redis().unwrap().nodes.len(), 1);
         for (bad, named) in [
             ("ca_file = \"ca.pem\"", "rediss://"),
             (
@@ -1225,6 +1615,63 @@ mod tests {
         assert!(err.contains("protect_metrics"), "{err}");
         let typo = format!("{MIN}\n[admin]\ntokn = \"x\"\n");
         assert!(Config::parse(&typo).is_err());
+    }
+
+    #[test]
+    fn reload_plan_sorts_changed_keys_by_what_they_take() {
+        let old = Config::parse(MIN).unwrap();
+        assert_eq!(old.reload_plan(&old), ReloadPlan::default());
+        let soft = format!(
+            "{MIN}\n[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n[rate_limit]\nlogin = {{ per_second = 1 }}\n[admin]\ntoken = \"0123456789abcdef0\"\n"
+        );
+        let plan = old.reload_plan(&Config::parse(&soft).unwrap());
+        assert!(plan.allowed());
+        assert_eq!(
+            plan.in_place,
+            vec!["server.trusted_proxies", "rate_limit.login", "admin.token"]
+        );
+        let hard = format!("{MIN}\n[server]\nlisten = \"127.0.0.1:1\"\nmax_body_bytes = 5\n");
+        let plan = old.reload_plan(&Config::parse(&hard).unwrap());
+        assert!(!plan.allowed());
+        assert_eq!(plan.restart, vec!["server.listen"]);
+        assert_eq!(plan.in_place, vec!["server.max_body_bytes"]);
+        // A secret's change is seen, though it is never printed.
+        let mut a = Config::parse(MIN).unwrap();
+        let mut b = a.clone();
+        a.store = StoreConfig::Redis(RedisConfig::default());
+        b.store = StoreConfig::Redis(RedisConfig {
+            url: Secret::new("redis://:other@127.0.0.1:6379/0"),
+            ..RedisConfig::default()
+        });
+        assert_eq!(a.reload_plan(&b).restart, vec!["store.redis"]);
+    }
+
+    #[test]
+    fn a_policy_source_comes_with_its_own_settings_only() {
+        let err = |text: &str| format!("{:#}", Config::parse(text).unwrap_err());
+        let e = err("[upstream]\nurl = \"http://127.0.0.1:3000\"\n[policy]\nsource = \"file\"\n");
+        assert!(e.contains("needs a [policy.file] section"), "{e}");
+        let e =
+            err("[upstream]\nurl = \"http://127.0.0.1:3000\"\n[policy]\nsource = \"authing\"\n");
+        assert!(e.contains("needs a [policy.authing] section"), "{e}");
+        let e = err(&format!("{MIN}\n[policy.authing]\nuser_pool_id = \"p\"\n"));
+        assert!(e.contains("[policy.authing] is set too"), "{e}");
+        let e = err(&MIN.replace("path = ", "pth = "));
+        assert!(e.contains("pth"), "unknown keys are still named: {e}");
+        let mut cfg = Config::parse(MIN).unwrap();
+        assert_eq!(cfg.policy.source.kind(), SourceKind::File);
+        assert!(cfg.policy.authing_mut().is_none());
+        assert_eq!(cfg.policy.file_mut().unwrap().path, Path::new("pool.json"));
+    }
+
+    #[test]
+    fn a_bad_log_level_is_named() {
+        let text = format!("{MIN}\n[log]\nlevel = \"poolgate=loud\"\n");
+        let err = format!(
+            "{:#}",
+            Config::parse(&text).unwrap().validate().unwrap_err()
+        );
+        assert!(err.contains("log.level"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use poolgate::config::{Config, LogFormat};
+use poolgate::app::LogLevelHook;
+use poolgate::config::{Config, LogFormat, Reload};
 use poolgate::policy::CompiledPolicy;
 use poolgate::server::{serve, ListenerOptions};
 
@@ -41,27 +42,40 @@ enum Command {
     /// Run the gateway (the default).
     Run,
     /// Validate the configuration and the pool source, print the compiled
-    /// policy, and exit non-zero on any error.
-    Check,
+    /// policy and which keys a reload (SIGHUP) applies in place, and exit
+    /// non-zero on any error.
+    Check {
+        /// The configuration in force now: say whether a reload from it to
+        /// `--config` would be applied or refused (exit 1 when refused).
+        #[arg(long, value_name = "OLD.toml")]
+        against: Option<PathBuf>,
+    },
     /// Ask the running gateway's admin `/readyz` (for a container
     /// HEALTHCHECK): exit 0 when ready, 1 when not (or unreachable within
     /// 2s), 2 when the configuration cannot be loaded.
     Healthcheck,
 }
 
+/// The configuration as the command line asks: the file, the environment,
+/// then `--log-format` (at start and at every reload).
+fn load(cli_config: &std::path::Path, log_format: Option<LogFormat>) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(cli_config)?;
+    if let Some(f) = log_format {
+        cfg.log.format = f;
+    }
+    Ok(cfg)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let mut cfg = match Config::load(&cli.config) {
+    let mut cli = Cli::parse();
+    let cfg = match load(&cli.config, cli.log_format) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("poolgate: {e:#}");
             return ExitCode::from(2);
         }
     };
-    if let Some(f) = cli.log_format {
-        cfg.log.format = f;
-    }
-    init_logging(&cfg);
+    let log_level = init_logging(&cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,9 +86,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Check => rt.block_on(check(&cfg)),
-        Command::Run => rt.block_on(run(cfg, cli.demo_upstream)),
+    let result = match cli.command.take().unwrap_or(Command::Run) {
+        Command::Check { against } => rt.block_on(check(&cfg, against.as_deref())),
+        Command::Run => rt.block_on(run(cfg, &cli, log_level)),
         Command::Healthcheck => return healthcheck(&cfg),
     };
     match result {
@@ -132,30 +146,59 @@ fn healthcheck(cfg: &Config) -> ExitCode {
     }
 }
 
-fn init_logging(cfg: &Config) {
+/// Installs the log subscriber; returns what sets its filter on a reload.
+fn init_logging(cfg: &Config) -> LogLevelHook {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = EnvFilter::try_from_default_env().ok();
+    // RUST_LOG wins over `log.level`, at start and at every reload.
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&cfg.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => {
+            let b = builder.json().flatten_event(true).with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            level_hook(pinned, move |f| handle.reload(f).map_err(Into::into))
+        }
+        LogFormat::Text => {
+            let b = builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            level_hook(pinned, move |f| handle.reload(f).map_err(Into::into))
+        }
     }
 }
 
-async fn run(cfg: Config, demo: bool) -> anyhow::Result<()> {
+fn level_hook(
+    pinned: bool,
+    set: impl Fn(tracing_subscriber::EnvFilter) -> anyhow::Result<()> + Send + Sync + 'static,
+) -> LogLevelHook {
+    Box::new(move |level: &str| {
+        if pinned {
+            tracing::warn!("log.level changed but RUST_LOG is set and wins; the filter stays");
+            return Ok(());
+        }
+        set(tracing_subscriber::EnvFilter::try_new(level)?)?;
+        tracing::info!(level, "log level changed");
+        Ok(())
+    })
+}
+
+async fn run(cfg: Config, cli: &Cli, log_level: LogLevelHook) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (demo_stop, demo_task) = if demo {
+    let (demo_stop, demo_task) = if cli.demo_upstream {
         let (tx, task) = start_demo(&cfg).await?;
         (Some(tx), Some(task))
     } else {
         (None, None)
     };
-    let app = poolgate::App::start(cfg).await?;
+    let app = poolgate::App::start(cfg).await?.with_log_level(log_level);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -163,7 +206,16 @@ async fn run(cfg: Config, demo: bool) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); break; }
-            _ = hup.recv() => { tracing::info!("SIGHUP: reloading the policy"); app.reload(); }
+            _ = hup.recv() => {
+                tracing::info!(config = %cli.config.display(), "SIGHUP: reloading the configuration and the policy");
+                // Reading a file: off the async workers.
+                let (path, format) = (cli.config.clone(), cli.log_format);
+                let loaded = tokio::task::spawn_blocking(move || load(&path, format))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("config loader failed: {e}")));
+                app.reload_config(loaded);
+                app.reload();
+            }
         }
     }
     app.shutdown().await;
@@ -227,7 +279,7 @@ async fn start_demo(
     Ok((tx, task))
 }
 
-async fn check(cfg: &Config) -> anyhow::Result<()> {
+async fn check(cfg: &Config, against: Option<&std::path::Path>) -> anyhow::Result<()> {
     let metrics = poolgate::metrics::Metrics::new();
     let (mut source, _) = poolgate::app::build_source(cfg, &metrics)?;
     let doc = tokio::time::timeout(Duration::from_secs(30), source.fetch())
@@ -250,8 +302,8 @@ async fn check(cfg: &Config) -> anyhow::Result<()> {
     } else if !cfg.guards.dry_run_guards.is_empty() {
         println!("dry run     {}", cfg.guards.dry_run_guards.join(", "));
     }
-    match (&cfg.store.kind, &cfg.store.redis) {
-        (poolgate::config::StoreKind::Redis, Some(r)) => {
+    match &cfg.store {
+        poolgate::config::StoreConfig::Redis(r) => {
             let url = poolgate::store::redis::redacted_url(r.url.expose());
             let store = poolgate::store::redis::RedisStore::new(
                 r,
@@ -267,7 +319,7 @@ async fn check(cfg: &Config) -> anyhow::Result<()> {
                 r.fallback.as_str()
             );
         }
-        _ => println!("store       memory"),
+        poolgate::config::StoreConfig::Memory => println!("store       memory"),
     }
     println!("upstream    {}", cfg.upstream.url);
     println!(
@@ -275,7 +327,67 @@ async fn check(cfg: &Config) -> anyhow::Result<()> {
         cfg.server.listen, cfg.server.admin_listen
     );
     print_policy(&p);
+    print_reload(cfg);
+    if let Some(old_path) = against {
+        let old = Config::load(old_path)
+            .map_err(|e| anyhow::anyhow!("--against {}: {e:#}", old_path.display()))?;
+        let plan = old.reload_plan(cfg);
+        if !plan.allowed() {
+            println!("against     {}: a reload is refused", old_path.display());
+            anyhow::bail!(
+                "a reload from {} would be refused: {} need a restart",
+                old_path.display(),
+                plan.restart.join(", ")
+            );
+        }
+        if plan.in_place.is_empty() {
+            println!("against     {}: nothing changed", old_path.display());
+        } else {
+            println!(
+                "against     {}: a reload applies {}",
+                old_path.display(),
+                plan.in_place.join(", ")
+            );
+        }
+    }
     Ok(())
+}
+
+/// Which keys a reload (SIGHUP) applies in place and which need a restart,
+/// by section (`section.*` when the whole section is one way).
+fn print_reload(cfg: &Config) {
+    let keys = cfg.reload_keys();
+    let line = |class: Reload| {
+        let mut sections: Vec<(&str, Vec<&str>, bool)> = Vec::new();
+        for (key, c, _) in &keys {
+            let (section, rest) = key.split_once('.').unwrap_or((key, ""));
+            let pos = match sections.iter().position(|(s, _, _)| *s == section) {
+                Some(i) => i,
+                None => {
+                    sections.push((section, Vec::new(), true));
+                    sections.len() - 1
+                }
+            };
+            let entry = &mut sections[pos];
+            if *c == class {
+                entry.1.push(rest);
+            } else {
+                entry.2 = false;
+            }
+        }
+        sections
+            .into_iter()
+            .filter(|(_, ks, _)| !ks.is_empty())
+            .map(|(s, ks, whole)| match (whole, ks.as_slice()) {
+                (true, [""]) => s.to_string(),
+                (true, _) => format!("{s}.*"),
+                (false, ks) => format!("{s}.{{{}}}", ks.join(", ")),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!("reload      in place on SIGHUP: {}", line(Reload::InPlace));
+    println!("restart     needed for: {}", line(Reload::Restart));
 }
 
 fn print_policy(p: &CompiledPolicy) {

@@ -100,8 +100,7 @@ async fn the_first_scrape_has_every_known_series_at_zero() {
 async fn a_redis_store_exports_its_series_at_zero() {
     let nobody = unused_addr();
     let (_up, app, _dir) = start_fixture(|cfg| {
-        cfg.store.kind = poolgate::config::StoreKind::Redis;
-        cfg.store.redis = Some(poolgate::config::RedisConfig {
+        cfg.store = poolgate::config::StoreConfig::Redis(poolgate::config::RedisConfig {
             url: poolgate::config::Secret::new(format!("redis://{nobody}/0")),
             connect_timeout: Duration::from_millis(200),
             ..Default::default()

@@ -194,7 +194,7 @@ async fn api_outages_keep_the_last_good_policy_and_are_counted() {
         let api = FakeAuthing::start(fixture_pool()).await;
         // A small call timeout, so a hanging API is given up on quickly.
         let mut cfg = authing_config(api.addr, up.addr, None, "");
-        cfg.policy.authing.as_mut().unwrap().timeout = Duration::from_millis(500);
+        cfg.policy.authing_mut().unwrap().timeout = Duration::from_millis(500);
         let app = poolgate::App::start(cfg).await.unwrap();
         let (gw, admin) = (app.proxy_addr(), app.admin_addr());
         let good = version(&app).unwrap();

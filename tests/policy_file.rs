@@ -293,7 +293,7 @@ async fn pool_file_changes_are_picked_up_by_polling() {
         let mut pool = fixture_pool();
         write_pool(&path, &pool);
         let mut cfg = file_config(&path, up.addr, "");
-        cfg.policy.file.as_mut().unwrap().poll_interval = Duration::from_millis(100);
+        cfg.policy.file_mut().unwrap().poll_interval = Duration::from_millis(100);
         let app = poolgate::App::start(cfg).await.unwrap();
         let before = version(&app);
         pool["loginPasswordFailCheck"]["limit"] = json!(7);
@@ -395,7 +395,7 @@ async fn the_whitelist_file_is_part_of_the_policy_and_is_watched_too() {
             br#"{"email": ["Alice@Example.com", {"value": "bob@example.com"}]}"#,
         );
         let mut cfg = file_config(&path, up.addr, "");
-        let f = cfg.policy.file.as_mut().unwrap();
+        let f = cfg.policy.file_mut().unwrap();
         f.whitelist_path = Some(wl.clone());
         f.poll_interval = Duration::from_millis(100);
         let app = poolgate::App::start(cfg).await.unwrap();

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use harness::redis::{cli, free_port, have, wait_until, Pki, RedisProc};
 use harness::*;
-use poolgate::config::{
-    GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
-};
+use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{AccountKey, Ask, Counter, Reservation, Slot, Store, Subject};
@@ -214,20 +212,17 @@ async fn a_tls_cluster_holds_the_limit_too() {
 }
 
 fn store(cluster: &Cluster, prefix: &str) -> (Arc<Store>, Metrics) {
-    let cfg = StoreConfig {
-        kind: StoreKind::Redis,
-        redis: Some(RedisConfig {
-            url: Secret::new(cluster.url(0)),
-            nodes: vec![cluster.url(1), cluster.url(2)],
-            cluster: true,
-            key_prefix: prefix.into(),
-            timeout: Duration::from_millis(300),
-            connect_timeout: Duration::from_millis(300),
-            breaker_failures: 3,
-            breaker_cooldown: Duration::from_millis(200),
-            ..RedisConfig::default()
-        }),
-    };
+    let cfg = StoreConfig::Redis(RedisConfig {
+        url: Secret::new(cluster.url(0)),
+        nodes: vec![cluster.url(1), cluster.url(2)],
+        cluster: true,
+        key_prefix: prefix.into(),
+        timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(200),
+        ..RedisConfig::default()
+    });
     let metrics = Metrics::new();
     let s = Store::new(
         &cfg,
@@ -399,20 +394,17 @@ async fn a_cluster_that_is_not_up_at_start_is_used_once_it_is() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let url = |p: u16| format!("redis://127.0.0.1:{p}");
-    let cfg = StoreConfig {
-        kind: StoreKind::Redis,
-        redis: Some(RedisConfig {
-            url: Secret::new(url(ports[0])),
-            nodes: vec![url(ports[1]), url(ports[2])],
-            cluster: true,
-            key_prefix: "c4".into(),
-            timeout: Duration::from_millis(300),
-            connect_timeout: Duration::from_millis(300),
-            breaker_failures: 2,
-            breaker_cooldown: Duration::from_millis(200),
-            ..RedisConfig::default()
-        }),
-    };
+    let cfg = StoreConfig::Redis(RedisConfig {
+        url: Secret::new(url(ports[0])),
+        nodes: vec![url(ports[1]), url(ports[2])],
+        cluster: true,
+        key_prefix: "c4".into(),
+        timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_millis(300),
+        breaker_failures: 2,
+        breaker_cooldown: Duration::from_millis(200),
+        ..RedisConfig::default()
+    });
     let s = Store::new(
         &cfg,
         &GuardsConfig::default(),

@@ -13,9 +13,7 @@ use futures_util::future::join_all;
 use harness::redis::{free_port, have, RedisProc};
 use harness::{metric_sum, redis_store_toml, wrong_login, Setup, LOGIN};
 use http::StatusCode;
-use poolgate::config::{
-    GuardsConfig, Rate, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
-};
+use poolgate::config::{GuardsConfig, Rate, RateLimitConfig, RedisConfig, Secret, StoreConfig};
 use poolgate::metrics::Metrics;
 use poolgate::routes::RouteKind;
 use poolgate::store::Store;
@@ -24,20 +22,17 @@ const RATE: u32 = 20;
 const BURST: u32 = 10;
 
 fn replica(port: u16, prefix: &str) -> (Arc<Store>, Metrics) {
-    let store = StoreConfig {
-        kind: StoreKind::Redis,
-        redis: Some(RedisConfig {
-            url: Secret::new(format!("redis://127.0.0.1:{port}/0")),
-            key_prefix: prefix.into(),
-            timeout: Duration::from_millis(200),
-            connect_timeout: Duration::from_millis(200),
-            breaker_failures: 2,
-            // Long enough that no trial call (which may take up to `timeout`)
-            // falls inside the quick local-limiter checks of the outage test.
-            breaker_cooldown: Duration::from_secs(1),
-            ..RedisConfig::default()
-        }),
-    };
+    let store = StoreConfig::Redis(RedisConfig {
+        url: Secret::new(format!("redis://127.0.0.1:{port}/0")),
+        key_prefix: prefix.into(),
+        timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(200),
+        breaker_failures: 2,
+        // Long enough that no trial call (which may take up to `timeout`)
+        // falls inside the quick local-limiter checks of the outage test.
+        breaker_cooldown: Duration::from_secs(1),
+        ..RedisConfig::default()
+    });
     let rate = RateLimitConfig {
         login: Rate {
             per_second: RATE,

@@ -12,29 +12,24 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use poolgate::config::{
-    GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
-};
+use harness::redis::{free_port, have, RedisProc};
+use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{Ask, Counter, Reservation, Store, Subject};
-use harness::redis::{free_port, have, RedisProc};
 
 const COOLDOWN: Duration = Duration::from_millis(500);
 
 fn replica(port: u16) -> (Arc<Store>, Metrics) {
-    let store = StoreConfig {
-        kind: StoreKind::Redis,
-        redis: Some(RedisConfig {
-            url: Secret::new(format!("redis://127.0.0.1:{port}/0")),
-            key_prefix: "rec".into(),
-            timeout: Duration::from_millis(200),
-            connect_timeout: Duration::from_millis(200),
-            breaker_failures: 2,
-            breaker_cooldown: COOLDOWN,
-            ..RedisConfig::default()
-        }),
-    };
+    let store = StoreConfig::Redis(RedisConfig {
+        url: Secret::new(format!("redis://127.0.0.1:{port}/0")),
+        key_prefix: "rec".into(),
+        timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(200),
+        breaker_failures: 2,
+        breaker_cooldown: COOLDOWN,
+        ..RedisConfig::default()
+    });
     let metrics = Metrics::new();
     let s = Store::new(
         &store,

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use harness::redis::{free_port, have, Pki, RedisProc};
 use harness::*;
-use poolgate::config::{
-    GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig, StoreKind,
-};
+use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{Ask, Counter, RedisStore, Reservation, Slot, Store, Subject};
@@ -214,10 +212,7 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
     redis.breaker_cooldown = Duration::from_millis(200);
     let metrics = Metrics::new();
     let store = Store::new(
-        &StoreConfig {
-            kind: StoreKind::Redis,
-            redis: Some(redis),
-        },
+        &StoreConfig::Redis(redis),
         &GuardsConfig::default(),
         &RateLimitConfig::default(),
         Duration::from_secs(30),

@@ -21,9 +21,9 @@ use super::{
     Ask, Counter, CounterStore, Issued, MemoryStore, RedisStore, Reservation, Slot, Subject,
     Unavailable,
 };
-use crate::routes::RouteKind;
 use crate::config::{RedisConfig, StoreFallback};
 use crate::metrics::Metrics;
+use crate::routes::RouteKind;
 
 /// Redis with its breaker and fallback.
 pub struct Fallback {

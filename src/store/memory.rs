@@ -11,10 +11,10 @@ use super::counters::{Shown, WindowCounter};
 use super::ratelimit::RateLimits;
 use super::{Ask, Counter, CounterStore, Issued, Reservation, Subject};
 use crate::captcha::CaptchaStore;
-use crate::routes::RouteKind;
 use crate::config::{GuardsConfig, RateLimitConfig};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
+use crate::routes::RouteKind;
 
 /// Everything the guards count in this replica's memory.
 pub struct MemoryStore {

@@ -30,10 +30,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::captcha::Rejected;
-use crate::routes::RouteKind;
-use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig, StoreKind};
+use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig};
 use crate::metrics::Metrics;
 use crate::policy::WindowLimit;
+use crate::routes::RouteKind;
 pub use counters::Shown;
 pub use fallback::Fallback;
 pub use memory::MemoryStore;
@@ -326,15 +326,12 @@ impl Store {
         metrics: Metrics,
     ) -> anyhow::Result<Store> {
         let local = Arc::new(MemoryStore::new(guards, rate));
-        Ok(match (cfg.kind, &cfg.redis) {
-            (StoreKind::Redis, Some(r)) => {
+        Ok(match cfg {
+            StoreConfig::Redis(r) => {
                 let redis = RedisStore::new(r, hold, metrics.clone())?.with_rates(rate);
                 Store::Shared(Fallback::new(redis, local, r, metrics))
             }
-            (StoreKind::Redis, None) => {
-                anyhow::bail!("store.kind = \"redis\" needs a [store.redis] section")
-            }
-            (StoreKind::Memory, _) => Store::Memory(local),
+            StoreConfig::Memory => Store::Memory(local),
         })
     }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
@@ -137,12 +138,30 @@ impl ShrinkableKeyedStateStore<u128> for CappedStore {
 type Limiter = RateLimiter<u128, CappedStore, DefaultClock, NoOpMiddleware>;
 
 /// One limiter per route class; `None` where the class is not limited.
+///
+/// The classes sit behind an `ArcSwap` so a configuration reload
+/// ([`RateLimits::reconfigure`]) can change them in place: a class whose
+/// rate is unchanged keeps its limiter and its clients' state, a changed
+/// class starts fresh.
 pub struct RateLimits {
-    limiters: [Option<(Limiter, Arc<CapStats>)>; 6],
+    classes: Arc<ArcSwap<Classes>>,
     clock: DefaultClock,
+}
+
+/// The classes' limiters and shared quotas, swapped whole on a reload.
+struct Classes {
+    limiters: [Option<Arc<Class>>; 6],
     /// The quotas, for the shared limiter (`rate_limit.shared`); `None`
     /// where the class is not limited or the limits are kept locally.
     shared: [Option<SharedQuota>; 6],
+}
+
+/// One class's limiter and the settings it was built from.
+struct Class {
+    rate: Rate,
+    cap: usize,
+    limiter: Limiter,
+    stats: Arc<CapStats>,
 }
 
 /// A class's quota as the shared (Redis) limiter applies it: the same GCRA
@@ -167,48 +186,88 @@ fn shared_quota(class: &'static str, r: Rate) -> Option<SharedQuota> {
     })
 }
 
-fn limiter(r: Rate, cap: usize) -> Option<(Limiter, Arc<CapStats>)> {
+/// A class's limiter; `overflowed` carries the overflow count of the limiter
+/// it replaces, so the exported counter never goes down.
+fn limiter(r: Rate, cap: usize, overflowed: u64) -> Option<Arc<Class>> {
     let per_second = NonZeroU32::new(r.per_second)?;
     // An unset burst means one second's worth, not a burst of one.
     let burst = NonZeroU32::new(r.burst).unwrap_or(per_second);
     let store = CappedStore::new(cap);
+    store.stats.overflowed.store(overflowed, Ordering::Relaxed);
     let stats = store.stats.clone();
-    let l = RateLimiter::new(
+    let limiter = RateLimiter::new(
         Quota::per_second(per_second).allow_burst(burst),
         store,
         DefaultClock::default(),
     );
-    Some((l, stats))
+    Some(Arc::new(Class {
+        rate: r,
+        cap,
+        limiter,
+        stats,
+    }))
+}
+
+fn rates(cfg: &RateLimitConfig) -> [Rate; 6] {
+    [
+        cfg.login,
+        cfg.register,
+        cfg.password,
+        cfg.captcha,
+        cfg.other,
+        cfg.send_code,
+    ]
+}
+
+fn shared_quotas(cfg: &RateLimitConfig) -> [Option<SharedQuota>; 6] {
+    if cfg.shared {
+        let rates = rates(cfg);
+        std::array::from_fn(|i| shared_quota(CLASSES[i], rates[i]))
+    } else {
+        [None; 6]
+    }
 }
 
 impl RateLimits {
     /// Limiters for the configured rates.
     pub fn new(cfg: &RateLimitConfig) -> Self {
         let cap = cfg.max_tracked_keys.max(1);
+        let rates = rates(cfg);
         RateLimits {
-            limiters: [
-                limiter(cfg.login, cap),
-                limiter(cfg.register, cap),
-                limiter(cfg.password, cap),
-                limiter(cfg.captcha, cap),
-                limiter(cfg.other, cap),
-                limiter(cfg.send_code, cap),
-            ],
+            classes: Arc::new(ArcSwap::from_pointee(Classes {
+                limiters: std::array::from_fn(|i| limiter(rates[i], cap, 0)),
+                shared: shared_quotas(cfg),
+            })),
             clock: DefaultClock::default(),
-            shared: if cfg.shared {
-                let rates = [
-                    cfg.login,
-                    cfg.register,
-                    cfg.password,
-                    cfg.captcha,
-                    cfg.other,
-                    cfg.send_code,
-                ];
-                std::array::from_fn(|i| shared_quota(CLASSES[i], rates[i]))
-            } else {
-                [None; 6]
-            },
         }
+    }
+
+    /// Applies reloaded rates in place; returns the classes rebuilt. A class
+    /// whose rate and key cap are unchanged keeps its limiter and every
+    /// client's state; a changed class starts fresh (its clients get a full
+    /// burst). The shared quotas (`rate_limit.shared`) follow the new rates.
+    pub fn reconfigure(&self, cfg: &RateLimitConfig) -> Vec<&'static str> {
+        let cap = cfg.max_tracked_keys.max(1);
+        let rates = rates(cfg);
+        let old = self.classes.load_full();
+        let mut rebuilt = Vec::new();
+        let limiters = std::array::from_fn(|i| match &old.limiters[i] {
+            Some(c) if c.rate == rates[i] && c.cap == cap => Some(c.clone()),
+            prev => {
+                if prev.is_some() || rates[i].per_second > 0 {
+                    rebuilt.push(CLASSES[i]);
+                }
+                let overflowed = prev
+                    .as_ref()
+                    .map_or(0, |c| c.stats.overflowed.load(Ordering::Relaxed));
+                limiter(rates[i], cap, overflowed)
+            }
+        });
+        self.classes.store(Arc::new(Classes {
+            limiters,
+            shared: shared_quotas(cfg),
+        }));
+        rebuilt
     }
 
     fn index(kind: RouteKind) -> usize {
@@ -222,22 +281,19 @@ impl RateLimits {
         }
     }
 
-    fn for_kind(&self, kind: RouteKind) -> Option<&Limiter> {
-        self.limiters[Self::index(kind)].as_ref().map(|(l, _)| l)
-    }
-
     /// The quota of `kind` when `rate_limit.shared` keeps it in the shared
     /// store ([`crate::store::Store::check_rate`]); `None`: local only.
     pub fn shared_quota(&self, kind: RouteKind) -> Option<SharedQuota> {
-        self.shared[Self::index(kind)]
+        self.classes.load().shared[Self::index(kind)]
     }
 
     /// `Err(wait)` when `key` is over its class's rate.
     #[inline]
     pub fn check(&self, kind: RouteKind, key: u128) -> Result<(), Duration> {
-        match self.for_kind(kind) {
+        match &self.classes.load().limiters[Self::index(kind)] {
             None => Ok(()),
-            Some(l) => l
+            Some(c) => c
+                .limiter
                 .check_key(&key)
                 .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
         }
@@ -246,10 +302,10 @@ impl RateLimits {
     /// Forgets idle keys; returns the keys still tracked.
     pub fn sweep(&self) -> usize {
         let mut n = 0;
-        for (l, _) in self.limiters.iter().flatten() {
-            l.retain_recent();
-            l.shrink_to_fit();
-            n += l.len();
+        for c in self.classes.load().limiters.iter().flatten() {
+            c.limiter.retain_recent();
+            c.limiter.shrink_to_fit();
+            n += c.limiter.len();
         }
         n
     }
@@ -258,20 +314,15 @@ impl RateLimits {
     /// `poolgate_rate_limit_tracked_keys{class}` and
     /// `poolgate_rate_limit_overflow_total{class}`.
     pub fn collector(&self) -> Box<dyn Collector> {
-        let stores = self
-            .limiters
-            .iter()
-            .zip(CLASSES)
-            .filter_map(|(l, c)| l.as_ref().map(|(_, s)| (c, s.clone())))
-            .collect();
-        Box::new(RateLimitCollector::new(stores))
+        Box::new(RateLimitCollector::new(self.classes.clone()))
     }
 }
 
 /// Exports the limiters' key counts and overflow checks at scrape time, so
-/// the figures are exact and cost nothing on the request path.
+/// the figures are exact and cost nothing on the request path. It reads the
+/// classes in force, so a reload's new limiters are what it reports.
 struct RateLimitCollector {
-    stores: Vec<(&'static str, Arc<CapStats>)>,
+    classes: Arc<ArcSwap<Classes>>,
     tracked: prometheus::IntGaugeVec,
     overflow: prometheus::IntCounterVec,
     descs: Vec<Desc>,
@@ -280,7 +331,7 @@ struct RateLimitCollector {
 impl RateLimitCollector {
     // Static construction: the names and labels are constants.
     #[allow(clippy::expect_used)]
-    fn new(stores: Vec<(&'static str, Arc<CapStats>)>) -> Self {
+    fn new(classes: Arc<ArcSwap<Classes>>) -> Self {
         // Names and labels are static: these constructors cannot fail.
         let tracked = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
@@ -305,7 +356,7 @@ impl RateLimitCollector {
             .cloned()
             .collect();
         RateLimitCollector {
-            stores,
+            classes,
             tracked,
             overflow,
             descs,
@@ -319,7 +370,12 @@ impl Collector for RateLimitCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        for (class, s) in &self.stores {
+        for (c, class) in self.classes.load().limiters.iter().zip(CLASSES) {
+            let Some(s) = c.as_ref().map(|c| &c.stats) else {
+                // A class a reload turned off is no longer reported.
+                let _ = self.tracked.remove_label_values(&[class]);
+                continue;
+            };
             self.tracked
                 .with_label_values(&[class])
                 .set(s.len.load(Ordering::Relaxed) as i64);
@@ -424,7 +480,8 @@ mod tests {
         assert!(r.check(RouteKind::Login, 102).is_err());
         // Tracked keys keep their own bucket.
         assert!(r.check(RouteKind::Login, 0).is_ok());
-        let (_, stats) = r.limiters[0].as_ref().unwrap();
+        let classes = r.classes.load();
+        let stats = &classes.limiters[0].as_ref().unwrap().stats;
         assert_eq!(stats.len.load(Ordering::Relaxed), 3);
         assert_eq!(stats.overflowed.load(Ordering::Relaxed), 3);
     }
@@ -446,8 +503,53 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(r.sweep(), 0, "idle keys are forgotten");
         assert!(r.check(RouteKind::Login, 50).is_ok());
-        let (_, stats) = r.limiters[0].as_ref().unwrap();
+        let classes = r.classes.load();
+        let stats = &classes.limiters[0].as_ref().unwrap().stats;
         assert_eq!(stats.len.load(Ordering::Relaxed), 1);
         assert_eq!(stats.overflowed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn reconfigure_keeps_unchanged_classes_and_restarts_changed_ones() {
+        let mut cfg = RateLimitConfig {
+            login: Rate {
+                per_second: 1,
+                burst: 2,
+            },
+            register: Rate {
+                per_second: 1,
+                burst: 1,
+            },
+            ..RateLimitConfig::default()
+        };
+        let r = RateLimits::new(&cfg);
+        assert!(r.check(RouteKind::Login, 1).is_ok());
+        assert!(r.check(RouteKind::Login, 1).is_ok());
+        assert!(r.check(RouteKind::Register, 1).is_ok());
+        assert!(r.check(RouteKind::Register, 1).is_err());
+        // Lower login's burst; register unchanged.
+        cfg.login.burst = 1;
+        assert_eq!(r.reconfigure(&cfg), vec!["login"]);
+        assert!(
+            r.check(RouteKind::Register, 1).is_err(),
+            "an unchanged class keeps its clients' state"
+        );
+        assert!(
+            r.check(RouteKind::Login, 1).is_ok(),
+            "a changed class starts fresh"
+        );
+        assert!(r.check(RouteKind::Login, 1).is_err(), "at the new burst");
+        // Turning a class on and off.
+        cfg.other = Rate {
+            per_second: 1,
+            burst: 1,
+        };
+        assert_eq!(r.reconfigure(&cfg), vec!["other"]);
+        assert!(r.check(RouteKind::Other, 1).is_ok());
+        assert!(r.check(RouteKind::Other, 1).is_err());
+        cfg.other.per_second = 0;
+        assert_eq!(r.reconfigure(&cfg), vec!["other"]);
+        assert!(r.check(RouteKind::Other, 1).is_ok());
+        assert!(r.reconfigure(&cfg).is_empty(), "nothing changed");
     }
 }

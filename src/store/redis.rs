@@ -51,9 +51,9 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 use super::counters::Shown;
 use super::ratelimit::{RateLimits, SharedQuota};
 use super::{Ask, Counter, Issued, Reservation, Slot, Subject};
-use crate::routes::RouteKind;
 use crate::config::{RateLimitConfig, RedisConfig};
 use crate::metrics::Metrics;
+use crate::routes::RouteKind;
 
 /// How long a queued settle waits for a reservation to carry it before the
 /// flusher sends it on its own: short, since the slot counts against the
