@@ -192,10 +192,9 @@ impl App {
                 (crate::config::StoreKind::Redis, Some(r)) => Some(r.fallback.as_str()),
                 _ => None,
             },
-            shadowed: crate::guards::GUARD_NAMES
-                .iter()
-                .copied()
-                .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.iter().any(|d| d == g))
+            shadowed: crate::guards::Guard::ALL
+                .into_iter()
+                .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.contains(g))
                 .collect(),
         });
         let rejection_log = Arc::new(crate::rejection_log::RejectionLog::new(
