@@ -101,10 +101,9 @@ fn precreate(metrics: &Metrics, cfg: &Config) {
     metrics.precreate(&crate::metrics::Known {
         source: cfg.policy.source.kind().as_str(),
         store_fallback: cfg.store.redis().map(|r| r.fallback.as_str()),
-        shadowed: crate::guards::GUARD_NAMES
-            .iter()
-            .copied()
-            .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.iter().any(|d| d == g))
+        shadowed: crate::guards::Guard::ALL
+            .into_iter()
+            .filter(|g| cfg.guards.dry_run || cfg.guards.dry_run_guards.contains(g))
             .collect(),
     });
 }

@@ -300,7 +300,13 @@ async fn check(cfg: &Config, against: Option<&std::path::Path>) -> anyhow::Resul
     if cfg.guards.dry_run {
         println!("dry run     all guards (nothing is rejected)");
     } else if !cfg.guards.dry_run_guards.is_empty() {
-        println!("dry run     {}", cfg.guards.dry_run_guards.join(", "));
+        let names: Vec<&str> = cfg
+            .guards
+            .dry_run_guards
+            .iter()
+            .map(|g| g.as_str())
+            .collect();
+        println!("dry run     {}", names.join(", "));
     }
     match &cfg.store {
         poolgate::config::StoreConfig::Redis(r) => {

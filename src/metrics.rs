@@ -10,59 +10,22 @@
 // or label set, all constants here, which every test run builds.
 #![allow(clippy::expect_used)]
 
+use crate::guards::Guard;
 use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every `(guard, reason)` a guard rejection can carry (the labels of
-/// `poolgate_guard_decisions_total` and, by reason, `poolgate_rejections_total`).
-/// Kept by hand from the `Rejection::business(`/`Rejection::http(`,
-/// `captcha_required(`, `captcha_failed(`, `register_too_frequent(` and
-/// `send_code_limited(` call sites in `src/guards/` and `src/gateway.rs`, the
-/// reasons of `ExtractError::status_reason`, `captcha::Rejected::as_str` and,
-/// for `rate_limit`, `RouteKind::as_str`. A pair missing here is still counted
-/// when it happens; it is only not exported at zero before.
-pub const GUARD_REASONS: &[(&str, &str)] = &[
-    ("cors", "origin_not_allowed"),
-    ("rate_limit", "login"),
-    ("rate_limit", "register"),
-    ("rate_limit", "password"),
-    ("rate_limit", "send_code"),
-    ("rate_limit", "verify"),
-    ("rate_limit", "captcha"),
-    ("rate_limit", "other"),
-    ("body", "ambiguous_path"),
-    ("body", "method_not_allowed"),
-    ("body", "body_too_large"),
-    ("body", "body_timeout"),
-    ("body", "client_body_error"),
-    ("body", "unsupported_content_type"),
-    ("body", "compressed_body"),
-    ("body", "malformed_body"),
-    ("body", "ambiguous_graphql"),
-    ("body", "ambiguous_body"),
-    ("body", "bad_client_ip"),
-    ("login_fail", "captcha_required"),
-    ("password_fail", "captcha_required"),
-    ("password_fail", "account_locked"),
-    ("captcha", "captcha_unknown"),
-    ("captcha", "captcha_other_client"),
-    ("captcha", "captcha_expired"),
-    ("captcha", "captcha_wrong"),
-    ("captcha", "captcha_store_full"),
-    ("register_disabled", "register_disabled"),
-    ("register_limit", "too_frequent"),
-    ("register_limit", "store_full"),
-    ("whitelist", "not_whitelisted"),
-    ("whitelist", "no_identifier"),
-    ("password_strength", "too_short"),
-    ("password_strength", "weak"),
-    ("password_strength", "custom_rule"),
-    ("send_code", "client_limit"),
-    ("send_code", "recipient_limit"),
-    ("store", "store_unavailable"),
-];
+/// `poolgate_guard_decisions_total` and, by reason, `poolgate_rejections_total`):
+/// every [`Guard`] with the reasons its module lists ([`Guard::reasons`]).
+/// A pair missing there is still counted when it happens; it is only not
+/// exported at zero before.
+pub fn guard_reasons() -> impl Iterator<Item = (Guard, &'static str)> {
+    Guard::ALL
+        .into_iter()
+        .flat_map(|g| g.reasons().iter().map(move |r| (g, *r)))
+}
 
 /// Reasons of `poolgate_rejections_total` that are not guard reasons:
 /// refusals decided before a guard runs, and forwarding failures.
@@ -192,7 +155,7 @@ pub struct Known<'a> {
     /// The Redis store's fallback mode, when a Redis store is configured.
     pub store_fallback: Option<&'a str>,
     /// Guards in dry run: their `shadow_reject` series are created instead of `reject`.
-    pub shadowed: Vec<&'a str>,
+    pub shadowed: Vec<Guard>,
 }
 
 /// Every metric poolgate exports.
@@ -471,20 +434,23 @@ impl Metrics {
         for route in FORWARDED_ROUTES {
             self.upstream_duration.with_label_values(&[route]);
         }
-        for (guard, reason) in GUARD_REASONS {
+        for (guard, reason) in guard_reasons() {
             // A guard in dry run shadows rather than rejects.
-            let decision = if known.shadowed.contains(guard) {
+            let decision = if known.shadowed.contains(&guard) {
                 "shadow_reject"
             } else {
                 "reject"
             };
             self.guard_decisions
-                .with_label_values(&[guard, decision, reason]);
+                .with_label_values(&[guard.as_str(), decision, reason]);
             self.rejections.with_label_values(&[reason]);
         }
-        for guard in ["login_fail", "password_fail"] {
-            self.guard_decisions
-                .with_label_values(&[guard, "allow_captcha", "captcha_solved"]);
+        for guard in [Guard::LoginFail, Guard::PasswordFail] {
+            self.guard_decisions.with_label_values(&[
+                guard.as_str(),
+                "allow_captcha",
+                "captcha_solved",
+            ]);
         }
         for reason in OTHER_REJECTION_REASONS {
             self.rejections.with_label_values(&[reason]);
@@ -597,18 +563,15 @@ mod tests {
 
     #[test]
     fn known_label_sets_are_non_empty_and_unique() {
-        assert!(!GUARD_REASONS.is_empty());
-        let pairs: HashSet<_> = GUARD_REASONS.iter().collect();
+        let pairs: Vec<_> = guard_reasons().collect();
+        assert!(!pairs.is_empty());
         assert_eq!(
+            pairs.iter().collect::<HashSet<_>>().len(),
             pairs.len(),
-            GUARD_REASONS.len(),
             "a (guard, reason) pair twice"
         );
-        for (guard, _) in GUARD_REASONS {
-            assert!(
-                crate::guards::GUARD_NAMES.contains(guard),
-                "unknown guard {guard}"
-            );
+        for g in Guard::ALL {
+            assert!(!g.reasons().is_empty(), "{g} has no reasons");
         }
         for list in [
             OTHER_REJECTION_REASONS,
@@ -639,7 +602,7 @@ mod tests {
         m.precreate(&Known {
             source: "authing",
             store_fallback: Some("local"),
-            shadowed: vec!["cors"],
+            shadowed: vec![Guard::Cors],
         });
         let text = m.render();
         for needle in [

@@ -30,7 +30,7 @@ pub struct GuardSettings {
     /// Shadow mode for every guard.
     pub dry_run_all: bool,
     /// Shadow mode for these guards.
-    pub dry_run: Vec<String>,
+    pub dry_run: Vec<crate::guards::Guard>,
     /// Largest guarded request body read.
     pub inspect_body_bytes: usize,
     /// Largest upstream answer read to judge a login or registration.
@@ -50,8 +50,9 @@ pub struct GuardSettings {
 }
 
 impl GuardSettings {
-    pub(crate) fn shadow(&self, guard: &str) -> bool {
-        self.dry_run_all || self.dry_run.iter().any(|g| g == guard)
+    /// Whether `guard` is in dry run: its verdicts are logged, not enforced.
+    pub(crate) fn shadow(&self, guard: crate::guards::Guard) -> bool {
+        self.dry_run_all || self.dry_run.contains(&guard)
     }
 }
 

@@ -27,10 +27,14 @@ async fn the_first_scrape_has_every_known_series_at_zero() {
     for outcome in poolgate::metrics::LOGIN_OUTCOMES {
         zero("poolgate_login_outcomes_total", &[("outcome", outcome)]);
     }
-    for (guard, reason) in poolgate::metrics::GUARD_REASONS {
+    for (guard, reason) in poolgate::metrics::guard_reasons() {
         zero(
             "poolgate_guard_decisions_total",
-            &[("guard", guard), ("decision", "reject"), ("reason", reason)],
+            &[
+                ("guard", guard.as_str()),
+                ("decision", "reject"),
+                ("reason", reason),
+            ],
         );
         zero("poolgate_rejections_total", &[("reason", reason)]);
     }

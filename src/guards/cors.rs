@@ -4,8 +4,11 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
-use super::Rejection;
+use super::{Guard, Rejection};
 use crate::policy::CompiledPolicy;
+
+/// Reasons of guard `cors`.
+pub const REASONS: &[&str] = &["origin_not_allowed"];
 
 /// The CORS verdict on a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,7 @@ pub fn check(policy: &CompiledPolicy, headers: &HeaderMap, scheme: Option<&str>)
         Cors::Allowed(origin.clone())
     } else {
         Cors::Denied(Rejection::http(
-            "cors",
+            Guard::Cors,
             "origin_not_allowed",
             StatusCode::FORBIDDEN,
             "origin not allowed",

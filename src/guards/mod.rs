@@ -1,48 +1,156 @@
 //! The guards: pure decisions over the compiled policy and a request's facts.
 //!
-//! Nothing here does I/O or holds a lock; counters and captchas are consulted
-//! by the gateway, which passes their answers in. Each rejection names its
-//! guard and reason (metric labels and log fields) and carries Authing's code
-//! and message.
+//! Nothing here does I/O or holds a lock. The gateway gathers the facts (the
+//! request's class, its body, what the counters answer) and carries out what
+//! these functions decide; every rejection and every code poolgate answers
+//! with is built here, one module per concern:
+//!
+//! | module | guard | decides |
+//! |---|---|---|
+//! | [`route`] | `route` | ambiguous paths (400), wrong methods (405) |
+//! | [`cors`] | `cors` | `allowedOrigins` (403), preflights |
+//! | [`body`] | `body` | body size (413), read time (408), unreadable or ambiguous bodies (400/415), a trusted backend's bad end-user IP (400) |
+//! | [`rate_limit`] | `rate_limit` | 429 per route class; which requests are limited before their body is read |
+//! | [`plan`] | — | which counters a call asks for, what a full or denied counter means, which outcome commits a slot |
+//! | [`failures`] | `login_fail`, `password_fail` | captcha required (2000), account locked (2057) |
+//! | [`captcha`] | `captcha` | wrong captcha (2001), captcha store full (503) |
+//! | [`registration`] | `register_disabled`, `whitelist`, `password_strength`, `register_limit` | 2031, 2040, 2029/2061, 2100 |
+//! | [`send_code`] | `send_code` | one-time codes sent too often (429) |
+//! | [`store`] | `store` | the counter store unavailable (503), no policy yet (503) |
+//! | [`outcome`] | — | how the upstream's answer is read per call |
+//!
+//! Each rejection names its [`Guard`] and reason (metric labels and log
+//! fields) and carries Authing's code and message. A request collects every
+//! violation; [`enforced`] picks the one that answers it, so a guard in dry
+//! run never hides another's verdict.
 
+pub mod body;
+pub mod captcha;
 pub mod cors;
+pub mod failures;
 pub mod outcome;
 pub mod plan;
+pub mod rate_limit;
+pub mod registration;
+pub mod route;
+pub mod send_code;
+pub mod store;
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use http::StatusCode;
+use serde::{Deserialize, Serialize};
 
-use crate::extract::{Facts, Password};
-use crate::policy::{CompiledPolicy, FailStrategy, PasswordRule};
-use crate::routes::IdKind;
+pub use captcha::{captcha_failed, CaptchaCheck};
+pub use failures::{captcha_can_help, captcha_required, failure_violations, Over};
+pub use registration::{
+    password_strength, register_too_frequent, registration, registration_violations, WHITELIST_CODE,
+};
+pub use send_code::send_code_limited;
 
-/// Guard names, as used in `dry_run_guards`, metrics and logs.
-pub const GUARD_NAMES: &[&str] = &[
-    "cors",
-    "rate_limit",
-    "body",
-    "login_fail",
-    "password_fail",
-    "captcha",
-    "register_disabled",
-    "register_limit",
-    "whitelist",
-    "password_strength",
-    "send_code",
-    "store",
-];
+/// A guard: the name of a decision, as written in `guards.dry_run_guards`,
+/// the `guard` label of the metrics and the `guard` field of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    /// `allowedOrigins`.
+    Cors,
+    /// The per-client rate limits of `[rate_limit]`.
+    RateLimit,
+    /// Ambiguous paths and wrong methods on guarded routes.
+    Route,
+    /// Request bodies: size, read time, shape; a trusted backend's end-user IP.
+    Body,
+    /// `loginFailCheck` (per client).
+    LoginFail,
+    /// `loginPasswordFailCheck` and `loginFailStrategy` (per account).
+    PasswordFail,
+    /// The captcha sent with a call over a failure limit, and captcha issue.
+    Captcha,
+    /// `registerDisabled`.
+    RegisterDisabled,
+    /// `frequentRegisterCheck`.
+    RegisterLimit,
+    /// The registration whitelist.
+    Whitelist,
+    /// `passwordStrength`.
+    PasswordStrength,
+    /// `guards.send_code`.
+    SendCode,
+    /// The counter store (Redis with `fallback = "closed"`).
+    Store,
+}
 
-/// Code poolgate uses for "identifier not on the registration whitelist": no
-/// Authing source gives one; 2040 is unused in Authing's published table.
-pub const WHITELIST_CODE: i64 = 2040;
+impl Guard {
+    /// Every guard, in the order of the README's table.
+    pub const ALL: [Guard; 13] = [
+        Guard::Cors,
+        Guard::RateLimit,
+        Guard::Route,
+        Guard::Body,
+        Guard::LoginFail,
+        Guard::PasswordFail,
+        Guard::Captcha,
+        Guard::RegisterDisabled,
+        Guard::RegisterLimit,
+        Guard::Whitelist,
+        Guard::PasswordStrength,
+        Guard::SendCode,
+        Guard::Store,
+    ];
+
+    /// Its name (the serde name): metric label and log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guard::Cors => "cors",
+            Guard::RateLimit => "rate_limit",
+            Guard::Route => "route",
+            Guard::Body => "body",
+            Guard::LoginFail => "login_fail",
+            Guard::PasswordFail => "password_fail",
+            Guard::Captcha => "captcha",
+            Guard::RegisterDisabled => "register_disabled",
+            Guard::RegisterLimit => "register_limit",
+            Guard::Whitelist => "whitelist",
+            Guard::PasswordStrength => "password_strength",
+            Guard::SendCode => "send_code",
+            Guard::Store => "store",
+        }
+    }
+
+    /// Every reason a rejection of this guard can carry (metric labels made
+    /// at zero), as its module lists them.
+    pub fn reasons(self) -> &'static [&'static str] {
+        match self {
+            Guard::Cors => cors::REASONS,
+            Guard::RateLimit => rate_limit::REASONS,
+            Guard::Route => route::REASONS,
+            Guard::Body => body::REASONS,
+            Guard::LoginFail => failures::LOGIN_FAIL_REASONS,
+            Guard::PasswordFail => failures::PASSWORD_FAIL_REASONS,
+            Guard::Captcha => captcha::REASONS,
+            Guard::RegisterDisabled => registration::REGISTER_DISABLED_REASONS,
+            Guard::RegisterLimit => registration::REGISTER_LIMIT_REASONS,
+            Guard::Whitelist => registration::WHITELIST_REASONS,
+            Guard::PasswordStrength => registration::PASSWORD_STRENGTH_REASONS,
+            Guard::SendCode => send_code::REASONS,
+            Guard::Store => store::REASONS,
+        }
+    }
+}
+
+impl std::fmt::Display for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A request the guards refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// The guard (see [`GUARD_NAMES`]).
-    pub guard: &'static str,
+    /// The guard.
+    pub guard: Guard,
     /// Why, in a word (metric label).
     pub reason: &'static str,
     /// HTTP status of the answer.
@@ -58,7 +166,7 @@ pub struct Rejection {
 impl Rejection {
     /// A business-rule rejection: like Authing, HTTP 200 with the code in the body.
     pub fn business(
-        guard: &'static str,
+        guard: Guard,
         reason: &'static str,
         code: i64,
         message: impl Into<Cow<'static, str>>,
@@ -75,7 +183,7 @@ impl Rejection {
 
     /// A transport-level rejection (400, 403, 413, 415, 429...).
     pub fn http(
-        guard: &'static str,
+        guard: Guard,
         reason: &'static str,
         status: StatusCode,
         message: impl Into<Cow<'static, str>>,
@@ -97,377 +205,14 @@ impl Rejection {
     }
 }
 
-/// Authing's captcha-required answer (code 2000).
-pub fn captcha_required(guard: &'static str) -> Rejection {
-    Rejection::business(guard, "captcha_required", 2000, "账号异常，需要输入验证码")
-}
-
-/// Authing's wrong-captcha answer (code 2001).
-pub fn captcha_failed(reason: &'static str) -> Rejection {
-    Rejection::business("captcha", reason, 2001, "验证码验证失败(验证码错误)")
-}
-
-/// Where a call stands against its failure counters (`loginFailCheck` per
-/// client, `loginPasswordFailCheck` per account): `Some(retry_after)` when
-/// that counter is at its limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Over {
-    /// The client's failure counter is at its limit.
-    pub client: Option<Duration>,
-    /// The account's counter is at its limit.
-    pub account: Option<Duration>,
-    /// The account could not be counted (its counter is full): it must
-    /// solve a captcha, but is never locked, whatever the strategy, or
-    /// anyone able to fill the table could lock every new account.
-    pub account_full: bool,
-}
-
-impl Over {
-    /// Whether any counter is over.
-    pub fn any(&self) -> bool {
-        self.client.is_some() || self.account.is_some()
-    }
-}
-
-/// What the captcha sent with a call said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CaptchaCheck {
-    /// None sent, or not checked because no counter is over.
-    NotSent,
-    /// Solved: the call may pass the captcha-strategy limits.
-    Solved,
-    /// Wrong, expired, unknown or another client's (the reason label).
-    Failed(&'static str),
-}
-
-/// Whether a call over its limits could pass with a captcha (so one sent
-/// with it is worth checking): not when the account is locked.
-pub fn captcha_can_help(policy: &CompiledPolicy, over: &Over) -> bool {
-    over.any() && !account_locked(policy, over)
-}
-
-fn account_locked(policy: &CompiledPolicy, over: &Over) -> bool {
-    over.account.is_some()
-        && !over.account_full
-        && policy.fail_strategy == FailStrategy::BlockAccount
-}
-
-/// Every rejection a call earns from its failure counters, most severe
-/// first; empty means forward. Each names its own guard, so shadowing one
-/// guard never lets another's verdict through: an account over
-/// `loginPasswordFailCheck` is refused by `password_fail` even when
-/// `login_fail` is in dry run.
-pub fn failure_violations(
-    policy: &CompiledPolicy,
-    over: &Over,
-    captcha: CaptchaCheck,
-) -> Vec<Rejection> {
-    let mut out = Vec::new();
-    if account_locked(policy, over) {
-        // A locked account stays locked, captcha or not.
-        out.push(
-            Rejection::business(
-                "password_fail",
-                "account_locked",
-                2057,
-                "密码错误次数过多，账号已被锁定，请稍后再试",
-            )
-            .retry_after(over.account.unwrap_or(Duration::from_secs(1))),
-        );
-    }
-    let needs = [
-        ("login_fail", over.client.is_some()),
-        (
-            "password_fail",
-            over.account.is_some() && !account_locked(policy, over),
-        ),
-    ];
-    for (guard, over_limit) in needs {
-        if !over_limit {
-            continue;
-        }
-        match captcha {
-            CaptchaCheck::Solved => {}
-            CaptchaCheck::NotSent => out.push(captcha_required(guard)),
-            CaptchaCheck::Failed(why) => {
-                let r = captcha_failed(why);
-                if !out.contains(&r) {
-                    out.push(r);
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The answer when one-time codes were sent too often (per client or per
-/// recipient): HTTP 429 with `Retry-After`.
-pub fn send_code_limited(reason: &'static str, wait: Duration) -> Rejection {
-    Rejection::http(
-        "send_code",
-        reason,
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many one-time codes sent, try again later",
-    )
-    .retry_after(wait)
-}
-
-/// The answer when registrations from one client are too frequent (2100).
-pub fn register_too_frequent(reason: &'static str, wait: Duration) -> Rejection {
-    Rejection::business("register_limit", reason, 2100, "注册过于频繁，请稍候再试")
-        .retry_after(wait)
-}
-
-/// Registration rules that need no counter: `registerDisabled`, `whitelist`,
-/// and the password rule; the first broken one.
-pub fn registration(policy: &CompiledPolicy, facts: &Facts) -> Result<(), Rejection> {
-    match registration_violations(policy, facts).into_iter().next() {
-        Some(r) => Err(r),
-        None => Ok(()),
-    }
-}
-
-/// Every registration rule a call breaks, in order: `registerDisabled`,
-/// `whitelist`, the password rule (shadow mode picks the first one not shadowed).
-pub fn registration_violations(policy: &CompiledPolicy, facts: &Facts) -> Vec<Rejection> {
-    let mut out = Vec::new();
-    if let Err(r) = registration_rules(policy, facts) {
-        out.push(r);
-    }
-    if let Err(r) = whitelist(policy, facts) {
-        out.push(r);
-    }
-    if let Err(r) = password_strength(&policy.password_rule, facts.password.as_ref()) {
-        out.push(r);
-    }
-    out
-}
-
-fn registration_rules(policy: &CompiledPolicy, _facts: &Facts) -> Result<(), Rejection> {
-    if policy.register_disabled {
-        return Err(Rejection::business(
-            "register_disabled",
-            "register_disabled",
-            2031,
-            "应用已禁止注册用户",
-        ));
-    }
-    Ok(())
-}
-
-fn whitelist(policy: &CompiledPolicy, facts: &Facts) -> Result<(), Rejection> {
-    let wl = &policy.whitelist;
-    if let Some(id) = &facts.identifier {
-        let set = match id.kind {
-            IdKind::Email => &wl.email,
-            IdKind::Phone => &wl.phone,
-            _ => &wl.username,
-        };
-        if let Some(set) = set {
-            if !set.contains(&id.value) {
-                return Err(Rejection::business(
-                    "whitelist",
-                    "not_whitelisted",
-                    WHITELIST_CODE,
-                    "该账号不在注册白名单中",
-                ));
-            }
-        }
-    } else if wl.email.is_some() || wl.phone.is_some() || wl.username.is_some() {
-        // A registration whose identifier cannot be read cannot be whitelisted.
-        return Err(Rejection::business(
-            "whitelist",
-            "no_identifier",
-            WHITELIST_CODE,
-            "该账号不在注册白名单中",
-        ));
-    }
-    Ok(())
-}
-
-/// `passwordStrength` on a clear password; encrypted ones pass (the upstream judges them).
-pub fn password_strength(
-    rule: &PasswordRule,
-    password: Option<&Password>,
-) -> Result<(), Rejection> {
-    let Some(Password::Clear(p)) = password else {
-        return Ok(());
-    };
-    let too_short = || {
-        Rejection::business(
-            "password_strength",
-            "too_short",
-            2029,
-            "密码长度不能少于 6 位",
-        )
-    };
-    let weak = || Rejection::business("password_strength", "weak", 2061, "密码强度不符合要求");
-    let classes = || {
-        let digit = p.chars().any(|c| c.is_ascii_digit());
-        let letter = p.chars().any(|c| c.is_alphabetic());
-        let symbol = p
-            .chars()
-            .any(|c| !c.is_alphanumeric() && !c.is_whitespace());
-        u8::from(digit) + u8::from(letter) + u8::from(symbol)
-    };
-    let long_enough = p.chars().count() >= 6;
-    match rule {
-        PasswordRule::None => Ok(()),
-        PasswordRule::MinLength if !long_enough => Err(too_short()),
-        PasswordRule::MinLength => Ok(()),
-        PasswordRule::TwoClasses | PasswordRule::ThreeClasses if !long_enough => Err(too_short()),
-        PasswordRule::TwoClasses if classes() < 2 => Err(weak()),
-        PasswordRule::ThreeClasses if classes() < 3 => Err(weak()),
-        PasswordRule::TwoClasses | PasswordRule::ThreeClasses => Ok(()),
-        PasswordRule::Custom { regex, message } => {
-            if regex.is_match(p) {
-                Ok(())
-            } else {
-                Err(Rejection::business(
-                    "password_strength",
-                    "custom_rule",
-                    2061,
-                    message.clone(),
-                ))
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::policy::{PoolDetail, WhitelistEntries};
-
-    fn policy(json: &str, wl: WhitelistEntries) -> CompiledPolicy {
-        CompiledPolicy::compile(&PoolDetail::from_json(json.as_bytes()).unwrap(), &wl, "t").unwrap()
-    }
-
-    fn clear(p: &str) -> Option<Password> {
-        Some(Password::Clear(p.into()))
-    }
-
-    #[test]
-    fn strength_levels() {
-        use PasswordRule::*;
-        assert!(
-            password_strength(&MinLength, clear("12345").as_ref()).is_err_and(|r| r.code == 2029)
-        );
-        assert!(password_strength(&MinLength, clear("123456").as_ref()).is_ok());
-        assert!(
-            password_strength(&TwoClasses, clear("123456").as_ref()).is_err_and(|r| r.code == 2061)
-        );
-        assert!(password_strength(&TwoClasses, clear("abc123").as_ref()).is_ok());
-        assert!(password_strength(&ThreeClasses, clear("abc123").as_ref()).is_err());
-        assert!(password_strength(&ThreeClasses, clear("abc12!").as_ref()).is_ok());
-        assert!(password_strength(&ThreeClasses, Some(&Password::Encrypted)).is_ok());
-        let p = policy(
-            r#"{"passwordStrength": 4, "customPasswordStrength": {"enabled": true, "regex": "^[a-z]{8,}$", "message": "eight lowercase"}}"#,
-            WhitelistEntries::default(),
-        );
-        let r = password_strength(&p.password_rule, clear("short").as_ref()).unwrap_err();
-        assert_eq!((r.code, r.message.as_ref()), (2061, "eight lowercase"));
-    }
-
-    #[test]
-    fn failure_decisions() {
-        let p = policy(
-            r#"{"loginFailStrategy": "captcha"}"#,
-            WhitelistEntries::default(),
-        );
-        let w = Some(Duration::from_secs(5));
-        let over = |client, account| Over {
-            client,
-            account,
-            account_full: false,
-        };
-        let guards = |v: Vec<Rejection>| v.iter().map(|r| (r.guard, r.code)).collect::<Vec<_>>();
-        assert!(failure_violations(&p, &over(None, None), CaptchaCheck::NotSent).is_empty());
-        assert_eq!(
-            guards(failure_violations(
-                &p,
-                &over(w, None),
-                CaptchaCheck::NotSent
-            )),
-            [("login_fail", 2000)]
-        );
-        assert!(failure_violations(&p, &over(w, w), CaptchaCheck::Solved).is_empty());
-        // Both counters over: each guard names its own verdict, so shadowing
-        // one leaves the other in force.
-        assert_eq!(
-            guards(failure_violations(&p, &over(w, w), CaptchaCheck::NotSent)),
-            [("login_fail", 2000), ("password_fail", 2000)]
-        );
-        assert_eq!(
-            guards(failure_violations(
-                &p,
-                &over(w, w),
-                CaptchaCheck::Failed("captcha_wrong")
-            )),
-            [("captcha", 2001)]
-        );
-        let b = policy(
-            r#"{"loginFailStrategy": "block-account"}"#,
-            WhitelistEntries::default(),
-        );
-        assert_eq!(
-            guards(failure_violations(&b, &over(None, w), CaptchaCheck::Solved)),
-            [("password_fail", 2057)]
-        );
-        assert!(!captcha_can_help(&b, &over(None, w)));
-        // A full account table asks for a captcha, never locks.
-        let full = Over {
-            client: None,
-            account: w,
-            account_full: true,
-        };
-        assert_eq!(
-            guards(failure_violations(&b, &full, CaptchaCheck::NotSent)),
-            [("password_fail", 2000)]
-        );
-        assert!(captcha_can_help(&b, &full));
-    }
-
-    #[test]
-    fn every_broken_registration_rule_is_reported() {
-        let wl = WhitelistEntries {
-            email: vec!["ok@x.com".into()],
-            ..Default::default()
-        };
-        let p = policy(
-            r#"{"registerDisabled": true, "whitelist": {"emailEnabled": true}, "passwordStrength": 1}"#,
-            wl,
-        );
-        let f = Facts {
-            identifier: Some(crate::extract::identify("no@x.com", IdKind::Auto)),
-            password: clear("123"),
-            ..Default::default()
-        };
-        let v: Vec<_> = registration_violations(&p, &f)
-            .iter()
-            .map(|r| r.guard)
-            .collect();
-        assert_eq!(v, ["register_disabled", "whitelist", "password_strength"]);
-    }
-
-    #[test]
-    fn registration_rules() {
-        let wl = WhitelistEntries {
-            email: vec!["ok@x.com".into()],
-            ..Default::default()
-        };
-        let p = policy(r#"{"whitelist": {"emailEnabled": true}}"#, wl);
-        let f = |v: &str| Facts {
-            identifier: Some(crate::extract::identify(v, IdKind::Auto)),
-            ..Default::default()
-        };
-        assert!(registration(&p, &f("OK@x.com")).is_ok());
-        assert!(registration(&p, &f("no@x.com")).is_err_and(|r| r.code == WHITELIST_CODE));
-        assert!(
-            registration(&p, &f("bob")).is_ok(),
-            "usernames are not restricted here"
-        );
-        let d = policy(r#"{"registerDisabled": true}"#, WhitelistEntries::default());
-        assert!(registration(&d, &f("a@b.c")).is_err_and(|r| r.code == 2031));
-    }
+/// Orders a request's violations by call (a stable sort: within a call, the
+/// order its rules were checked) and picks the one that answers it: the
+/// first whose guard is not in dry run (`shadowed`), or none. Every other
+/// violation whose guard is shadowed is to be logged as a dry-run verdict.
+pub fn enforced(
+    violations: &mut [(usize, Rejection)],
+    shadowed: impl Fn(Guard) -> bool,
+) -> Option<usize> {
+    violations.sort_by_key(|(call, _)| *call);
+    violations.iter().position(|(_, r)| !shadowed(r.guard))
 }

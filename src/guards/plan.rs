@@ -7,9 +7,17 @@
 //! an account and carries a secret, in the account's (`loginPasswordFailCheck`).
 //! A registration asks for one in `frequentRegisterCheck`; a code sent, in
 //! the send limits per client and per recipient. What the counters answer
-//! is judged by [`super::failure_violations`] and friends; which outcome
-//! then counts is [`CommitOn::commits`].
+//! means for the call is [`over_limit`] (a full or denied failure counter
+//! asks for a captcha, a full or denied registration or send counter refuses);
+//! what that earns is judged by [`super::failure_violations`]; which outcome
+//! then counts is [`CommitOn::commits`]. A counter that refused a slot to a
+//! request that goes through anyway (a solved captcha, a guard in dry run)
+//! is asked again, forced: what passed over a limit still counts.
 
+use std::time::Duration;
+
+use super::failures::Over;
+use super::{register_too_frequent, registration, send_code, send_code_limited, Rejection};
 use crate::config::SendCodeConfig;
 use crate::extract::Facts;
 use crate::guards::outcome::Outcome;
@@ -64,9 +72,11 @@ impl CommitOn {
     }
 }
 
-/// One counter a call asks for.
+/// One counter a call of a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counted {
+    /// The call's index in its request.
+    pub call: usize,
     /// What it stands for.
     pub role: Role,
     /// Which outcome commits it.
@@ -84,9 +94,40 @@ pub fn counters(
     send: &SendCodeConfig,
 ) -> Vec<Counted> {
     let mut out = Vec::new();
+    push_counters(&mut out, 0, kind, facts, policy, send);
+    out
+}
+
+/// The counters every call of a request asks for, in call order: asked in
+/// one round trip to a shared store.
+pub fn request_counters<'a>(
+    calls: impl IntoIterator<Item = (RouteKind, &'a Facts)>,
+    policy: &CompiledPolicy,
+    send: &SendCodeConfig,
+) -> Vec<Counted> {
+    let mut out = Vec::new();
+    for (i, (kind, facts)) in calls.into_iter().enumerate() {
+        push_counters(&mut out, i, kind, facts, policy, send);
+    }
+    out
+}
+
+fn push_counters(
+    out: &mut Vec<Counted>,
+    call: usize,
+    kind: RouteKind,
+    facts: &Facts,
+    policy: &CompiledPolicy,
+    send: &SendCodeConfig,
+) {
     let mut push = |role, on, limit: Option<WindowLimit>| {
         if let Some(limit) = limit {
-            out.push(Counted { role, on, limit });
+            out.push(Counted {
+                call,
+                role,
+                on,
+                limit,
+            });
         }
     };
     let guesses = matches!(kind, RouteKind::Login | RouteKind::Verify) || facts.proof;
@@ -124,7 +165,42 @@ pub fn counters(
         }
         _ => {}
     }
-    out
+}
+
+/// How long a call over a failure counter that is full (not denied) waits.
+const FULL_FAILURE_WAIT: Duration = Duration::from_secs(1);
+
+/// What a counter that refused its slot means for its call. `wait` is when
+/// the counter frees a slot; `None` means its table is full (the key could
+/// not be tracked). A failure counter puts the call over its limit (recorded
+/// in `over`, judged with the captcha by [`super::failure_violations`]; a
+/// full account table asks for a captcha but never locks). A registration
+/// or send counter refuses the call: fail closed, what cannot be counted is
+/// not let through.
+pub fn over_limit(c: &Counted, wait: Option<Duration>, over: &mut Over) -> Option<Rejection> {
+    match c.role {
+        Role::FailClient => {
+            over.client = Some(wait.unwrap_or(FULL_FAILURE_WAIT));
+            None
+        }
+        Role::FailAccount => {
+            over.account = Some(wait.unwrap_or(FULL_FAILURE_WAIT));
+            over.account_full = wait.is_none();
+            None
+        }
+        Role::Register => Some(match wait {
+            Some(w) => register_too_frequent("too_frequent", w),
+            None => register_too_frequent("store_full", registration::FULL_RETRY),
+        }),
+        Role::SendClient | Role::SendRecipient => Some(send_code_limited(
+            if c.role == Role::SendClient {
+                "client_limit"
+            } else {
+                "recipient_limit"
+            },
+            wait.unwrap_or(send_code::FULL_RETRY),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -237,5 +313,57 @@ mod tests {
             [WrongPassword, Failed]
         );
         assert_eq!(counted(CommitOn::Success), [Success, Unreadable]);
+    }
+
+    #[test]
+    fn what_a_refused_counter_means() {
+        let c = |role| Counted {
+            call: 0,
+            role,
+            on: CommitOn::Failure,
+            limit: WindowLimit {
+                limit: 1,
+                window: Duration::from_secs(60),
+            },
+        };
+        let w = Duration::from_secs(30);
+        let mut over = Over::default();
+        assert!(over_limit(&c(Role::FailClient), Some(w), &mut over).is_none());
+        assert_eq!(over.client, Some(w));
+        // A full account table asks for a captcha and never locks.
+        assert!(over_limit(&c(Role::FailAccount), None, &mut over).is_none());
+        assert_eq!(
+            (over.account, over.account_full),
+            (Some(FULL_FAILURE_WAIT), true)
+        );
+        let r = over_limit(&c(Role::Register), None, &mut over).unwrap();
+        assert_eq!((r.reason, r.code), ("store_full", 2100));
+        let r = over_limit(&c(Role::Register), Some(w), &mut over).unwrap();
+        assert_eq!((r.reason, r.retry_after), ("too_frequent", Some(w)));
+        let r = over_limit(&c(Role::SendRecipient), None, &mut over).unwrap();
+        assert_eq!((r.reason, r.code), ("recipient_limit", 429));
+        assert_eq!(r.retry_after, Some(send_code::FULL_RETRY));
+    }
+
+    #[test]
+    fn a_request_asks_for_every_call_in_order() {
+        let login = facts(Some("a@x.com"), true, false);
+        let reg = facts(Some("b@x.com"), true, false);
+        let asked: Vec<_> = request_counters(
+            [(RouteKind::Login, &login), (RouteKind::Register, &reg)],
+            &policy(),
+            &SendCodeConfig::default(),
+        )
+        .into_iter()
+        .map(|c| (c.call, c.role))
+        .collect();
+        assert_eq!(
+            asked,
+            [
+                (0, Role::FailClient),
+                (0, Role::FailAccount),
+                (1, Role::Register)
+            ]
+        );
     }
 }

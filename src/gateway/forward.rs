@@ -1,0 +1,229 @@
+//! Phases "forward", "read outcome" and "settle": the upstream call, the
+//! upstream's verdict on each guarded call, and the slots settled by it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use super::answer::UpstreamTime;
+use super::guarded::{Call, Hold};
+use super::{Answer, Ctx, Gateway, Observe};
+use crate::guards::outcome::{self, Outcome, Place};
+use crate::proxy::{ForwardError, UpstreamBody};
+use crate::response::{self, Replay, RespBody};
+use crate::routes::RouteKind;
+use crate::store::Slot;
+
+impl Gateway {
+    /// Forwards an unguarded request, streaming its body.
+    pub(super) async fn forward_stream(&self, req: Request<Incoming>, ctx: &Ctx) -> Answer {
+        let limit = usize::try_from(ctx.rt.max_body_bytes).unwrap_or(usize::MAX);
+        let req = req.map(|b| Either::Left(Limited::new(b, limit)));
+        match self.forward(req, ctx).await {
+            Ok(resp) => Answer::new(resp.map(|b| Either::Left(Replay::new(b))), "forwarded"),
+            Err(a) => a,
+        }
+    }
+
+    /// Phase "forward": the upstream call, timed; a failure is answered here.
+    pub(super) async fn forward(
+        &self,
+        req: Request<UpstreamBody>,
+        ctx: &Ctx,
+    ) -> Result<Response<Incoming>, Answer> {
+        let started = Instant::now();
+        let trusted = ctx.rt.client_ip.is_trusted(ctx.peer_ip);
+        let mut result = self.upstream.forward(req, ctx.peer_ip, trusted).await;
+        let took = started.elapsed();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[ctx.label])
+            .observe(took.as_secs_f64());
+        if let Ok(r) = result.as_mut() {
+            r.extensions_mut().insert(UpstreamTime(took));
+        }
+        result.map_err(|e| {
+            let (status, message, outcome) = match &e {
+                ForwardError::Timeout => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream timed out",
+                    "upstream_timeout",
+                ),
+                ForwardError::Unavailable(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    "upstream unavailable",
+                    "upstream_error",
+                ),
+                ForwardError::BodyTooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                    "body_too_large",
+                ),
+                ForwardError::ClientBody(_) => (
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read",
+                    "client_body_error",
+                ),
+            };
+            let detail = match &e {
+                ForwardError::Unavailable(d) | ForwardError::ClientBody(d) => d.as_str(),
+                _ => "",
+            };
+            tracing::warn!(
+                target: "poolgate::gateway",
+                client_ip = %ctx.client.ip, method = %ctx.method, path = ctx.path, route = ctx.label,
+                reason = outcome, status = status.as_u16(), error = detail,
+                "request failed"
+            );
+            self.metrics.rejections.with_label_values(&[outcome]).inc();
+            Answer::new(
+                response::envelope(status, i64::from(status.as_u16()), message),
+                outcome,
+            )
+        })
+    }
+
+    /// Forwards a judged guarded request whose calls hold slots, reads each
+    /// call's outcome and settles the slots. Once forwarded, the attempt
+    /// counts whatever the client does: all of it runs in a task of its own,
+    /// which a client hanging up does not cancel. Such tasks are bounded by
+    /// the slots they hold (at most the limits in flight).
+    pub(super) async fn forward_and_settle(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        calls: &[Call],
+        holds: Vec<Hold>,
+        ctx: &Ctx,
+        obs: &Observe<'_>,
+    ) -> Answer {
+        let gw = self.clone();
+        let task_ctx = ctx.clone();
+        let places: Vec<Place> = calls.iter().map(|c| c.place.clone()).collect();
+        let kinds: Vec<RouteKind> = calls.iter().map(|c| c.kind).collect();
+        let task = tokio::spawn(async move {
+            let resp = match gw.forward(req, &task_ctx).await {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
+            // The answer's body is timed too, so a task a client left behind
+            // cannot be held open by an upstream that trickles its answer.
+            let limit = gw.upstream.request_timeout();
+            let (resp, verdicts) = match tokio::time::timeout(
+                limit,
+                gw.read_outcome(resp, &places, &task_ctx),
+            )
+            .await
+            {
+                Ok(read) => read,
+                Err(_) => {
+                    tracing::warn!(target: "poolgate::gateway", path = %task_ctx.path, "upstream answer not read within upstream.request_timeout");
+                    gw.metrics
+                        .rejections
+                        .with_label_values(&["upstream_timeout"])
+                        .inc();
+                    (
+                        response::envelope(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            504,
+                            "upstream answer too slow",
+                        ),
+                        vec![Outcome::Unknown; places.len()],
+                    )
+                }
+            };
+            gw.settle(&kinds, &verdicts, holds);
+            Answer::new(resp, "forwarded")
+        });
+        obs.forwarded();
+        match task.await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(target: "poolgate::gateway", error = %e, "the forwarding task failed");
+                Answer::new(
+                    response::envelope(StatusCode::BAD_GATEWAY, 502, "upstream request failed"),
+                    "upstream_error",
+                )
+            }
+        }
+    }
+
+    /// Phase "settle": each held slot commits or is released by its call's
+    /// verdict, as the plan said ([`crate::guards::plan::CommitOn`]).
+    fn settle(&self, kinds: &[RouteKind], verdicts: &[Outcome], holds: Vec<Hold>) {
+        for (kind, v) in kinds.iter().zip(verdicts) {
+            if matches!(kind, RouteKind::Login) {
+                self.metrics
+                    .login_outcomes
+                    .with_label_values(&[v.as_str()])
+                    .inc();
+            }
+        }
+        Slot::settle_all(holds.into_iter().map(|h| {
+            let commit = verdicts.get(h.call).is_some_and(|v| h.on.commits(*v));
+            (h.slot, commit)
+        }));
+    }
+
+    /// Phase "read outcome": reads the upstream's answer (up to the limit) to
+    /// learn each call's outcome, and gives the client the same bytes.
+    async fn read_outcome(
+        &self,
+        resp: Response<Incoming>,
+        places: &[Place],
+        ctx: &Ctx,
+    ) -> (Response<RespBody>, Vec<Outcome>) {
+        let (parts, mut body) = resp.into_parts();
+        let compressed = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if compressed {
+            let verdicts = outcome::judge_calls(parts.status, None, places);
+            return (
+                Response::from_parts(parts, Either::Left(Replay::new(body))),
+                verdicts,
+            );
+        }
+        let mut buf = bytes::BytesMut::new();
+        let mut ended = false;
+        while buf.len() <= ctx.rt.settings.inspect_response_bytes {
+            match body.frame().await {
+                // Login answers carry no trailers; any other frame is skipped.
+                Some(Ok(frame)) => {
+                    if let Ok(d) = frame.into_data() {
+                        buf.extend_from_slice(&d);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(target: "poolgate::gateway", error = %e, "upstream answer broke off while being read");
+                    return (
+                        response::envelope(
+                            StatusCode::BAD_GATEWAY,
+                            502,
+                            "upstream answer broke off",
+                        ),
+                        vec![Outcome::Unknown; places.len()],
+                    );
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        let bytes: Bytes = buf.freeze();
+        let verdicts = outcome::judge_calls(parts.status, ended.then_some(&bytes[..]), places);
+        let body = if ended {
+            Either::Right(Full::new(bytes))
+        } else {
+            // Larger than we read: replay what we read, stream the rest.
+            Either::Left(Replay::with_prefix(bytes, Some(body)))
+        };
+        (Response::from_parts(parts, body), verdicts)
+    }
+}
