@@ -7,9 +7,15 @@
 //! the machine); a regression in forwarding, the decision or the response
 //! path shows here without nginx or wrk. `benches/loadtest.sh` measures
 //! throughput under concurrency.
+//!
+//! Before timing, it counts heap allocations per request (a counting global
+//! allocator): through poolgate, and straight to the upstream with the same
+//! client, so the difference is poolgate's share.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +25,32 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
+
+/// The system allocator, counting allocations (all threads of the process).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 const POOL: &str = r#"{"code":200,"message":"ok","data":{
  "loginFailCheck":{"enabled":true,"limit":3,"timeInterval":300},
@@ -70,6 +102,29 @@ struct Hop {
 }
 
 impl Hop {
+    async fn connect(addr: SocketAddr) -> Hop {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        let _ = s.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Hop {
+            send,
+            host: addr.to_string(),
+            n: 0,
+        }
+    }
+
+    /// Heap allocations per request, over `n` requests (whole process).
+    async fn allocations(&mut self, login: bool, n: u64) -> f64 {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..n {
+            self.request(login).await;
+        }
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+    }
+
     async fn request(&mut self, login: bool) {
         self.n += 1;
         let n = self.n;
@@ -139,21 +194,20 @@ level = "error"
         let app = poolgate::app::App::start(cfg)
             .await
             .expect("poolgate starts");
-        let addr = app.proxy_addr();
-        let s = TcpStream::connect(addr).await.expect("connect to poolgate");
-        let _ = s.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let mut hop = Hop {
-            send,
-            host: addr.to_string(),
-            n: 0,
-        };
+        let mut hop = Hop::connect(app.proxy_addr()).await;
         // Warm the upstream pool and the policy.
         hop.request(false).await;
         hop.request(true).await;
+        let mut direct = Hop::connect(up).await;
+        for (name, login) in [("GET passthrough", false), ("guarded login", true)] {
+            let via = hop.allocations(login, 2000).await;
+            let straight = direct.allocations(login, 2000).await;
+            eprintln!(
+                "allocations per request, {name}: {via:.1} through poolgate, {straight:.1} \
+                 client to upstream directly, so {:.1} in poolgate",
+                via - straight
+            );
+        }
         (app, hop)
     });
     let mut g = c.benchmark_group("hop");
