@@ -163,6 +163,20 @@ fn decision(c: &mut Criterion) {
             )
         })
     });
+    // The JSON body alone: the single-pass scanner and serde_json (its
+    // reference, and the fallback for shapes the scanner leaves to it).
+    g.bench_function("json_scanner", |b| {
+        b.iter(|| {
+            let doc = extract::json::LazyJson::parse(black_box(body)).ok()?;
+            doc.text_at("/password").ok().flatten().map(|p| p.len())
+        })
+    });
+    g.bench_function("json_serde_reference", |b| {
+        b.iter(|| {
+            let doc = extract::json::LazyJson::parse_reference(black_box(body)).ok()?;
+            doc.text_at("/password").ok().flatten().map(|p| p.len())
+        })
+    });
     g.bench_function("account_key", |b| {
         b.iter(|| poolgate::store::AccountKey::of(black_box("bob@example.com")))
     });

@@ -8,7 +8,10 @@
 #
 # Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000),
 # REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip),
-# CLUSTER (1: also run a third poolgate on a local three-master Redis Cluster; 0: skip);
+# CLUSTER (1: also run a third poolgate on a local three-master Redis Cluster; 0: skip),
+# BASELINE (path to another poolgate binary, e.g. a build of main: run it as target
+# `pg-base` beside this build, interleaved, to compare two builds in one run),
+# POOLGATE_BIN (the binary under test; default: this tree's release build);
 # soak: SOAK_SECS (600), SOAK_THREADS (8 client connections), SOAK_PORT (18380).
 # Targets are interleaved round by round so machine noise hits all alike.
 # Everything listens on 127.0.0.1 and is stopped on exit.
@@ -26,11 +29,12 @@ REDIS=${REDIS:-1}
 CLUSTER=${CLUSTER:-1}
 # PORT_BASE (18180) moves every port, so two runs on one machine do not collide.
 B=${PORT_BASE:-18180}
-UP=$((B + 1)) NGX=$((B + 2)) PG=$B ADMIN=$((B + 10)) RDS=$((B + 3)) PGR=$((B + 4)) ADMINR=$((B + 14))
+UP=$((B + 1)) NGX=$((B + 2)) PG=$B ADMIN=$((B + 10)) RDS=$((B + 3)) PGR=$((B + 4)) ADMINR=$((B + 14)) PGB=$((B + 9)) ADMINB=$((B + 19))
+# The binary cargo builds (CARGO_TARGET_DIR is honoured), or POOLGATE_BIN.
+BIN=${POOLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/poolgate}
+BASELINE=${BASELINE:-}
 # The cluster: three masters, their cluster-bus ports, its poolgate.
 CL=($((B + 5)) $((B + 6)) $((B + 7))) CLBUS=($((B + 105)) $((B + 106)) $((B + 107))) PGC=$((B + 8)) ADMINC=$((B + 18))
-# The binary cargo builds (CARGO_TARGET_DIR is honoured).
-BIN=${CARGO_TARGET_DIR:-target}/release/poolgate
 
 soak() {
   # Mixed traffic (GET passthrough, wrong-password logins and registrations
@@ -176,8 +180,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "building poolgate (release) ..." >&2
-cargo build --release -q --bin poolgate
+if [ -z "${POOLGATE_BIN:-}" ]; then
+  echo "building poolgate (release) ..." >&2
+  cargo build --release -q --bin poolgate
+fi
 
 # The upstream: nginx answering like Authing, fast and constant.
 cat >"$work/upstream.conf" <<EOF
@@ -306,6 +312,15 @@ if [ "$CLUSTER" = 1 ] && [ "$MODE" != memory ]; then
   wait_ready "$ADMINC" "$work/poolgate-cluster.log"
 fi
 
+if [ -n "$BASELINE" ] && [ "$MODE" != memory ]; then
+  # Another build, same config: the before of a before/after, interleaved.
+  sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGB/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINB/" "$work/poolgate.toml" >"$work/poolgate-base.toml"
+  "$BASELINE" --config "$work/poolgate-base.toml" >"$work/poolgate-base.log" 2>&1 &
+  pgb_pid=$!
+  pids+=("$pgb_pid")
+  wait_ready "$ADMINB" "$work/poolgate-base.log"
+fi
+
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$pg_pid/status"; }
 
 if [ "$MODE" = memory ]; then
@@ -368,7 +383,7 @@ function request()
 end
 EOF
 # Gate 203.0.113.66: four wrong passwords (the pool allows 3).
-for port in $PG $([ "$REDIS" = 1 ] && echo $PGR) $([ "$CLUSTER" = 1 ] && echo $PGC); do
+for port in $PG $([ -n "$BASELINE" ] && echo $PGB) $([ "$REDIS" = 1 ] && echo $PGR) $([ "$CLUSTER" = 1 ] && echo $PGC); do
   for _ in 1 2 3 4; do
     curl -s -o /dev/null -X POST "http://127.0.0.1:$port/api/v2/login/account" -H 'content-type: application/json' \
       -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
@@ -379,11 +394,23 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
 targets=(direct nginx poolgate)
+[ -n "$BASELINE" ] && targets+=(pg-base)
 [ "$REDIS" = 1 ] && targets+=(pg-redis)
 [ "$CLUSTER" = 1 ] && targets+=(pg-cluster)
-port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-redis) echo $PGR ;; pg-cluster) echo $PGC ;; esac; }
+port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-base) echo $PGB ;; pg-redis) echo $PGR ;; pg-cluster) echo $PGC ;; esac; }
+# The processes serving a target, for its CPU time: nginx's master and workers.
+pids_of() {
+  case $1 in
+    nginx) local m; m=$(cat "$work/reference.pid"); echo "$m" $(ps -o pid= --ppid "$m") ;;
+    poolgate) echo "$pg_pid" ;;
+    pg-base) echo "$pgb_pid" ;;
+    *) echo "" ;;
+  esac
+}
+# user+system clock ticks of the given processes, all threads.
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
 run() { # scenario target
   local scenario=$1 target=$2 url script=()
   url="http://127.0.0.1:$(port_of "$target")"
@@ -392,8 +419,17 @@ run() { # scenario target
     login) url="$url/api/v2/login/account"; script=(-s "$work/login.lua") ;;
     mix) url="$url/api/v2/login/account"; script=(-s "$work/mix.lua") ;;
   esac
-  local out
+  local out procs t0 t1
+  procs=$(pids_of "$target")
+  # shellcheck disable=SC2086 # a list of pids
+  t0=$(cpu_ticks $procs)
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
+  # shellcheck disable=SC2086
+  t1=$(cpu_ticks $procs)
+  if [ -n "$procs" ]; then
+    # CPU µs per request over the run (clock ticks of 1/CLK_TCK s).
+    CPU[$scenario.$target]+="$(awk -v d=$(( t1 - t0 )) -v hz="$(getconf CLK_TCK)" -v n="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }') "
+  fi
   RPS[$scenario.$target]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
   P50[$scenario.$target]+="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") "
   P99[$scenario.$target]+="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") "
@@ -411,12 +447,22 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r done" >&2
 done
 
-printf '\n%-8s %-10s %12s %10s %10s\n' scenario target "req/s" "p50 ms" "p99 ms"
+printf '\n%-8s %-10s %12s %10s %10s %12s\n' scenario target "req/s" "p50 ms" "p99 ms" "CPU us/req"
 for scenario in get login mix; do
   for t in "${targets[@]}"; do
-    printf '%-8s %-10s %12.0f %10.3f %10.3f\n' "$scenario" "$t" \
-      "$(median "${RPS[$scenario.$t]}")" "$(median "${P50[$scenario.$t]}")" "$(median "${P99[$scenario.$t]}")"
+    cpu=""
+    [ -n "${CPU[$scenario.$t]:-}" ] && cpu=$(median "${CPU[$scenario.$t]}")
+    printf '%-8s %-10s %12.0f %10.3f %10.3f %12s\n' "$scenario" "$t" \
+      "$(median "${RPS[$scenario.$t]}")" "$(median "${P50[$scenario.$t]}")" "$(median "${P99[$scenario.$t]}")" "${cpu:--}"
   done
+  awk -v a="$(median "${CPU[$scenario.poolgate]}")" -v b="$(median "${CPU[$scenario.nginx]}")" -v s="$scenario" \
+    'BEGIN { printf "%-8s CPU per request: poolgate/nginx %.2f\n", s, a/b }'
+  if [ -n "$BASELINE" ]; then
+    awk -v r="$(median "${RPS[$scenario.pg-base]}")" -v ng="$(median "${RPS[$scenario.nginx]}")" \
+      -v p99="$(median "${P99[$scenario.pg-base]}")" -v p99ng="$(median "${P99[$scenario.nginx]}")" \
+      -v c="$(median "${CPU[$scenario.pg-base]}")" -v cn="$(median "${CPU[$scenario.nginx]}")" -v s="$scenario" \
+      'BEGIN { printf "%-8s baseline: pg-base/nginx req/s %.2f, p99 %.2f, CPU/req %.2f\n", s, r/ng, p99/p99ng, c/cn }'
+  fi
   pg=$(median "${RPS[$scenario.poolgate]}"); ng=$(median "${RPS[$scenario.nginx]}"); di=$(median "${RPS[$scenario.direct]}")
   awk -v pg="$pg" -v ng="$ng" -v di="$di" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v p99ng="$(median "${P99[$scenario.nginx]}")" -v s="$scenario" \
     'BEGIN { printf "%-8s ratios: poolgate/nginx req/s %.2f, p99 %.2f; poolgate/direct req/s %.2f\n", s, pg/ng, p99pg/p99ng, pg/di }'

@@ -172,15 +172,16 @@ impl Upstream {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let pq = if self.base_path.is_empty() {
-            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(pq.as_bytes()))
-        } else {
-            PathAndQuery::from_maybe_shared(Bytes::from(format!("{}{}", self.base_path, pq)))
+        // Without a base path the client's path and query go on as they are:
+        // a clone shares hyper's buffer (no copy, no allocation).
+        let pq = match (self.base_path.is_empty(), parts.uri.path_and_query()) {
+            (true, Some(pq)) => Ok(pq.clone()),
+            (true, None) => Ok(PathAndQuery::from_static("/")),
+            (false, pq) => PathAndQuery::from_maybe_shared(Bytes::from(format!(
+                "{}{}",
+                self.base_path,
+                pq.map_or("/", |p| p.as_str())
+            ))),
         };
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());

@@ -6,6 +6,13 @@
 //! checks the whole document once (syntax, depth, trailing bytes) but keeps
 //! only the top-level members as borrowed raw slices; a field is decoded when
 //! a JSON pointer asks for it.
+//!
+//! The common shape, an object whose keys have no escapes, is indexed by a
+//! single-pass scanner over the bytes ([`scan_object`]). It accepts only what
+//! it is sure serde_json reads the same way; anything else (escaped keys, a
+//! top-level array, nesting past [`MAX_SCAN_DEPTH`], any syntax error) goes to
+//! serde_json, which stays the reference: the property test at the bottom holds
+//! the two to the same answer on every input, hostile ones included.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -22,10 +29,12 @@ pub struct LazyJson<'a> {
     node: Node<'a>,
 }
 
+/// Members and elements are raw JSON text (a value's exact bytes, no
+/// surrounding whitespace), as serde_json's `RawValue` would give.
 #[derive(Debug, Default)]
 enum Node<'a> {
-    Object(Vec<(Cow<'a, str>, &'a RawValue)>),
-    Array(Vec<&'a RawValue>),
+    Object(Vec<(Cow<'a, str>, &'a str)>),
+    Array(Vec<&'a str>),
     #[default]
     Scalar,
 }
@@ -34,6 +43,24 @@ impl<'a> LazyJson<'a> {
     /// Checks `body` is one well-formed JSON value and indexes its top level.
     /// A body of only whitespace reads as an empty object, as before.
     pub fn parse(body: &'a [u8]) -> Result<Self, ExtractError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(LazyJson::default());
+        }
+        // serde_json refuses invalid UTF-8 anywhere in a document, so the
+        // scanner may work on a `str`; on anything it is unsure of, serde_json
+        // decides (and words the error).
+        if let Some(members) = std::str::from_utf8(body).ok().and_then(scan_object) {
+            return Ok(LazyJson {
+                node: Node::Object(members),
+            });
+        }
+        Self::parse_reference(body)
+    }
+
+    /// The same as [`LazyJson::parse`] through serde_json alone: the reference
+    /// the scanner is tested against.
+    #[doc(hidden)]
+    pub fn parse_reference(body: &'a [u8]) -> Result<Self, ExtractError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(LazyJson::default());
         }
@@ -60,11 +87,230 @@ impl<'a> LazyJson<'a> {
             if segments.peek().is_none() {
                 return leaf(raw);
             }
-            owned = serde_json::from_str::<Node<'a>>(raw.get()).map_err(malformed)?;
+            owned = match scan_object(raw) {
+                Some(members) => Node::Object(members),
+                None => serde_json::from_str::<Node<'a>>(raw).map_err(malformed)?,
+            };
             node = &owned;
         }
         Ok(None)
     }
+}
+
+/// Containers the scanner follows inside one value; deeper goes to serde_json
+/// (which has no limit when skipping).
+pub const MAX_SCAN_DEPTH: usize = 64;
+
+/// JSON's whitespace, as serde_json reads it (no form feed).
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The members of `s` when it is one JSON object whose keys have no escapes,
+/// with nothing but whitespace after it; `None` when it is anything else or
+/// the scanner is unsure: then serde_json decides. Keys are the raw text
+/// between the quotes (without escapes that is the decoded key); values are
+/// raw JSON, checked as serde_json checks a value it skips.
+pub fn scan_object(s: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let b = s.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    let mut members = Vec::with_capacity(8);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let end = plain_key(b, i + 1)?;
+            let key = s.get(i + 1..end)?;
+            i = skip_ws(b, end + 1);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(b, i + 1);
+            i = skip_value(b, start)?;
+            members.push((Cow::Borrowed(key), s.get(start..i)?));
+            i = skip_ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (skip_ws(b, i) == b.len()).then_some(members)
+}
+
+/// The index of the closing quote of a string starting at `i` (after its
+/// opening quote) that has no escape and no control character.
+fn plain_key(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match *b.get(i)? {
+            b'"' => return Some(i),
+            b'\\' | 0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index after a string's closing quote, `i` after its opening quote,
+/// as serde_json skips one: escapes are `\" \\ \/ \b \f \n \r \t` or `\u`
+/// and four hex digits (surrogates are not paired when skipping), no control
+/// characters.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => match *b.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' => {
+                    let hex = b.get(i + 2..i + 6)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    i += 6;
+                }
+                _ => return None,
+            },
+            0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index after a number at `i`: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn skip_number(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |b: &[u8], mut i: usize| {
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match b.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(b, i)?,
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        i = digits(b, i + 1)?;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        i = digits(b, i)?;
+    }
+    // serde_json refuses a digit straight after a leading zero ("01"); so
+    // does the caller, which wants a separator next.
+    Some(i)
+}
+
+/// The index after one JSON value starting at `i`, followed iteratively
+/// through up to [`MAX_SCAN_DEPTH`] nested containers.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut stack = [0u8; MAX_SCAN_DEPTH];
+    let mut depth = 0usize;
+    loop {
+        // A value at `i` (whitespace skipped).
+        let opened = match *b.get(i)? {
+            b'"' => {
+                i = skip_string(b, i + 1)?;
+                None
+            }
+            c @ (b'{' | b'[') => {
+                i += 1;
+                Some(c)
+            }
+            b't' => {
+                i = literal(b, i, b"true")?;
+                None
+            }
+            b'f' => {
+                i = literal(b, i, b"false")?;
+                None
+            }
+            b'n' => {
+                i = literal(b, i, b"null")?;
+                None
+            }
+            b'-' | b'0'..=b'9' => {
+                i = skip_number(b, i)?;
+                None
+            }
+            _ => return None,
+        };
+        if let Some(c) = opened {
+            if depth == MAX_SCAN_DEPTH {
+                return None;
+            }
+            stack[depth] = c;
+            depth += 1;
+            i = skip_ws(b, i);
+            let close = if c == b'{' { b'}' } else { b']' };
+            if b.get(i) != Some(&close) {
+                if c == b'{' {
+                    i = key_and_colon(b, i)?;
+                }
+                continue;
+            }
+            i += 1;
+            depth -= 1;
+        }
+        // After a value: a separator, or the end of enclosing containers.
+        loop {
+            let Some(top) = depth.checked_sub(1).map(|d| stack[d]) else {
+                return Some(i);
+            };
+            i = skip_ws(b, i);
+            match (*b.get(i)?, top) {
+                (b',', b'{') => {
+                    i = key_and_colon(b, skip_ws(b, i + 1))?;
+                    break;
+                }
+                (b',', _) => {
+                    i = skip_ws(b, i + 1);
+                    break;
+                }
+                (b'}', b'{') | (b']', b'[') => {
+                    i += 1;
+                    depth -= 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// `"key" :` then whitespace, in a skipped object; the index of its value.
+fn key_and_colon(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let i = skip_ws(b, skip_string(b, i + 1)?);
+    if b.get(i) != Some(&b':') {
+        return None;
+    }
+    Some(skip_ws(b, i + 1))
+}
+
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    (b.get(i..i + word.len())? == word).then_some(i + word.len())
 }
 
 fn malformed(e: serde_json::Error) -> ExtractError {
@@ -79,7 +325,7 @@ fn unescape(seg: &str) -> Cow<'_, str> {
     }
 }
 
-fn child<'a>(node: &Node<'a>, seg: &str) -> Result<Option<&'a RawValue>, ExtractError> {
+fn child<'a>(node: &Node<'a>, seg: &str) -> Result<Option<&'a str>, ExtractError> {
     match node {
         Node::Object(members) => {
             let mut hits = members.iter().filter(|(k, _)| k == seg);
@@ -104,9 +350,13 @@ fn child<'a>(node: &Node<'a>, seg: &str) -> Result<Option<&'a RawValue>, Extract
     }
 }
 
-fn leaf<'a>(raw: &'a RawValue) -> Result<Option<Cow<'a, str>>, ExtractError> {
-    let text = raw.get();
+fn leaf<'a>(text: &'a str) -> Result<Option<Cow<'a, str>>, ExtractError> {
     match text.as_bytes().first() {
+        // Raw text is valid JSON: a string without a backslash is its own
+        // value (no control characters, checked when it was read).
+        Some(b'"') if text.len() >= 2 && !text.as_bytes().contains(&b'\\') => {
+            Ok(text.get(1..text.len() - 1).map(Cow::Borrowed))
+        }
         Some(b'"') => serde_json::from_str::<Text<'a>>(text)
             .map(|t| Some(t.0))
             .map_err(malformed),
@@ -165,14 +415,14 @@ impl<'de> Deserialize<'de> for Node<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::with_capacity(m.size_hint().unwrap_or(4).min(16));
                 while let Some((k, v)) = m.next_entry::<Text<'de>, &'de RawValue>()? {
-                    members.push((k.0, v));
+                    members.push((k.0, v.get()));
                 }
                 Ok(Node::Object(members))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
                 let mut items = Vec::new();
                 while let Some(v) = s.next_element::<&'de RawValue>()? {
-                    items.push(v);
+                    items.push(v.get());
                 }
                 Ok(Node::Array(items))
             }
@@ -274,5 +524,242 @@ mod tests {
         assert!(matches!(at(b, "/account"), Err(ExtractError::Malformed(_))));
         // Unread duplicates do not matter to the guards.
         assert!(at(r#"{"x":1,"x":2,"account":"a"}"#, "/account").is_ok());
+    }
+
+    /// The scanner against serde_json: the same documents accepted, the same
+    /// text (or the same refusal) at every pointer poolgate might read.
+    mod scanner_agrees_with_serde {
+        use super::*;
+        use proptest::prelude::*;
+
+        const POINTERS: [&str; 10] = [
+            "/password",
+            "/account",
+            "/a",
+            "/b",
+            "/input/email",
+            "/input/password",
+            "/input/0",
+            "/list/1",
+            "/pass\u{e9}",
+            "/",
+        ];
+
+        fn outcome(doc: Result<LazyJson<'_>, ExtractError>) -> Result<Vec<String>, ()> {
+            let doc = doc.map_err(|_| ())?;
+            Ok(POINTERS
+                .iter()
+                .map(|p| match doc.text_at(p) {
+                    Ok(Some(t)) => format!("some {t:?}"),
+                    Ok(None) => "none".to_string(),
+                    Err(_) => "refused".to_string(),
+                })
+                .collect())
+        }
+
+        fn check(body: &[u8]) -> Result<(), TestCaseError> {
+            let fast = outcome(LazyJson::parse(body));
+            let reference = outcome(LazyJson::parse_reference(body));
+            prop_assert_eq!(fast, reference, "body {:?}", String::from_utf8_lossy(body));
+            Ok(())
+        }
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("password".to_string()),
+                Just("account".to_string()),
+                Just("a".to_string()),
+                Just("b".to_string()),
+                Just("input".to_string()),
+                Just("list".to_string()),
+                Just("email".to_string()),
+                Just("pass\\u0077ord".to_string()),
+                Just("passw\\u006Frd".to_string()),
+                Just("pass\u{e9}".to_string()),
+                Just("pass\\u00e9".to_string()),
+                Just("a\\/".to_string()),
+                Just("".to_string()),
+                "[a-z]{1,3}",
+            ]
+        }
+
+        fn string_body() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    "[a-zA-Z0-9@. ]{1,4}",
+                    Just("\\\"".to_string()),
+                    Just("\\\\".to_string()),
+                    Just("\\/".to_string()),
+                    Just("\\n".to_string()),
+                    Just("\\u0041".to_string()),
+                    Just("\\u00E9".to_string()),
+                    Just("\\ud83d\\ude00".to_string()),
+                    Just("\\ud800".to_string()),
+                    Just("\\udc00x".to_string()),
+                    Just("\\ud800\\u0041".to_string()),
+                    Just("\\x".to_string()),
+                    Just("\\u12".to_string()),
+                    Just("\\u12G4".to_string()),
+                    Just("\u{7}".to_string()),
+                    Just("\t".to_string()),
+                    Just("\u{7f}".to_string()),
+                    Just("密码".to_string()),
+                    Just("\u{1F600}".to_string()),
+                ],
+                0..4,
+            )
+            .prop_map(|v| v.concat())
+        }
+
+        fn number() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "-?(0|[1-9][0-9]{0,12})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+                Just("01".to_string()),
+                Just("-".to_string()),
+                Just("1.".to_string()),
+                Just("1e".to_string()),
+                Just(".5".to_string()),
+                Just("+1".to_string()),
+                Just("1e400".to_string()),
+                Just("-0".to_string()),
+                Just("99999999999999999999999".to_string()),
+            ]
+        }
+
+        fn ws() -> impl Strategy<Value = String> {
+            prop_oneof![
+                6 => Just(String::new()),
+                1 => Just(" ".to_string()),
+                1 => Just("\n\t\r ".to_string()),
+                1 => Just("\u{c}".to_string()),
+                1 => Just("\u{a0}".to_string()),
+                1 => Just("\u{feff}".to_string()),
+            ]
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                string_body().prop_map(|s| format!("\"{s}\"")),
+                number(),
+                Just("true".to_string()),
+                Just("false".to_string()),
+                Just("null".to_string()),
+                Just("nul".to_string()),
+                Just("tru".to_string()),
+            ];
+            leaf.prop_recursive(4, 24, 4, |inner| {
+                prop_oneof![
+                    (prop::collection::vec((ws(), inner.clone(), ws()), 0..4)).prop_map(|items| {
+                        let items: Vec<String> = items
+                            .into_iter()
+                            .map(|(a, v, b)| format!("{a}{v}{b}"))
+                            .collect();
+                        format!("[{}]", items.join(","))
+                    }),
+                    (prop::collection::vec((key(), ws(), inner), 0..4)).prop_map(|m| {
+                        let m: Vec<String> = m
+                            .into_iter()
+                            .map(|(k, w, v)| format!("\"{k}\"{w}:{w}{v}"))
+                            .collect();
+                        format!("{{{}}}", m.join(","))
+                    }),
+                ]
+            })
+        }
+
+        fn document() -> impl Strategy<Value = String> {
+            (
+                ws(),
+                prop::collection::vec((ws(), key(), ws(), value(), ws()), 0..6),
+                ws(),
+                prop_oneof![8 => Just(String::new()), 1 => Just(",".to_string()),
+                    1 => Just(" {}".to_string()), 1 => Just("}".to_string())],
+            )
+                .prop_map(|(w0, members, w1, tail)| {
+                    let m: Vec<String> = members
+                        .into_iter()
+                        .map(|(a, k, b, v, c)| format!("{a}\"{k}\"{b}:{v}{c}"))
+                        .collect();
+                    format!("{w0}{{{}}}{w1}{tail}", m.join(","))
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+
+            #[test]
+            fn on_generated_documents(doc in document()) {
+                check(doc.as_bytes())?;
+            }
+
+            #[test]
+            fn on_mutated_documents(doc in document(), edits in prop::collection::vec(
+                (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
+                    b"{}[]\":,\\ u0123456789aeflnrstu-+.Ee\x00\x1f\x7f\xc3\xa9\xff".to_vec())), 1..4)) {
+                let mut b = doc.into_bytes();
+                for (at, op, byte) in edits {
+                    if b.is_empty() { b.push(byte); continue; }
+                    let i = at.index(b.len());
+                    match op {
+                        0 => { b.remove(i); }
+                        1 => b.insert(i, byte),
+                        _ => b[i] = byte,
+                    }
+                }
+                check(&b)?;
+            }
+
+            #[test]
+            fn on_json_ish_bytes(b in prop::collection::vec(prop::sample::select(
+                b"{}[]\"::,,\\ u0123456789aelnrstu-.E\x01\xe9".to_vec()), 0..40)) {
+                check(&b)?;
+            }
+        }
+
+        #[test]
+        fn on_hostile_examples() {
+            for body in [
+                r#"{"password":"a","password":"b"}"#,
+                r#"{"password":"a","pass\u0077ord":"b"}"#,
+                r#"{"pass\u0077ord":"b"}"#,
+                r#"{"password":"\ud800"}"#,
+                r#"{"password":"\udc00"}"#,
+                r#"{"password":"\ud83d\ude00"}"#,
+                r#"{"password":"a\u0000b"}"#,
+                "{\"password\":\"a\u{0}b\"}",
+                "\u{feff}{\"password\":\"a\"}",
+                "{\"password\":\"a\"}\u{c}",
+                r#"{"password":"a"}{}"#,
+                r#"{"password":"a",}"#,
+                r#"{"password":01}"#,
+                r#"{"password":1e400}"#,
+                r#"{"input":{"email":"x","email":"y"}}"#,
+                r#"{"input":{"em\u0061il":"x","email":"y"}}"#,
+                r#"{"input":[1,2,]}"#,
+                r#"{"a":[{"b":[}]}"#,
+                r#"[{"password":"a"}]"#,
+                "{\"password\":\"\u{e9}\"}",
+            ] {
+                check(body.as_bytes()).unwrap();
+            }
+            let mut deep = String::from(r#"{"password":"a","x":"#);
+            deep.push_str(&"[".repeat(200));
+            deep.push_str(&"]".repeat(200));
+            deep.push('}');
+            check(deep.as_bytes()).unwrap();
+            check(&deep.as_bytes()[..deep.len() - 2]).unwrap();
+            check(b"{\"password\":\"\xff\"}").unwrap();
+        }
+
+        #[test]
+        fn the_scanner_takes_the_common_shape() {
+            let body =
+                r#"{"account":"bob@example.com","password":"Secr3t!x","input":{"email":"e"}}"#;
+            assert!(scan_object(body).is_some());
+            assert!(
+                scan_object(r#"{"pass\u0077ord":"x"}"#).is_none(),
+                "escaped keys go to serde"
+            );
+        }
     }
 }
