@@ -24,7 +24,7 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 KEYS=${KEYS:-1000000}
 REDIS=${REDIS:-1}
-# On by default like REDIS, so the README's Cluster figure comes from the plain
+# On by default like REDIS, so docs/redis.md's Cluster figure comes from the plain
 # command; it costs one more target per scenario (a fifth of the run).
 CLUSTER=${CLUSTER:-1}
 # PORT_BASE (18180) moves every port, so two runs on one machine do not collide.

@@ -36,7 +36,7 @@ pub struct Config {
     /// Per-IP rate limits by route class.
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
-    /// Extra routes for a team's own login service (see README, "Route table").
+    /// Extra routes for a team's own login service (docs/enforcement.md, the route table).
     #[serde(default)]
     pub routes: Vec<crate::routes::Route>,
     /// Where the guards' counters and captchas live.
@@ -57,7 +57,7 @@ pub const ADMIN_TOKEN_ENV: &str = "POOLGATE_ADMIN_TOKEN";
 /// Shortest admin token accepted: a guessable token is no protection.
 pub const ADMIN_TOKEN_MIN_LEN: usize = 16;
 
-/// Authentication of the admin listener (see README, "Admin endpoints").
+/// Authentication of the admin listener (see docs/admin.md).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -74,7 +74,7 @@ pub struct AdminConfig {
 pub struct GuardsConfig {
     /// Shadow mode for every guard: log and count what would be rejected, forward anyway.
     pub dry_run: bool,
-    /// Shadow mode for the named guards only (see README for the names); an
+    /// Shadow mode for the named guards only (names: docs/configuration.md); an
     /// unknown name fails to load, naming the known ones.
     pub dry_run_guards: Vec<crate::guards::Guard>,
     /// Largest guarded request body read; larger ones get 413.
@@ -478,7 +478,7 @@ impl SourceKind {
 pub struct FileSourceConfig {
     /// The pool-detail JSON (envelope or bare object).
     pub path: PathBuf,
-    /// Optional whitelist entries (see README, "Whitelist file").
+    /// Optional whitelist entries (see docs/policy-sources.md, "Whitelist file").
     #[serde(default)]
     pub whitelist_path: Option<PathBuf>,
     /// How often the files' metadata is checked for a change.

@@ -1,7 +1,7 @@
 //! poolgate: a reverse-proxy security gateway that enforces an Authing user
 //! pool's security policy in front of a login service.
 //!
-//! Request path (see README, "Architecture"): [`server`] accepts, [`gateway`]
+//! Request path (see docs/architecture.md): [`server`] accepts, [`gateway`]
 //! classifies ([`routes`]), resolves the client ([`client_ip`]), judges
 //! against the [`policy`] in force and forwards through [`proxy`]. The policy is
 //! fetched by [`source`] and swapped lock-free; [`admin`] and [`metrics`]

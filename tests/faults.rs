@@ -1,5 +1,5 @@
-//! Faulty dependencies the other suites leave out (see README "Failure
-//! behaviour" for the whole table): the upstream failing on a *guarded* login
+//! Faulty dependencies the other suites leave out (see docs/failure-behaviour.md
+//! for the whole table): the upstream failing on a *guarded* login
 //! (the reservation must be released, the attempt counted as nothing), the
 //! Authing API failing *at start* in ways other than a 500, and a snapshot
 //! that cannot be written.

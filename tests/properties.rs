@@ -1,5 +1,5 @@
 //! Property tests: the window counters against a reference model, and the
-//! `allowedOrigins` matcher against the rules in the README ("CORS").
+//! `allowedOrigins` matcher against the rules in docs/enforcement.md ("CORS").
 //!
 //! Case counts are kept moderate (the whole file runs in about a second) so
 //! `cargo test` stays fast; `PROPTEST_CASES=5000 cargo test --test properties`
@@ -55,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The reference: one key's window, as the README's "Counters" section says.
+/// The reference: one key's window, as docs/enforcement.md's "Counters" section says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
     start: u32,
@@ -360,7 +360,7 @@ proptest! {
     }
 }
 
-/// The examples the README names, as fixed cases.
+/// The examples docs/enforcement.md names, as fixed cases.
 #[test]
 fn readme_examples() {
     let list = "https://*.sample.com\nhttp://localhost:3000";

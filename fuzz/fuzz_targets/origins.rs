@@ -3,9 +3,10 @@
 //!
 //! The `Origin` header is the attacker's; the matcher decides whether a
 //! credentialed cross-site request is answered. Besides "no panic", every
-//! answer is checked against a small reference written from the rules in the
-//! README (scheme, host and port agree with an entry; `*.` is exactly one
-//! leftmost label), and against properties that need no reference at all.
+//! answer is checked against a small reference written from the rules in
+//! docs/enforcement.md, "CORS" (scheme, host and port agree with an
+//! entry; `*.` is exactly one leftmost label), and against properties that
+//! need no reference at all.
 
 #![no_main]
 

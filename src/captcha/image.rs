@@ -6,7 +6,7 @@
 //! the markup: the SVG carries only a base64 PNG. Every parameter of the
 //! distortion is drawn per captcha, so two captchas of the same answer differ
 //! in shape, not only in noise. `benches/captcha_solver/` measures how often
-//! tesseract reads the result (README, "Captcha").
+//! tesseract reads the result (docs/enforcement.md, "Captcha").
 
 use ::captcha::filters::{Dots, Noise, Wave};
 use ::captcha::Captcha;

@@ -83,7 +83,7 @@ pub enum Guard {
 }
 
 impl Guard {
-    /// Every guard, in the order of the README's table.
+    /// Every guard, in the order of the table in docs/architecture.md.
     pub const ALL: [Guard; 13] = [
         Guard::Cors,
         Guard::RateLimit,

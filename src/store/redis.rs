@@ -20,7 +20,7 @@
 //! On a single server, all the counters a request needs are reserved in one
 //! script call (one round trip). In a cluster their keys are in different
 //! slots, so each counter is reserved in its own call (sent together): each
-//! is atomic, the set is not (see README, "What is atomic, and what is
+//! is atomic, the set is not (see docs/redis.md, "What is atomic, and what is
 //! bounded").
 //!
 //! Subjects are the client key in hex, or the SHA-256 of the normalised

@@ -163,7 +163,7 @@ pub async fn post_json(addr: SocketAddr, target: &str, body: &str) -> Reply {
     .await
 }
 
-/// Asserts poolgate's own v2 error envelope exactly as the README's failure
+/// Asserts poolgate's own v2 error envelope exactly as docs/failure-behaviour.md's
 /// table documents it: `status`, `application/json; charset=utf-8`, and
 /// `{"code": status, "message": message, "apiCode": status, "data": null}`.
 pub fn assert_envelope_exact(r: &Reply, status: u16, message: &str) {
