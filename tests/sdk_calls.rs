@@ -546,26 +546,35 @@ async fn hanging_up_does_not_free_an_attempt() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(c);
     }
-    // Every forwarded attempt settles once its (slow) answer is read.
+    // Every forwarded attempt settles once its (slow) answer is read, and
+    // counts. (On a loaded machine a hang-up can come before the gateway has
+    // forwarded; such an attempt never reached the login service and its
+    // slot is released, so the invariant is "counted == forwarded", not 5.)
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let counted = loop {
         let c = counters(&s, "ip=127.0.0.1").await;
-        if c["login_failures"]["count"] == 5 && c["login_failures"]["inflight"] == 0 {
-            break;
+        let forwarded = s.up.count(LOGIN);
+        let abandoned = sample(
+            &metrics(s.admin()).await,
+            "poolgate_abandoned_attempts_total",
+        );
+        // Settled, every forwarded attempt counted, and each of them outlived
+        // its client (the answer came 300 ms after the hang-up).
+        if c["login_failures"]["inflight"] == 0
+            && c["login_failures"]["count"] == forwarded as u64
+            && abandoned == Some(forwarded as f64)
+        {
+            break forwarded;
         }
-        assert!(std::time::Instant::now() < deadline, "not settled: {c}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled: {c}, forwarded {forwarded}, abandoned {abandoned:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        s.up.count(LOGIN),
-        5,
-        "at most the limit reached the login service"
-    );
-    let m = metrics(s.admin()).await;
-    assert_eq!(
-        sample(&m, "poolgate_abandoned_attempts_total"),
-        Some(5.0),
-        "{m}"
+    };
+    assert!(
+        (1..=5).contains(&counted),
+        "at most the limit reached the login service: {counted}"
     );
     s.shutdown().await;
 }

@@ -393,16 +393,24 @@ async fn hanging_up_does_not_free_an_attempt_in_the_shared_store() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(c);
     }
+    // Every forwarded attempt counts, on every replica's shared counter. A
+    // hang-up before forwarding (a loaded machine) releases its slot; that
+    // attempt never reached a login service, so the invariant is
+    // "counted == forwarded <= limit".
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let counted = loop {
         let (_, c) = admin_get(stacks[0].admin(), "/counters?ip=127.0.0.1").await;
         let c: Value = serde_json::from_str(&c).expect("counters JSON");
-        if c["login_failures"]["count"] == 5 && c["login_failures"]["inflight"] == 0 {
-            break;
+        let sent = forwarded(&stacks, LOGIN);
+        if c["login_failures"]["inflight"] == 0 && c["login_failures"]["count"] == sent as u64 {
+            break sent;
         }
-        assert!(Instant::now() < deadline, "not settled: {c}");
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {c}, forwarded {sent}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(forwarded(&stacks, LOGIN), 5);
+    };
+    assert!((1..=5).contains(&counted), "forwarded {counted}");
     shutdown_all(stacks).await;
 }
