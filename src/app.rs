@@ -457,7 +457,7 @@ impl App {
                 if let Some(rt) = runtime {
                     r.gateway.runtime.store(Arc::new(rt));
                 }
-                let rebuilt = self.store.memory().rate.reconfigure(&new.rate_limit);
+                let rebuilt = self.store.reconfigure_rates(&new.rate_limit);
                 r.admin
                     .auth
                     .store(Arc::new(crate::admin::AdminAuth::new(&new.admin)));

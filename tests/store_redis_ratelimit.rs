@@ -238,3 +238,41 @@ async fn three_gateways_with_shared_rate_limits_forward_one_burst() {
         s.shutdown().await;
     }
 }
+
+/// A configuration reload reaches the quotas kept in Redis, not only the
+/// replica's own limiters: a client at its shared burst gets through once the
+/// burst is raised (its GCRA state in Redis is kept, judged by the new quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_shared_quota() {
+    if !have("redis-server") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _redis = RedisProc::start(port, dir.path(), &["--port".into(), port.to_string()]);
+    let (store, _m) = replica(port, "reload");
+    let slow = |burst| RateLimitConfig {
+        login: Rate {
+            per_second: 1,
+            burst,
+        },
+        shared: true,
+        ..RateLimitConfig::default()
+    };
+    store.reconfigure_rates(&slow(2));
+    let client = 7;
+    let mut limited = false;
+    // Bounded: burst 2 at one a second is spent well within ten quick checks.
+    for _ in 0..10 {
+        if store.check_rate(RouteKind::Login, client).await.is_err() {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the shared burst of 2 ran out");
+    assert_eq!(store.reconfigure_rates(&slow(50)), vec!["login"]);
+    assert!(
+        store.check_rate(RouteKind::Login, client).await.is_ok(),
+        "the raised burst applies to the state kept in Redis"
+    );
+}

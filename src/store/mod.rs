@@ -344,6 +344,17 @@ impl Store {
         }
     }
 
+    /// Applies reloaded rate limits in place: this replica's limiters (the
+    /// classes whose rate changed start fresh, the others keep their state)
+    /// and, with `rate_limit.shared`, the quotas kept in Redis. Returns the
+    /// local classes rebuilt.
+    pub fn reconfigure_rates(&self, rate: &RateLimitConfig) -> Vec<&'static str> {
+        if let Some(redis) = self.shared() {
+            redis.reconfigure_rates(rate);
+        }
+        self.memory().rate.reconfigure(rate)
+    }
+
     /// The shared store, if configured.
     pub fn shared(&self) -> Option<&Arc<RedisStore>> {
         match self {

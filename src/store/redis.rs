@@ -493,6 +493,12 @@ impl RedisStore {
         self
     }
 
+    /// Applies reloaded rates to the quotas kept in Redis (a configuration
+    /// reload); the clients' GCRA state in Redis is kept.
+    pub fn reconfigure_rates(&self, rate: &RateLimitConfig) {
+        self.rates.reconfigure(rate);
+    }
+
     /// The quota `kind` keeps in Redis, if any.
     pub fn shared_quota(&self, kind: RouteKind) -> Option<SharedQuota> {
         self.rates.shared_quota(kind)
