@@ -304,4 +304,23 @@ mod tests {
         assert!(o.allows("http://[::1]:8080"));
         assert!(o.allows("https://x.com"));
     }
+
+    #[test]
+    fn the_verbatim_set_only_answers_what_parsing_would() {
+        let o = m("https://App.Sample.com\nhttp://x.io:8080\nhttps://*.w.io\nhttp://[::1]");
+        for v in &o.verbatim {
+            let p = parse_origin(v, false).unwrap();
+            let ports = o.exact.get(p.host.as_ref()).unwrap();
+            assert!(ports.contains(&(p.scheme, p.port)), "{v}");
+        }
+        assert!(o.verbatim.contains("https://app.sample.com"));
+        assert!(o.verbatim.contains("https://app.sample.com:443"));
+        assert!(o.verbatim.contains("http://x.io:8080"));
+        assert!(!o.verbatim.contains("http://x.io"));
+        // Spellings outside the set still go through parsing, as before.
+        assert!(o.allows("HTTPS://APP.sample.com"));
+        assert!(o.allows("http://[::1]:80"));
+        assert!(!o.allows("http://x.io"));
+        assert!(o.allows("https://a.w.io"));
+    }
 }
