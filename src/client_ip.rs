@@ -114,9 +114,11 @@ impl ClientIpResolver {
             return peer;
         }
         let mut current = peer;
-        if headers.contains_key(&X_FORWARDED_FOR) {
+        // One lookup of the header, not a `contains_key` and then another.
+        let xff = headers.get_all(&X_FORWARDED_FOR);
+        if xff.iter().next().is_some() {
             // Several header lines form one list, in order: walk it from the right.
-            for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+            for line in xff.iter().rev() {
                 for entry in line.as_bytes().rsplit(|&b| b == b',') {
                     if !self.is_trusted(current) {
                         return current;

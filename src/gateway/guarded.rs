@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::Request;
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 
 use super::{captcha, phase, Answer, Client, Ctx, Gateway, Observe, Phase};
 use crate::extract::{self, ExtractError, Facts};
@@ -30,6 +31,13 @@ pub(super) struct Call {
     /// Its end user.
     client: Client,
 }
+
+/// A request's calls: inline for a REST request's one call, so a login
+/// does not allocate for them.
+pub(super) type Calls = SmallVec<[Call; 1]>;
+
+/// What a request's body says, per call: kind, facts, the place of its verdict.
+type ReadCalls = SmallVec<[(RouteKind, Facts, Place); 1]>;
 
 /// A slot a forwarded call holds until its outcome is known.
 pub(super) struct Hold {
@@ -120,16 +128,16 @@ impl Gateway {
         headers: &http::HeaderMap,
         bytes: &[u8],
         ctx: &Ctx,
-    ) -> Phase<Vec<Call>> {
+    ) -> Phase<Calls> {
         let read = match read_calls(route, headers, bytes, ctx) {
             Ok(r) => r,
             Err(e) => {
                 self.enforce(body::unreadable(&e), ctx)?;
                 // Dry run: forwarded unjudged.
-                return ControlFlow::Continue(Vec::new());
+                return ControlFlow::Continue(Calls::new());
             }
         };
-        let mut calls = Vec::with_capacity(read.len());
+        let mut calls = Calls::with_capacity(read.len());
         for (kind, facts, place) in read {
             let client = match self.end_user(&facts, ctx) {
                 Ok(c) => c,
@@ -194,14 +202,14 @@ impl Gateway {
             policy,
             &ctx.rt.settings.send_code,
         );
-        let asks: Vec<Ask> = counted.iter().map(|c| ask(c, calls)).collect();
+        let asks: SmallVec<[Ask; 4]> = counted.iter().map(|c| ask(c, calls)).collect();
         let Ok(answers) = self.store.reserve(&asks, false).await else {
             return self.store_unavailable(ctx);
         };
 
-        let mut holds = Vec::new();
-        let mut denied: Vec<usize> = Vec::new();
-        let mut over = vec![Over::default(); calls.len()];
+        let mut holds = Vec::with_capacity(counted.len());
+        let mut denied: SmallVec<[usize; 4]> = SmallVec::new();
+        let mut over: SmallVec<[Over; 1]> = smallvec::smallvec![Over::default(); calls.len()];
         for (n, (c, answer)) in counted.iter().zip(answers).enumerate() {
             let wait = match answer {
                 Reservation::Held(slot) => {
@@ -268,7 +276,7 @@ impl Gateway {
 
         // What passed over a limit (a solved captcha, a dry run) still counts.
         if !denied.is_empty() {
-            let again: Vec<Ask> = denied.iter().map(|&n| asks[n]).collect();
+            let again: SmallVec<[Ask; 4]> = denied.iter().map(|&n| asks[n]).collect();
             if let Ok(answers) = self.store.reserve(&again, true).await {
                 for (&n, answer) in denied.iter().zip(answers) {
                     if let Reservation::Held(slot) = answer {
@@ -325,7 +333,7 @@ fn read_calls(
     headers: &http::HeaderMap,
     bytes: &[u8],
     ctx: &Ctx,
-) -> Result<Vec<(RouteKind, Facts, Place)>, ExtractError> {
+) -> Result<ReadCalls, ExtractError> {
     let norm = ctx.rt.settings.normalize;
     let kind = extract::body_kind(
         headers
@@ -345,7 +353,7 @@ fn read_calls(
     };
     if route.kind != RouteKind::Graphql {
         let facts = extract::body_facts(kind, bytes, &route.fields, norm)?;
-        return Ok(vec![(
+        return Ok(smallvec::smallvec![(
             route.kind,
             with_token(facts, &route.fields),
             Place::Whole,

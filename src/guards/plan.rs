@@ -93,10 +93,14 @@ pub fn counters(
     policy: &CompiledPolicy,
     send: &SendCodeConfig,
 ) -> Vec<Counted> {
-    let mut out = Vec::new();
+    let mut out = Counters::new();
     push_counters(&mut out, 0, kind, facts, policy, send);
-    out
+    out.into_vec()
 }
+
+/// A request's counters: inline for the common REST call (a login asks for
+/// two), so the guarded path does not allocate for them.
+pub type Counters = smallvec::SmallVec<[Counted; 4]>;
 
 /// The counters every call of a request asks for, in call order: asked in
 /// one round trip to a shared store.
@@ -104,8 +108,8 @@ pub fn request_counters<'a>(
     calls: impl IntoIterator<Item = (RouteKind, &'a Facts)>,
     policy: &CompiledPolicy,
     send: &SendCodeConfig,
-) -> Vec<Counted> {
-    let mut out = Vec::new();
+) -> Counters {
+    let mut out = Counters::new();
     for (i, (kind, facts)) in calls.into_iter().enumerate() {
         push_counters(&mut out, i, kind, facts, policy, send);
     }
@@ -113,7 +117,7 @@ pub fn request_counters<'a>(
 }
 
 fn push_counters(
-    out: &mut Vec<Counted>,
+    out: &mut Counters,
     call: usize,
     kind: RouteKind,
     facts: &Facts,

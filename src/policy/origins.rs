@@ -6,7 +6,7 @@
 //! port must match exactly. Entries are indexed by host so that a lookup costs
 //! one or two hash probes whatever the list's length.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The table is built from the pool's configuration, never from requests, so
 /// a fast hash is safe here (no attacker chooses the keys that are inserted).
@@ -20,6 +20,11 @@ pub struct OriginMatcher {
     exact: HashMap<Box<str>, Vec<(Scheme, u16)>, Fast>,
     /// parent domain -> (scheme, port) pairs allowed for any one label below it.
     wildcard: HashMap<Box<str>, Vec<(Scheme, u16)>, Fast>,
+    /// The exact entries spelt the way browsers send them (`https://h`,
+    /// `https://h:8443`, lowercase): a request's `Origin` found here is
+    /// allowed without parsing it. Each string parses to an entry of
+    /// `exact`, so this only answers sooner, never differently.
+    verbatim: HashSet<Box<str>, Fast>,
     entries: Vec<String>,
 }
 
@@ -101,7 +106,19 @@ impl OriginMatcher {
             m.entries.push(line.to_string());
             let (map, host) = match o.host.strip_prefix("*.") {
                 Some(parent) => (&mut m.wildcard, parent.to_string()),
-                None => (&mut m.exact, o.host.into_owned()),
+                None => {
+                    let scheme = match o.scheme {
+                        Scheme::Http => "http",
+                        Scheme::Https => "https",
+                    };
+                    m.verbatim
+                        .insert(format!("{scheme}://{}:{}", o.host, o.port).into_boxed_str());
+                    if o.port == o.scheme.default_port() {
+                        m.verbatim
+                            .insert(format!("{scheme}://{}", o.host).into_boxed_str());
+                    }
+                    (&mut m.exact, o.host.into_owned())
+                }
             };
             let v = map.entry(host.into_boxed_str()).or_default();
             if !v.contains(&(o.scheme, o.port)) {
@@ -129,6 +146,9 @@ impl OriginMatcher {
     /// Whether a request's `Origin` header value is allowed.
     pub fn allows(&self, origin: &str) -> bool {
         if self.allow_all {
+            return true;
+        }
+        if self.verbatim.contains(origin) {
             return true;
         }
         let Some(o) = parse_origin(origin, false) else {
@@ -283,5 +303,24 @@ mod tests {
         let o = m("http://[::1]:8080\nhttps://x.com/");
         assert!(o.allows("http://[::1]:8080"));
         assert!(o.allows("https://x.com"));
+    }
+
+    #[test]
+    fn the_verbatim_set_only_answers_what_parsing_would() {
+        let o = m("https://App.Sample.com\nhttp://x.io:8080\nhttps://*.w.io\nhttp://[::1]");
+        for v in &o.verbatim {
+            let p = parse_origin(v, false).unwrap();
+            let ports = o.exact.get(p.host.as_ref()).unwrap();
+            assert!(ports.contains(&(p.scheme, p.port)), "{v}");
+        }
+        assert!(o.verbatim.contains("https://app.sample.com"));
+        assert!(o.verbatim.contains("https://app.sample.com:443"));
+        assert!(o.verbatim.contains("http://x.io:8080"));
+        assert!(!o.verbatim.contains("http://x.io"));
+        // Spellings outside the set still go through parsing, as before.
+        assert!(o.allows("HTTPS://APP.sample.com"));
+        assert!(o.allows("http://[::1]:80"));
+        assert!(!o.allows("http://x.io"));
+        assert!(o.allows("https://a.w.io"));
     }
 }
