@@ -5,6 +5,8 @@
 #   benches/loadtest.sh            # throughput/latency, ~7 min (3 rounds x 3 scenarios x 5 targets x 8 s)
 #   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
 #   SOAK=1 benches/loadtest.sh     # soak: mixed traffic, policy swaps, upstream faults, RSS (10 min)
+#   benches/loadtest.sh serve      # start every target as configured here, print their ports and
+#                                  # pids, and hold them (SERVE_SECS, 600) for perf/strace by hand
 #
 # Knobs (environment): DURATION (s per run, 8), ROUNDS (3), CONNECTIONS (64), KEYS (1000000),
 # REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip),
@@ -389,6 +391,17 @@ for port in $PG $([ -n "$BASELINE" ] && echo $PGB) $([ "$REDIS" = 1 ] && echo $P
       -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
   done
 done
+
+if [ "$MODE" = serve ]; then
+  # Everything above is running and 203.0.113.66 is gated: hold it for a
+  # profiler, bounded in time like every other mode.
+  trap 'exit 0' INT TERM
+  echo "upstream (nginx) 127.0.0.1:$UP, nginx 127.0.0.1:$NGX (master pid $(cat "$work/reference.pid")),"
+  echo "poolgate 127.0.0.1:$PG (pid $pg_pid, admin $ADMIN)$([ -n "$BASELINE" ] && echo ", pg-base 127.0.0.1:$PGB (pid $pgb_pid)")"
+  echo "wrk scripts: $work/login.lua $work/mix.lua; holding for ${SERVE_SECS:-600}s (Ctrl-C stops)"
+  sleep "${SERVE_SECS:-600}" & wait $!
+  exit 0
+fi
 
 to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
