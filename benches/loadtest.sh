@@ -5,6 +5,8 @@
 #   benches/loadtest.sh            # throughput/latency, ~7 min (3 rounds x 3 scenarios x 5 targets x 8 s)
 #   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
 #   SOAK=1 benches/loadtest.sh     # soak: mixed traffic, policy swaps, upstream faults, RSS (10 min)
+#   benches/loadtest.sh instructions # instructions per request of poolgate (and BASELINE) under
+#                                  # valgrind's callgrind: exact, so two builds compare on a noisy box
 #   benches/loadtest.sh serve      # start every target as configured here, print their ports and
 #                                  # pids, and hold them (SERVE_SECS, 600) for perf/strace by hand
 #
@@ -263,11 +265,19 @@ EOF
 
 nginx -c "$work/upstream.conf" -p "$work" 2>"$work/nginx-start.log" || { cat "$work/nginx-start.log" >&2; exit 1; }
 nginx -c "$work/reference.conf" -p "$work" 2>>"$work/nginx-start.log" || { cat "$work/nginx-start.log" >&2; exit 1; }
-"$BIN" --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
+# Under callgrind for `instructions`: counts are exact whatever else runs.
+RUN=()
+if [ "$MODE" = instructions ]; then
+  need valgrind valgrind
+  RUN=(valgrind -q --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
+  REDIS=0 CLUSTER=0
+fi
+"${RUN[@]}" "$BIN" --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
 pg_pid=$!
 pids+=("$pg_pid")
 wait_ready() { # admin port, log file
-  for _ in $(seq 100); do
+  # Slow to start under valgrind: up to a minute.
+  for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return
     sleep 0.1
   done
@@ -317,7 +327,7 @@ fi
 if [ -n "$BASELINE" ] && [ "$MODE" != memory ]; then
   # Another build, same config: the before of a before/after, interleaved.
   sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGB/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINB/" "$work/poolgate.toml" >"$work/poolgate-base.toml"
-  "$BASELINE" --config "$work/poolgate-base.toml" >"$work/poolgate-base.log" 2>&1 &
+  "${RUN[@]}" "$BASELINE" --config "$work/poolgate-base.toml" >"$work/poolgate-base.log" 2>&1 &
   pgb_pid=$!
   pids+=("$pgb_pid")
   wait_ready "$ADMINB" "$work/poolgate-base.log"
@@ -391,6 +401,37 @@ for port in $PG $([ -n "$BASELINE" ] && echo $PGB) $([ "$REDIS" = 1 ] && echo $P
       -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
   done
 done
+
+if [ "$MODE" = instructions ]; then
+  # Zero the counters, send a fixed load, dump: instructions (Ir) per request
+  # in poolgate's process (user space; syscalls count as one instruction).
+  INSTR_SECS=${INSTR_SECS:-6}
+  printf '%-8s %-10s %10s %14s\n' scenario target requests "instr/request"
+  for r in $(seq "$ROUNDS"); do
+    for scenario in get login mix; do
+      case $scenario in
+        get) path=/api/ping script=() ;;
+        login) path=/api/v2/login/account script=(-s "$work/login.lua") ;;
+        mix) path=/api/v2/login/account script=(-s "$work/mix.lua") ;;
+      esac
+      for t in poolgate $([ -n "$BASELINE" ] && echo pg-base); do
+        if [ "$t" = poolgate ]; then pid=$pg_pid port=$PG; else pid=$pgb_pid port=$PGB; fi
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        out=$(wrk -t1 -c4 -d"${INSTR_SECS}s" "${script[@]}" "http://127.0.0.1:$port$path")
+        rm -f "$work/callgrind.$pid".*
+        callgrind_control -d "$pid" >/dev/null 2>&1
+        # KEEP=dir keeps each dump for callgrind_annotate.
+        if [ -n "${KEEP:-}" ]; then
+          mkdir -p "$KEEP" && cp "$work/callgrind.$pid".* "$KEEP/$scenario-$t-round$r.callgrind"
+        fi
+        n=$(awk '/requests in/ {print $1}' <<<"$out")
+        ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$pid".* 2>/dev/null)
+        printf '%-8s %-10s %10s %14.0f\n' "$scenario" "$t" "$n" "$(awk -v i="${ir:-0}" -v n="$n" 'BEGIN { print (n > 0) ? i / n : 0 }')"
+      done
+    done
+  done
+  exit 0
+fi
 
 if [ "$MODE" = serve ]; then
   # Everything above is running and 203.0.113.66 is gated: hold it for a
