@@ -1,7 +1,10 @@
 //! Phases "forward", "read outcome" and "settle": the upstream call, the
 //! upstream's verdict on each guarded call, and the slots settled by it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -90,9 +93,10 @@ impl Gateway {
 
     /// Forwards a judged guarded request whose calls hold slots, reads each
     /// call's outcome and settles the slots. Once forwarded, the attempt
-    /// counts whatever the client does: all of it runs in a task of its own,
-    /// which a client hanging up does not cancel. Such tasks are bounded by
-    /// the slots they hold (at most the limits in flight).
+    /// counts whatever the client does: it runs in the request's own task
+    /// and, if the client hangs up first, finishes in a task of its own
+    /// ([`FinishOnDrop`]). Such tasks are bounded by the slots they hold (at
+    /// most the limits in flight).
     pub(super) async fn forward_and_settle(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
@@ -105,7 +109,7 @@ impl Gateway {
         let task_ctx = ctx.clone();
         let places: Vec<Place> = calls.iter().map(|c| c.place.clone()).collect();
         let kinds: Vec<RouteKind> = calls.iter().map(|c| c.kind).collect();
-        let task = tokio::spawn(async move {
+        let task = FinishOnDrop::new(async move {
             let resp = match gw.forward(req, &task_ctx).await {
                 Ok(r) => r,
                 Err(a) => return a,
@@ -140,16 +144,7 @@ impl Gateway {
             Answer::new(resp, "forwarded")
         });
         obs.forwarded();
-        match task.await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(target: "poolgate::gateway", error = %e, "the forwarding task failed");
-                Answer::new(
-                    response::envelope(StatusCode::BAD_GATEWAY, 502, "upstream request failed"),
-                    "upstream_error",
-                )
-            }
-        }
+        task.await
     }
 
     /// Phase "settle": each held slot commits or is released by its call's
@@ -225,5 +220,51 @@ impl Gateway {
             Either::Left(Replay::with_prefix(bytes, Some(body)))
         };
         (Response::from_parts(parts, body), verdicts)
+    }
+}
+
+/// A future run in its caller's task which, if the caller drops it before it
+/// is done (a client hanging up), is finished in a task of its own rather
+/// than cancelled. Spawning only then spares a task per guarded request: its
+/// allocation, scheduling and the join handle's wake-up.
+pub(super) struct FinishOnDrop<T: Send + 'static> {
+    /// `None` once done, or handed to a task.
+    fut: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> FinishOnDrop<T> {
+    /// Wraps `fut`, to be awaited once.
+    pub(super) fn new(fut: impl Future<Output = T> + Send + 'static) -> Self {
+        FinishOnDrop {
+            fut: Some(Box::pin(fut)),
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for FinishOnDrop<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        // Awaited once: after `Ready` nothing polls it again.
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            // Outside a runtime (it is shutting down) the future is dropped:
+            // its slots are released, as for any request cut off by a stop.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+        }
     }
 }
