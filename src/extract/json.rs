@@ -70,6 +70,15 @@ impl<'a> LazyJson<'a> {
         Ok(LazyJson { node })
     }
 
+    /// The top-level members, in document order with duplicates kept, when
+    /// the document is an object (values are raw JSON text).
+    pub fn members(&self) -> Option<&[(Cow<'a, str>, &'a str)]> {
+        match &self.node {
+            Node::Object(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// The text at a JSON pointer (RFC 6901): a string, or a number's digits
     /// (phone numbers are sometimes sent as numbers). A name that appears twice
     /// on the way is an error: the upstream may read the other one.

@@ -75,7 +75,9 @@ pub fn judge_calls(status: StatusCode, body: Option<&[u8]>, places: &[Place]) ->
     let Some(body) = body.filter(|_| !status.is_server_error()) else {
         return vec![Outcome::Unknown; places.len()];
     };
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    // Only a GraphQL place reads the tree; a REST answer is judged by `judge`.
+    let graphql = places.iter().any(|p| matches!(p, Place::Graphql { .. }));
+    let parsed: Option<Value> = graphql.then(|| serde_json::from_slice(body).ok()).flatten();
     places
         .iter()
         .map(|place| match place {
@@ -143,15 +145,81 @@ pub fn judge(status: StatusCode, body: Option<&[u8]>) -> Outcome {
     let Some(body) = body.filter(|_| !status.is_server_error()) else {
         return Outcome::Unknown;
     };
-    let body = Some(body);
-    let parsed: Option<Value> = body.and_then(|b| serde_json::from_slice(b).ok());
+    judge_fast(status, body).unwrap_or_else(|| judge_reference(status, body))
+}
+
+/// An answer read from its top-level members (the request side's lazy JSON
+/// view: one pass, no tree; building a `serde_json::Value` here was ~12% of a
+/// login's instructions). `None` for an answer with `errors`, which
+/// [`judge_reference`] reads. The property test holds the two to the same
+/// verdicts; they differ only on numbers outside f64's range, which the
+/// reference refuses as JSON and this reads as no code.
+fn judge_fast(status: StatusCode, body: &[u8]) -> Option<Outcome> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Some(not_json(status));
+    }
+    let Ok(doc) = crate::extract::json::LazyJson::parse(body) else {
+        return Some(not_json(status));
+    };
+    // An array (a batch's answer) or a scalar says nothing about one call.
+    let Some(members) = doc.members() else {
+        return Some(Outcome::Unreadable);
+    };
+    let (mut code, mut status_code, mut api_code) = (None, None, None);
+    // serde_json's map keeps the last of duplicate keys: so does this.
+    for (key, raw) in members {
+        match key.as_ref() {
+            "errors" => return None,
+            "code" => code = Some(as_i64(raw)),
+            "statusCode" => status_code = Some(as_i64(raw)),
+            "apiCode" => api_code = Some(as_i64(raw)),
+            _ => {}
+        }
+    }
+    let (code, status_code, api_code) = (code.flatten(), status_code.flatten(), api_code.flatten());
+    if let Some(api) = api_code {
+        if status_code.or(code) != Some(200) {
+            return Some(from_code(api).min_failed());
+        }
+    }
+    if let Some(c) = code.or(status_code) {
+        return Some(from_code(c));
+    }
+    Some(if status.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// An answer that is not JSON: a client error is a failure; anything else
+/// cannot be read.
+fn not_json(status: StatusCode) -> Outcome {
+    if status.is_client_error() {
+        Outcome::Failed
+    } else {
+        Outcome::Unreadable
+    }
+}
+
+/// `Value::as_i64` of a raw JSON value the scanner checked: an integer
+/// without fraction or exponent that fits an i64 (serde_json reads `-0` as
+/// the float -0.0, so not that).
+fn as_i64(raw: &str) -> Option<i64> {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || raw == "-0" {
+        return None;
+    }
+    raw.parse().ok()
+}
+
+/// [`judge`] through a whole `serde_json::Value`: every answer shape, and the
+/// reference [`judge_fast`] is tested against.
+#[doc(hidden)]
+pub fn judge_reference(status: StatusCode, body: &[u8]) -> Outcome {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let Some(v) = parsed else {
-        // Not JSON: a client error is a failure; anything else cannot be read.
-        return if status.is_client_error() {
-            Outcome::Failed
-        } else {
-            Outcome::Unreadable
-        };
+        return not_json(status);
     };
     if !v.is_object() {
         // An array (a batch's answer) or a scalar says nothing about one call.
@@ -316,5 +384,157 @@ mod tests {
             judge_calls(StatusCode::BAD_GATEWAY, Some(one), &[gql(None, "a", true)]),
             vec![Outcome::Unknown]
         );
+    }
+
+    #[test]
+    fn the_fast_judge_reads_authing_answers_like_the_reference() {
+        let cases: [(&[u8], Outcome); 9] = [
+            (
+                br#"{"code":200,"message":"ok","data":{"token":"t"}}"#,
+                Outcome::Success,
+            ),
+            (
+                br#"{"code":2333,"message":"wrong","data":null}"#,
+                Outcome::WrongPassword,
+            ),
+            (
+                br#"{"statusCode":400,"apiCode":2006,"message":"x"}"#,
+                Outcome::WrongPassword,
+            ),
+            // apiCode is the reason only when the status is not 200.
+            (br#"{"statusCode":200,"apiCode":2006}"#, Outcome::Success),
+            (br#"{"code":2004}"#, Outcome::Failed),
+            // The last of duplicates counts, as in serde_json's map.
+            (br#"{"code":200,"code":2333}"#, Outcome::WrongPassword),
+            // Not integers: no code read.
+            (br#"{"code":"200","statusCode":2.0e2}"#, Outcome::Success),
+            (br#"{"code":-0}"#, Outcome::Success),
+            (br#"{"code":9223372036854775808}"#, Outcome::Success),
+        ];
+        for (body, want) in cases {
+            let text = String::from_utf8_lossy(body);
+            assert!(judge_fast(StatusCode::OK, body).is_some(), "{text}");
+            assert_eq!(judge(StatusCode::OK, Some(body)), want, "{text}");
+            assert_eq!(judge_reference(StatusCode::OK, body), want, "{text}");
+        }
+        // Left to the reference: errors.
+        assert!(judge_fast(StatusCode::OK, br#"{"errors":[]}"#).is_none());
+        // Escaped keys, arrays, not JSON, nothing, out-of-range numbers.
+        let ok = StatusCode::OK;
+        let fast = |status, body: &[u8]| judge_fast(status, body);
+        assert_eq!(
+            fast(ok, br#"{"co\u0064e":2333}"#),
+            Some(Outcome::WrongPassword)
+        );
+        assert_eq!(fast(ok, b"[1]"), Some(Outcome::Unreadable));
+        assert_eq!(fast(ok, b"{"), Some(Outcome::Unreadable));
+        assert_eq!(fast(StatusCode::BAD_REQUEST, b" "), Some(Outcome::Failed));
+        let far = br#"{"code":2333,"n":1e999}"#;
+        assert_eq!(fast(ok, far), Some(Outcome::WrongPassword));
+        assert_eq!(judge_reference(ok, far), Outcome::Unreadable);
+    }
+
+    /// The fast judge against the reference on generated answers: whenever it
+    /// answers, it answers the same, for any status.
+    mod fast_judge_agrees_with_reference {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "200",
+                "2333",
+                "2006",
+                "2004",
+                "-1",
+                "-0",
+                "0",
+                "200.0",
+                "2e2",
+                "1E3",
+                "9223372036854775807",
+                "9223372036854775808",
+                "-9223372036854775809",
+                "\"200\"",
+                "null",
+                "true",
+                "[]",
+                "[200]",
+                "{}",
+                r#"{"code":2333}"#,
+                r#"[{"message":{"code":2333}}]"#,
+                "\"a\\\"b\"",
+            ])
+            .prop_map(str::to_string)
+        }
+
+        fn answer() -> impl Strategy<Value = String> {
+            let key = prop::sample::select(vec![
+                "code",
+                "statusCode",
+                "apiCode",
+                "errors",
+                "data",
+                "message",
+                "Code",
+                "x",
+            ]);
+            prop::collection::vec(
+                (key, value(), prop::sample::select(vec!["", " ", "\n"])),
+                0..6,
+            )
+            .prop_map(|members| {
+                let m: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}"))
+                    .collect();
+                format!("{{{}}}", m.join(","))
+            })
+        }
+
+        fn check(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
+            let status =
+                StatusCode::from_u16(status).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            // The one documented difference: a number outside f64's range.
+            let json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+            if json && serde_json::from_slice::<Value>(body).is_err() {
+                return Ok(());
+            }
+            if let Some(fast) = judge_fast(status, body) {
+                prop_assert_eq!(
+                    fast,
+                    judge_reference(status, body),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn on_generated_answers(body in answer(), status in prop::sample::select(vec![200u16, 201, 302, 400, 401, 403, 429])) {
+                check(status, body.as_bytes())?;
+            }
+
+            #[test]
+            fn on_mutated_answers(body in answer(), edits in prop::collection::vec(
+                (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
+                    b"{}[]\":,\\ 0123456789-.eE".to_vec())), 1..4)) {
+                let mut b = body.into_bytes();
+                for (at, op, byte) in edits {
+                    if b.is_empty() { b.push(byte); continue; }
+                    let i = at.index(b.len());
+                    match op {
+                        0 => { b.remove(i); }
+                        1 => b.insert(i, byte),
+                        _ => b[i] = byte,
+                    }
+                }
+                check(200, &b)?;
+            }
+        }
     }
 }
