@@ -289,6 +289,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers, including those named in `Connection`.
 /// `Transfer-Encoding` is left to hyper, which re-frames the body itself.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names says so without
+    // hashing each of them for a `remove` (this was ~3% of a login).
+    if !h
+        .keys()
+        .any(|k| HOP_BY_HOP.contains(k) || k == header::TRANSFER_ENCODING)
+    {
+        return;
+    }
     // `Connection` is a list header: every line can name headers.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
