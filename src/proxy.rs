@@ -3,16 +3,20 @@
 //! upstream failures to 502/504.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+mod pool;
+pub use pool::PooledBody;
+use pool::{Pool, PoolError};
 
 use crate::config::UpstreamConfig;
 
@@ -33,8 +37,6 @@ pub enum ForwardError {
     ClientBody(String),
 }
 
-type PooledClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>;
-
 thread_local! {
     /// The proxy worker this thread is (see [`set_worker`]).
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -49,9 +51,7 @@ pub fn set_worker(i: usize) {
 /// The upstream login service.
 pub struct Upstream {
     /// One connection pool per proxy worker.
-    clients: Box<[PooledClient]>,
-    scheme: Scheme,
-    authority: Authority,
+    pools: Box<[Arc<Pool>]>,
     base_path: String,
     request_timeout: Duration,
     preserve_host: bool,
@@ -110,25 +110,28 @@ impl Upstream {
             None => tls.with_webpki_roots(),
         };
         let connector = tls.https_or_http().enable_http1().wrap_connector(http);
-        let clients = (0..workers.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(cfg.pool_idle_timeout)
-                    .pool_max_idle_per_host(cfg.pool_max_idle)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(connector.clone())
-            })
-            .collect();
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+        let target = Uri::builder()
+            .scheme(uri.scheme().cloned().unwrap_or(Scheme::HTTP))
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()?;
+        let pools = (0..workers.max(1))
+            .map(|_| {
+                Pool::new(
+                    connector.clone(),
+                    target.clone(),
+                    cfg.pool_max_idle,
+                    cfg.pool_idle_timeout,
+                )
+            })
+            .collect();
         Ok(Upstream {
-            clients,
-            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            pools,
             host_value: HeaderValue::from_str(authority.as_str())?,
-            authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
             request_timeout: cfg.request_timeout,
             preserve_host: cfg.preserve_host,
@@ -146,16 +149,17 @@ impl Upstream {
         req: Request<UpstreamBody>,
         peer: IpAddr,
         peer_trusted: bool,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let req = self.prepare(req, peer, peer_trusted);
-        let client = &self.clients[WORKER.with(|w| w.get()) % self.clients.len()];
-        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
+        let pool = &self.pools[WORKER.with(|w| w.get()) % self.pools.len()];
+        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
             }
-            Ok(Err(e)) => Err(classify_error(&e)),
+            Ok(Err(PoolError::Connect(e))) => Err(ForwardError::Unavailable(e)),
+            Ok(Err(PoolError::Send(e))) => Err(classify_error(&e)),
         }
     }
 
@@ -183,13 +187,8 @@ impl Upstream {
                 pq.map_or("/", |p| p.as_str())
             ))),
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = pq.ok();
-        if let Ok(u) = Uri::from_parts(uri) {
-            parts.uri = u;
-        }
+        // Origin form, as HTTP/1 sends it to a server (not a proxy).
+        parts.uri = Uri::from(pq.unwrap_or_else(|_| PathAndQuery::from_static("/")));
         // The upstream speaks HTTP/1.1 whatever the client spoke.
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
@@ -334,9 +333,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn classify_error(e: &hyper_util::client::legacy::Error) -> ForwardError {
+fn classify_error(e: &hyper::Error) -> ForwardError {
     use std::error::Error;
-    let mut cur: Option<&(dyn Error + 'static)> = e.source();
+    let mut cur: Option<&(dyn Error + 'static)> = Some(e);
     while let Some(c) = cur {
         if c.is::<http_body_util::LengthLimitError>() {
             return ForwardError::BodyTooLarge;

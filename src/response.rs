@@ -5,11 +5,11 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::proxy::PooledBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::routes::Flavor;
 
@@ -22,13 +22,13 @@ pin_project_lite::pin_project! {
     pub struct Replay {
         prefix: Option<Bytes>,
         #[pin]
-        rest: Option<Incoming>,
+        rest: Option<PooledBody>,
     }
 }
 
 impl Replay {
     /// The upstream body as is.
-    pub fn new(body: Incoming) -> Self {
+    pub fn new(body: PooledBody) -> Self {
         Replay {
             prefix: None,
             rest: Some(body),
@@ -36,7 +36,7 @@ impl Replay {
     }
 
     /// `prefix` then whatever `rest` still holds.
-    pub fn with_prefix(prefix: Bytes, rest: Option<Incoming>) -> Self {
+    pub fn with_prefix(prefix: Bytes, rest: Option<PooledBody>) -> Self {
         Replay {
             prefix: (!prefix.is_empty()).then_some(prefix),
             rest,

@@ -17,7 +17,7 @@ use super::answer::UpstreamTime;
 use super::guarded::{Call, Hold};
 use super::{Answer, Ctx, Gateway, Observe};
 use crate::guards::outcome::{self, Outcome, Place};
-use crate::proxy::{ForwardError, UpstreamBody};
+use crate::proxy::{ForwardError, PooledBody, UpstreamBody};
 use crate::response::{self, Replay, RespBody};
 use crate::routes::RouteKind;
 use crate::store::Slot;
@@ -38,7 +38,7 @@ impl Gateway {
         &self,
         req: Request<UpstreamBody>,
         ctx: &Ctx,
-    ) -> Result<Response<Incoming>, Answer> {
+    ) -> Result<Response<PooledBody>, Answer> {
         let started = Instant::now();
         let trusted = ctx.rt.client_ip.is_trusted(ctx.peer_ip);
         let mut result = self.upstream.forward(req, ctx.peer_ip, trusted).await;
@@ -168,7 +168,7 @@ impl Gateway {
     /// learn each call's outcome, and gives the client the same bytes.
     async fn read_outcome(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<PooledBody>,
         places: &[Place],
         ctx: &Ctx,
     ) -> (Response<RespBody>, Vec<Outcome>) {
