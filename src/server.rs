@@ -4,9 +4,7 @@
 //! gateway sees it.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -347,7 +345,12 @@ where
 {
     type Response = Response<RespBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+    /// The inner service's future as it is (no second box per request), or
+    /// the refusal, ready.
+    type Future = futures_util::future::Either<
+        S::Future,
+        std::future::Ready<Result<Response<RespBody>, Infallible>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -368,7 +371,7 @@ where
                 "Transfer-Encoding must be exactly \"chunked\"",
             )
         } else {
-            return Box::pin(self.inner.call(req));
+            return futures_util::future::Either::Left(self.inner.call(req));
         };
         if self.limits.rejection_log.allow("head") {
             tracing::warn!(
@@ -389,7 +392,7 @@ where
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        Box::pin(async move { Ok(resp) })
+        futures_util::future::Either::Right(std::future::ready(Ok(resp)))
     }
 }
 

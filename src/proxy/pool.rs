@@ -86,7 +86,10 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                // Boxed: the connector's future (TCP, TLS) is large and
+                // rare; inline, it would grow every request's future, which
+                // is moved a few times per request.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match conn.try_send_request(req).await {
                 Ok(resp) => {
