@@ -244,10 +244,34 @@ fn list_so_far(h: &HeaderMap, name: &HeaderName) -> String {
 /// Appends the peer to `X-Forwarded-For`, folding existing lines into one.
 fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
     let mut value = list_so_far(h, &X_FORWARDED_FOR);
-    use std::fmt::Write;
-    let _ = write!(value, "{peer}");
+    push_ip(&mut value, peer);
     if let Ok(v) = HeaderValue::from_str(&value) {
         h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// Appends `ip` as `Display` writes it; an IPv4 address without
+/// `core::fmt`, which cost ~1,300 instructions per request (~3% of a GET).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, &o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if o >= 100 {
+                    out.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    out.push(char::from(b'0' + o / 10 % 10));
+                }
+                out.push(char::from(b'0' + o % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -371,6 +395,21 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut samples: Vec<IpAddr> = (0..=255u8)
+            .map(|o| IpAddr::from([o, 255 - o, o / 3, 9]))
+            .collect();
+        samples.push("::1".parse().unwrap());
+        samples.push("2001:db8::8a2e:370:7334".parse().unwrap());
+        samples.push("::ffff:1.2.3.4".parse().unwrap());
+        for ip in samples {
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
     }
 
     #[test]

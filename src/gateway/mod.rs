@@ -94,9 +94,9 @@ impl tower::Service<Request<Incoming>> for ConnService {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let gw = self.gw.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(gw.handle(req, peer).await) })
+        // The request's future is `handle`'s own: boxing a wrapper around it
+        // copied the whole (large) future once more per request.
+        Box::pin(self.gw.clone().handle(req, self.peer))
     }
 }
 
@@ -231,12 +231,13 @@ impl Drop for Observe<'_> {
 }
 
 impl Gateway {
-    /// Handles one request end to end.
+    /// Handles one request end to end (as the connection's service: it
+    /// never fails, every failure is an answer).
     pub async fn handle(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Response<RespBody> {
+    ) -> Result<Response<RespBody>, Infallible> {
         let obs = Observe::start(&self.metrics);
         let method = crate::server::method_label(req.method());
         // One snapshot of the run-time settings for the whole request.
@@ -244,7 +245,7 @@ impl Gateway {
         let mut label = "other";
         let answer = self.phases(req, peer, &rt, &mut label, &obs).await;
         obs.answered(&answer.resp, method, label, answer.outcome, &rt);
-        answer.resp
+        Ok(answer.resp)
     }
 
     /// The phases of a request, in order; `label` is its route label as far
