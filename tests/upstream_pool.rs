@@ -110,7 +110,10 @@ async fn requests_one_after_the_other_share_one_upstream_connection() {
             assert_eq!(answers, vec!["200 ok"; 2]);
         }
         let n = accepted.load(Ordering::SeqCst);
-        assert!(n <= app_workers(), "{n} upstream connections for sequential requests");
+        assert!(
+            n <= app_workers(),
+            "{n} upstream connections for sequential requests"
+        );
         app.shutdown().await;
     })
     .await;
