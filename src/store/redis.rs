@@ -382,10 +382,12 @@ impl Lua {
         }
     }
 
-    /// `EVALSHA` of this script with `keys` and `args`.
-    fn cmd(&self, nkeys: usize) -> Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(self.script.get_hash()).arg(nkeys);
+    /// `EVALSHA` of this script with `nkeys` keys, sized for `nargs` more
+    /// arguments of `bytes` in all (one allocation each for the command's
+    /// arguments and their bytes, not a series of regrowths).
+    fn cmd(&self, nkeys: usize, nargs: usize, bytes: usize) -> Cmd {
+        let mut c = Cmd::with_capacity(3 + nkeys + nargs, 64 + bytes);
+        c.arg("EVALSHA").arg(self.script.get_hash()).arg(nkeys);
         c
     }
 }
@@ -481,6 +483,11 @@ pub struct RedisStore {
     show: Lua,
     rate: Lua,
     metrics: Metrics,
+    /// `poolgate_store_duration_seconds` of the calls made per request,
+    /// looked up once (not per call).
+    reserve_duration: prometheus::Histogram,
+    settle_duration: prometheus::Histogram,
+    rate_duration: prometheus::Histogram,
     settler: Arc<Settler>,
     flusher: AtomicBool,
     rates: RateLimits,
@@ -534,6 +541,9 @@ impl RedisStore {
             settle: Lua::new(SETTLE),
             show: Lua::new(SHOW),
             rate: Lua::new(RATE),
+            reserve_duration: metrics.store_duration.with_label_values(&["reserve"]),
+            settle_duration: metrics.store_duration.with_label_values(&["settle"]),
+            rate_duration: metrics.store_duration.with_label_values(&["rate_limit"]),
             metrics,
             settler: Arc::default(),
             flusher: AtomicBool::new(false),
@@ -629,10 +639,17 @@ impl RedisStore {
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout),
         };
-        self.metrics
-            .store_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        match op {
+            "reserve" => self.reserve_duration.observe(took),
+            "settle" => self.settle_duration.observe(took),
+            "rate_limit" => self.rate_duration.observe(took),
+            _ => self
+                .metrics
+                .store_duration
+                .with_label_values(&[op])
+                .observe(took),
+        }
         if let Err(e) = &r {
             self.metrics
                 .store_errors
@@ -676,7 +693,7 @@ impl RedisStore {
     /// counter's two keys (this and its in-flight set, `<key>:f`) share one
     /// cluster slot, while counters and subjects spread over the slots.
     fn count_key(&self, counter: Counter, subject: Subject) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + 52);
+        let mut k = String::with_capacity(self.key_len());
         let _ = write!(
             k,
             "{}:{{{}:{:032x}}}",
@@ -687,11 +704,19 @@ impl RedisStore {
         k
     }
 
-    fn in_flight_key(count_key: &str) -> String {
-        let mut f = String::with_capacity(count_key.len() + 2);
-        f.push_str(count_key);
-        f.push_str(":f");
-        f
+    /// Room for a count key: the prefix, `:{`, the longest counter name
+    /// (14), `:`, 32 hex digits, `}`.
+    fn key_len(&self) -> usize {
+        self.prefix.len() + 52
+    }
+
+    /// Adds a counter's two keys to `cmd`: its count key, and its in-flight
+    /// set's (written in `scratch`, so no allocation per key).
+    fn key_pair(cmd: &mut Cmd, scratch: &mut String, count_key: &str) {
+        scratch.clear();
+        scratch.push_str(count_key);
+        scratch.push_str(":f");
+        cmd.arg(count_key).arg(scratch.as_str());
     }
 
     /// Reserves a slot in each counter of `asks`: in one round trip to a
@@ -741,16 +766,22 @@ impl RedisStore {
         force: bool,
         settles: Vec<(SlotId, bool)>,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let mut cmd = self.reserve.cmd(2 * (settles.len() + asks.len()));
+        let pairs = settles.len() + asks.len();
+        let mut cmd = self.reserve.cmd(
+            2 * pairs,
+            4 + 3 * settles.len() + 2 * asks.len(),
+            pairs * (2 * self.key_len() + 2 + 3 * 20),
+        );
         let count_keys: Vec<String> = asks
             .iter()
             .map(|a| self.count_key(a.counter, a.subject))
             .collect();
+        let mut scratch = String::with_capacity(self.key_len() + 2);
         for (s, _) in &settles {
-            cmd.arg(&s.count_key).arg(Self::in_flight_key(&s.count_key));
+            Self::key_pair(&mut cmd, &mut scratch, &s.count_key);
         }
         for ck in &count_keys {
-            cmd.arg(ck).arg(Self::in_flight_key(ck));
+            Self::key_pair(&mut cmd, &mut scratch, ck);
         }
         cmd.arg(&**id)
             .arg(self.hold_ms)
@@ -838,9 +869,14 @@ impl RedisStore {
     }
 
     async fn settle_in_one_call(&self, settled: &[(SlotId, bool)]) {
-        let mut cmd = self.settle.cmd(2 * settled.len());
+        let mut cmd = self.settle.cmd(
+            2 * settled.len(),
+            3 * settled.len(),
+            settled.len() * (2 * self.key_len() + 2 + 3 * 20),
+        );
+        let mut scratch = String::with_capacity(self.key_len() + 2);
         for (s, _) in settled {
-            cmd.arg(&s.count_key).arg(Self::in_flight_key(&s.count_key));
+            Self::key_pair(&mut cmd, &mut scratch, &s.count_key);
         }
         for (s, commit) in settled {
             cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
@@ -864,7 +900,7 @@ impl RedisStore {
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut cmd = self.rate.cmd(1);
+        let mut cmd = self.rate.cmd(1, 2, key.len() + 40);
         cmd.arg(&key).arg(interval_us).arg(burst.max(1));
         let wait_us: i64 = self.eval("rate_limit", &self.rate, cmd).await?;
         Ok(match u64::try_from(wait_us) {
@@ -914,8 +950,8 @@ impl RedisStore {
         subject: Subject,
     ) -> Result<Option<Shown>, StoreError> {
         let ck = self.count_key(counter, subject);
-        let mut cmd = self.show.cmd(2);
-        cmd.arg(&ck).arg(Self::in_flight_key(&ck));
+        let mut cmd = self.show.cmd(2, 0, 2 * self.key_len() + 2);
+        Self::key_pair(&mut cmd, &mut String::new(), &ck);
         let r: Vec<i64> = self.eval("show", &self.show, cmd).await?;
         let [count, ttl, inflight] = r[..] else {
             return Err(StoreError::Reply);
