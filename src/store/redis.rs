@@ -34,6 +34,10 @@
 //! are (re)opened, and a `NOSCRIPT` answer (a restarted or flushed server) is
 //! met with one `EVAL`, which loads the script again.
 //!
+//! On a single server each calling thread (a proxy worker) has a connection
+//! of its own, driven on its own runtime: no call wakes another thread, and
+//! the calls of one turn of a worker's event loop are pipelined in one write.
+//!
 //! Calls are bounded by `timeout`; errors are returned, and the caller
 //! ([`super::Fallback`]) keeps the circuit breaker and applies the fallback.
 
