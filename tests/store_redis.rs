@@ -414,3 +414,103 @@ async fn hanging_up_does_not_free_an_attempt_in_the_shared_store() {
     assert!((1..=5).contains(&counted), "forwarded {counted}");
     shutdown_all(stacks).await;
 }
+
+/// The script's shortcuts keep the window's rules: a count opens its window
+/// when first seen; an event whose window lapsed while it was in flight opens
+/// a new one; a count without a TTL (never written by poolgate) gets one when
+/// it refuses, so it cannot refuse forever; a refusal says how long is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_keep_their_window_through_the_scripts_shortcuts() {
+    use poolgate::config::RedisConfig;
+    use poolgate::metrics::Metrics;
+    use poolgate::policy::WindowLimit;
+    use poolgate::store::{Ask, Counter, RedisStore, Reservation, Slot, Subject};
+    use std::sync::Arc;
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let cfg = RedisConfig {
+        url: poolgate::config::Secret::new(redis.url()),
+        key_prefix: "win".into(),
+        ..RedisConfig::default()
+    };
+    let s =
+        Arc::new(RedisStore::new(&cfg, Duration::from_secs(30), Metrics::new()).expect("a store"));
+    s.ping().await.expect("redis answers");
+    let mut c = redis.conn().await.expect("a connection");
+    let ask = |client: u128| Ask {
+        counter: Counter::LoginIp,
+        subject: Subject::Client(client),
+        limit: WindowLimit {
+            limit: 1,
+            window: Duration::from_secs(60),
+        },
+    };
+    let key = |client: u128| format!("win:{{login_ip:{client:032x}}}");
+    let pttl = |c: &mut ::redis::aio::MultiplexedConnection, k: String| {
+        let mut c = c.clone();
+        async move {
+            ::redis::cmd("PTTL")
+                .arg(k)
+                .query_async::<i64>(&mut c)
+                .await
+                .expect("PTTL")
+        }
+    };
+    let get = |c: &mut ::redis::aio::MultiplexedConnection, k: String| {
+        let mut c = c.clone();
+        async move {
+            ::redis::cmd("GET")
+                .arg(k)
+                .query_async::<Option<i64>>(&mut c)
+                .await
+                .expect("GET")
+        }
+    };
+    let held = |r: Vec<Reservation>| match r.into_iter().next() {
+        Some(Reservation::Held(slot)) => slot,
+        other => panic!("not held: {other:?}"),
+    };
+
+    // First seen: the window opens (count 0, the window's TTL).
+    let slot = held(s.reserve(&[ask(1)], false).await.expect("answers"));
+    assert_eq!(get(&mut c, key(1)).await, Some(0));
+    let ttl = pttl(&mut c, key(1)).await;
+    assert!(ttl > 55_000 && ttl <= 60_000, "{ttl}");
+
+    // Its window lapses while the attempt is in flight: the event opens a new one.
+    let _: () = ::redis::cmd("DEL")
+        .arg(key(1))
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    Slot::settle_all([(slot, true)]);
+    wait_for_async("the event is counted", Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move { get(&mut c, key(1)).await == Some(1) }
+    })
+    .await;
+    let ttl = pttl(&mut c, key(1)).await;
+    assert!(ttl > 55_000 && ttl <= 60_000, "a new window: {ttl}");
+
+    // At the limit: refused, for the window's rest.
+    match s.reserve(&[ask(1)], false).await.expect("answers").pop() {
+        Some(Reservation::Denied(after)) => assert_eq!(after, Duration::from_secs(60)),
+        other => panic!("not refused: {other:?}"),
+    }
+
+    // A count without a TTL refuses once, and gets the window's TTL doing so.
+    let _: () = ::redis::cmd("SET")
+        .arg(key(2))
+        .arg(5)
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    assert!(matches!(
+        s.reserve(&[ask(2)], false).await.expect("answers").pop(),
+        Some(Reservation::Denied(_))
+    ));
+    let ttl = pttl(&mut c, key(2)).await;
+    assert!(ttl > 55_000 && ttl <= 60_000, "repaired: {ttl}");
+}

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use harness::redis::{cli, free_port, have, wait_until, Pki, RedisProc};
+use harness::redis::{cli, free_port, have, replica_store, wait_until, Pki, RedisProc};
 use harness::*;
-use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig};
+use poolgate::config::{RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{AccountKey, Ask, Counter, Reservation, Slot, Store, Subject};
@@ -212,7 +212,7 @@ async fn a_tls_cluster_holds_the_limit_too() {
 }
 
 fn store(cluster: &Cluster, prefix: &str) -> (Arc<Store>, Metrics) {
-    let cfg = StoreConfig::Redis(RedisConfig {
+    let cfg = RedisConfig {
         url: Secret::new(cluster.url(0)),
         nodes: vec![cluster.url(1), cluster.url(2)],
         cluster: true,
@@ -222,17 +222,8 @@ fn store(cluster: &Cluster, prefix: &str) -> (Arc<Store>, Metrics) {
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(200),
         ..RedisConfig::default()
-    });
-    let metrics = Metrics::new();
-    let s = Store::new(
-        &cfg,
-        &GuardsConfig::default(),
-        &RateLimitConfig::default(),
-        Duration::from_secs(30),
-        metrics.clone(),
-    )
-    .expect("a store");
-    (Arc::new(s), metrics)
+    };
+    replica_store(cfg, &RateLimitConfig::default())
 }
 
 fn window(limit: u32) -> WindowLimit {
@@ -394,7 +385,7 @@ async fn a_cluster_that_is_not_up_at_start_is_used_once_it_is() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let url = |p: u16| format!("redis://127.0.0.1:{p}");
-    let cfg = StoreConfig::Redis(RedisConfig {
+    let cfg = RedisConfig {
         url: Secret::new(url(ports[0])),
         nodes: vec![url(ports[1]), url(ports[2])],
         cluster: true,
@@ -404,15 +395,9 @@ async fn a_cluster_that_is_not_up_at_start_is_used_once_it_is() {
         breaker_failures: 2,
         breaker_cooldown: Duration::from_millis(200),
         ..RedisConfig::default()
-    });
-    let s = Store::new(
-        &cfg,
-        &GuardsConfig::default(),
-        &RateLimitConfig::default(),
-        Duration::from_secs(30),
-        Metrics::new(),
-    )
-    .expect("a store: Redis need not be up at start");
+    };
+    // Redis need not be up at start.
+    let (s, _) = replica_store(cfg, &RateLimitConfig::default());
     // Nothing listens yet: the local fallback answers.
     assert!(attempt(&s, 1, "y", 1000).await);
 

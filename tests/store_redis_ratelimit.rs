@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use harness::redis::{free_port, have, RedisProc};
+use harness::redis::{free_port, have, replica_store, RedisProc};
 use harness::{metric_sum, redis_store_toml, wrong_login, Setup, LOGIN};
 use http::StatusCode;
-use poolgate::config::{GuardsConfig, Rate, RateLimitConfig, RedisConfig, Secret, StoreConfig};
+use poolgate::config::{Rate, RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
 use poolgate::routes::RouteKind;
 use poolgate::store::Store;
@@ -22,7 +22,7 @@ const RATE: u32 = 20;
 const BURST: u32 = 10;
 
 fn replica(port: u16, prefix: &str) -> (Arc<Store>, Metrics) {
-    let store = StoreConfig::Redis(RedisConfig {
+    let redis = RedisConfig {
         url: Secret::new(format!("redis://127.0.0.1:{port}/0")),
         key_prefix: prefix.into(),
         timeout: Duration::from_millis(200),
@@ -32,7 +32,7 @@ fn replica(port: u16, prefix: &str) -> (Arc<Store>, Metrics) {
         // falls inside the quick local-limiter checks of the outage test.
         breaker_cooldown: Duration::from_secs(1),
         ..RedisConfig::default()
-    });
+    };
     let rate = RateLimitConfig {
         login: Rate {
             per_second: RATE,
@@ -41,16 +41,7 @@ fn replica(port: u16, prefix: &str) -> (Arc<Store>, Metrics) {
         shared: true,
         ..RateLimitConfig::default()
     };
-    let metrics = Metrics::new();
-    let s = Store::new(
-        &store,
-        &GuardsConfig::default(),
-        &rate,
-        Duration::from_secs(30),
-        metrics.clone(),
-    )
-    .expect("a store");
-    (Arc::new(s), metrics)
+    replica_store(redis, &rate)
 }
 
 /// Every replica checks `client` in its own bounded loop for `run`, a

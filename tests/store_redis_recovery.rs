@@ -12,8 +12,8 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::redis::{free_port, have, RedisProc};
-use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig};
+use harness::redis::{free_port, have, replica_store, RedisProc};
+use poolgate::config::{RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
 use poolgate::store::{Ask, Counter, Reservation, Store, Subject};
@@ -21,7 +21,7 @@ use poolgate::store::{Ask, Counter, Reservation, Store, Subject};
 const COOLDOWN: Duration = Duration::from_millis(500);
 
 fn replica(port: u16) -> (Arc<Store>, Metrics) {
-    let store = StoreConfig::Redis(RedisConfig {
+    let redis = RedisConfig {
         url: Secret::new(format!("redis://127.0.0.1:{port}/0")),
         key_prefix: "rec".into(),
         timeout: Duration::from_millis(200),
@@ -29,17 +29,8 @@ fn replica(port: u16) -> (Arc<Store>, Metrics) {
         breaker_failures: 2,
         breaker_cooldown: COOLDOWN,
         ..RedisConfig::default()
-    });
-    let metrics = Metrics::new();
-    let s = Store::new(
-        &store,
-        &GuardsConfig::default(),
-        &RateLimitConfig::default(),
-        Duration::from_secs(30),
-        metrics.clone(),
-    )
-    .expect("a store");
-    (Arc::new(s), metrics)
+    };
+    replica_store(redis, &RateLimitConfig::default())
 }
 
 fn breaker_open(m: &Metrics) -> f64 {

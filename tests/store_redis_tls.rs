@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use harness::redis::{free_port, have, Pki, RedisProc};
+use harness::redis::{free_port, have, replica_store, Pki, RedisProc};
 use harness::*;
-use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, Secret, StoreConfig};
+use poolgate::config::{RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
-use poolgate::store::{Ask, Counter, RedisStore, Reservation, Slot, Store, Subject};
+use poolgate::store::{Ask, Counter, RedisStore, Reservation, Slot, Subject};
 use serde_json::json;
 
 /// A `redis-server` that speaks only TLS; `auth_clients`: `yes` or `no`.
@@ -210,15 +210,7 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
     redis.connect_timeout = Duration::from_millis(300);
     redis.breaker_failures = 2;
     redis.breaker_cooldown = Duration::from_millis(200);
-    let metrics = Metrics::new();
-    let store = Store::new(
-        &StoreConfig::Redis(redis),
-        &GuardsConfig::default(),
-        &RateLimitConfig::default(),
-        Duration::from_secs(30),
-        metrics.clone(),
-    )
-    .expect("a store");
+    let (store, metrics) = replica_store(redis, &RateLimitConfig::default());
     let gauge =
         |m: &Metrics| metric(&m.render(), "poolgate_store_breaker_open", &[]).unwrap_or(-1.0);
     let ask = |client: u128| Ask {

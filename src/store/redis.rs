@@ -34,9 +34,14 @@
 //! are (re)opened, and a `NOSCRIPT` answer (a restarted or flushed server) is
 //! met with one `EVAL`, which loads the script again.
 //!
+//! On a single server each calling thread (a proxy worker) has a connection
+//! of its own, driven on its own runtime: no call wakes another thread, and
+//! the calls of one turn of a worker's event loop are pipelined in one write.
+//!
 //! Calls are bounded by `timeout`; errors are returned, and the caller
 //! ([`super::Fallback`]) keeps the circuit breaker and applies the fallback.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -64,76 +69,100 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// Most settles one call carries.
 const SETTLE_BATCH: usize = 256;
 
+/// The settle of one slot, in both [`RESERVE`] and [`SETTLE`] (one text, so
+/// the two cannot drift). In scope: `ck` (count key), `fk` (in-flight set),
+/// `sid` (reservation id), `commit` ('1' to count the event), `window` (ms).
+/// Frees the slot; on commit counts the event: `INCR` keeps the window's TTL,
+/// and a count that `INCR` had to create (the window lapsed meanwhile) opens
+/// a new window.
+macro_rules! settle_lua {
+    () => {
+        r"
+  redis.call('ZREM', fk, sid)
+  if commit == '1' and redis.call('INCR', ck) == 1 and redis.call('PTTL', ck) < 0 then
+    redis.call('PEXPIRE', ck, window)
+  end
+"
+    };
+}
+
 /// Settles the queued slots, then checks and reserves a slot in each counter
-/// named by the remaining KEYS, atomically.
-const RESERVE: &str = r"
+/// named by the remaining KEYS, atomically. Few commands per counter (each
+/// `redis.call` costs the server about a microsecond): the count is read, and
+/// the window opened only when the count is new; lapsed reservations are
+/// purged only when some are in flight; the window's TTL is read only for a
+/// refusal (its `Retry-After`), which also gives a count without a TTL (never
+/// written by poolgate) one, so it cannot refuse forever.
+const RESERVE: &str = concat!(
+    r"
 -- KEYS: pairs (count key, in-flight set): first the settled ones, then the
 -- reserved ones. ARGV[1]: reservation id, ARGV[2]: how long (ms) an
 -- unsettled reservation holds its slot, ARGV[3]: '1' to reserve over the
 -- limit (a solved captcha), ARGV[4]: how many pairs are settled;
 -- then per settled pair: its reservation id, '1' to count, window (ms);
 -- then per reserved pair: limit, window (ms).
--- Returns per reserved counter: 1 (granted) or 0 (denied), then the window's ms left.
+-- Returns per reserved counter: 1 (granted) or 0 (denied), then (denied) the
+-- window's ms left.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 for i = 1, ns do
   local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
   local sid, commit, window = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
-  redis.call('ZREM', fk, sid)
-  if commit == '1' then
-    if redis.call('EXISTS', ck) == 1 then
-      redis.call('INCR', ck)
-    else
-      redis.call('SET', ck, 1, 'PX', window)
-    end
-  end
-end
+",
+    settle_lua!(),
+    r"end
 local a = 4 + 3 * ns
 local out = {}
 for i = ns + 1, #KEYS / 2 do
   local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
-  local limit, window = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local limit, window = tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 2
-  redis.call('SET', ck, 0, 'PX', window, 'NX')
-  local count = tonumber(redis.call('GET', ck)) or 0
-  local ttl = redis.call('PTTL', ck)
-  if ttl < 0 then
-    redis.call('PEXPIRE', ck, window)
-    ttl = window
+  local count = redis.call('GET', ck)
+  if count then
+    count = tonumber(count) or 0
+  else
+    -- First seen: the window opens now.
+    redis.call('SET', ck, 0, 'PX', window)
+    count = 0
   end
-  redis.call('ZREMRANGEBYSCORE', fk, '-inf', now)
   local inflight = redis.call('ZCARD', fk)
+  if inflight > 0 then
+    inflight = inflight - redis.call('ZREMRANGEBYSCORE', fk, '-inf', now)
+  end
   if force or count + inflight < limit then
     redis.call('ZADD', fk, now + hold, id)
     redis.call('PEXPIRE', fk, hold)
     out[#out + 1] = 1
-  else
     out[#out + 1] = 0
+  else
+    local ttl = redis.call('PTTL', ck)
+    if ttl < 0 then
+      redis.call('PEXPIRE', ck, window)
+      ttl = tonumber(window)
+    end
+    out[#out + 1] = 0
+    out[#out + 1] = ttl
   end
-  out[#out + 1] = ttl
 end
 return out
-";
+"
+);
 
 /// Settles reservations: frees each slot and, on commit, counts the event.
-const SETTLE: &str = r"
+const SETTLE: &str = concat!(
+    r"
 -- KEYS: pairs (count key, in-flight set). ARGV: per pair: reservation id,
 -- '1' to count, window (ms).
 for i = 1, #KEYS / 2 do
   local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
-  local id, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-  redis.call('ZREM', fk, id)
-  if commit == '1' then
-    if redis.call('EXISTS', ck) == 1 then
-      redis.call('INCR', ck)
-    else
-      redis.call('SET', ck, 1, 'PX', window)
-    end
-  end
-end
+  local sid, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+",
+    settle_lua!(),
+    r"end
 return #KEYS / 2
-";
+"
+);
 
 /// Reads a counter for the admin API without changing it.
 const SHOW: &str = r"
@@ -307,7 +336,9 @@ impl Opener {
         .map_err(named)?;
         let mcfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.connect_timeout))
-            .set_response_timeout(Some(cfg.timeout))
+            // Each call is bounded by `timeout` in `RedisStore::call` (the
+            // connect included): one timer per call, not two.
+            .set_response_timeout(None)
             // Reconnection is retried on the next call, not in a long loop
             // that would hold calls up past their timeout.
             .set_number_of_retries(1)
@@ -355,10 +386,12 @@ impl Lua {
         }
     }
 
-    /// `EVALSHA` of this script with `keys` and `args`.
-    fn cmd(&self, nkeys: usize) -> Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(self.script.get_hash()).arg(nkeys);
+    /// `EVALSHA` of this script with `nkeys` keys, sized for `nargs` more
+    /// arguments of `bytes` in all (one allocation each for the command's
+    /// arguments and their bytes, not a series of regrowths).
+    fn cmd(&self, nkeys: usize, nargs: usize, bytes: usize) -> Cmd {
+        let mut c = Cmd::with_capacity(3 + nkeys + nargs, 64 + bytes);
+        c.arg("EVALSHA").arg(self.script.get_hash()).arg(nkeys);
         c
     }
 }
@@ -413,10 +446,34 @@ impl Settler {
     }
 }
 
+/// Numbers the stores, for [`THREAD_CONNS`] (a store's address may be reused).
+static STORE_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's connection to each single-server store it calls (see
+    /// [`RedisStore::conn`]).
+    static THREAD_CONNS: RefCell<Vec<ThreadConn>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A connection opened by (and driven on the runtime of) one thread.
+struct ThreadConn {
+    store: u64,
+    /// Gone when the store is: the entry is then pruned.
+    alive: Weak<()>,
+    /// The store's [`RedisStore::generation`] it was opened in.
+    generation: u64,
+    conn: Conn,
+}
+
 /// The Redis-backed store.
 pub struct RedisStore {
     opener: Opener,
     conns: ArcSwap<Vec<Conn>>,
+    id: u64,
+    alive: Arc<()>,
+    /// Bumped when [`Self::reconnect`] replaces the pool: the threads'
+    /// connections are replaced too, on their next call.
+    generation: AtomicU64,
     cluster: bool,
     next: AtomicUsize,
     prefix: String,
@@ -430,6 +487,11 @@ pub struct RedisStore {
     show: Lua,
     rate: Lua,
     metrics: Metrics,
+    /// `poolgate_store_duration_seconds` of the calls made per request,
+    /// looked up once (not per call).
+    reserve_duration: prometheus::Histogram,
+    settle_duration: prometheus::Histogram,
+    rate_duration: prometheus::Histogram,
     settler: Arc<Settler>,
     flusher: AtomicBool,
     rates: RateLimits,
@@ -466,6 +528,9 @@ impl RedisStore {
         Ok(RedisStore {
             opener,
             conns: ArcSwap::from_pointee(conns),
+            id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
+            generation: AtomicU64::new(0),
             cluster: cfg.cluster,
             next: AtomicUsize::new(0),
             prefix: cfg.key_prefix.clone(),
@@ -480,6 +545,9 @@ impl RedisStore {
             settle: Lua::new(SETTLE),
             show: Lua::new(SHOW),
             rate: Lua::new(RATE),
+            reserve_duration: metrics.store_duration.with_label_values(&["reserve"]),
+            settle_duration: metrics.store_duration.with_label_values(&["settle"]),
+            rate_duration: metrics.store_duration.with_label_values(&["rate_limit"]),
             metrics,
             settler: Arc::default(),
             flusher: AtomicBool::new(false),
@@ -504,7 +572,59 @@ impl RedisStore {
         self.rates.shared_quota(kind)
     }
 
+    /// The connection for a call. On a single server, the calling thread's
+    /// own (opened on its first call, so its driver task runs on the
+    /// caller's runtime: a proxy worker's calls never wake another thread,
+    /// and the calls its requests make in one turn of its event loop go out
+    /// in one write, pipelined); elsewhere, one of the pool.
     fn conn(&self) -> Conn {
+        if !self.cluster {
+            if let Some(c) = self.thread_conn() {
+                return c;
+            }
+        }
+        self.pooled()
+    }
+
+    fn thread_conn(&self) -> Option<Conn> {
+        // Opening one spawns its driver: only on a runtime.
+        tokio::runtime::Handle::try_current().ok()?;
+        let generation = self.generation.load(Ordering::Acquire);
+        THREAD_CONNS
+            .try_with(|t| {
+                let mut t = t.try_borrow_mut().ok()?;
+                if let Some(e) = t.iter().find(|e| e.store == self.id) {
+                    if e.generation == generation {
+                        return Some(e.conn.clone());
+                    }
+                }
+                // New here, or from before a reconnect; drop the connections
+                // of stores that are gone on the way.
+                t.retain(|e| e.store != self.id && e.alive.strong_count() > 0);
+                let conn = self.opener.lazy().ok()?;
+                t.push(ThreadConn {
+                    store: self.id,
+                    alive: Arc::downgrade(&self.alive),
+                    generation,
+                    conn: conn.clone(),
+                });
+                Some(conn)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Forgets this thread's connection after a failed call: the next call
+    /// opens a fresh one (on this thread's current runtime).
+    fn forget_thread_conn(&self) {
+        let _ = THREAD_CONNS.try_with(|t| {
+            if let Ok(mut t) = t.try_borrow_mut() {
+                t.retain(|e| e.store != self.id);
+            }
+        });
+    }
+
+    fn pooled(&self) -> Conn {
         let conns = self.conns.load();
         let i = self.next.fetch_add(1, Ordering::Relaxed) % conns.len().max(1);
         // `conns` is never empty (pool_size >= 1); a lazy spare is the fallback.
@@ -523,15 +643,27 @@ impl RedisStore {
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout),
         };
-        self.metrics
-            .store_duration
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
+        let took = started.elapsed().as_secs_f64();
+        match op {
+            "reserve" => self.reserve_duration.observe(took),
+            "settle" => self.settle_duration.observe(took),
+            "rate_limit" => self.rate_duration.observe(took),
+            _ => self
+                .metrics
+                .store_duration
+                .with_label_values(&[op])
+                .observe(took),
+        }
         if let Err(e) = &r {
             self.metrics
                 .store_errors
                 .with_label_values(&[op, e.kind()])
                 .inc();
+            // A connection that timed out or broke is not used again; an
+            // error Redis answered (NOSCRIPT) says nothing against it.
+            if !self.cluster && matches!(e.kind(), "timeout" | "io") {
+                self.forget_thread_conn();
+            }
         }
         r
     }
@@ -565,7 +697,7 @@ impl RedisStore {
     /// counter's two keys (this and its in-flight set, `<key>:f`) share one
     /// cluster slot, while counters and subjects spread over the slots.
     fn count_key(&self, counter: Counter, subject: Subject) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + 52);
+        let mut k = String::with_capacity(self.key_len());
         let _ = write!(
             k,
             "{}:{{{}:{:032x}}}",
@@ -576,11 +708,19 @@ impl RedisStore {
         k
     }
 
-    fn in_flight_key(count_key: &str) -> String {
-        let mut f = String::with_capacity(count_key.len() + 2);
-        f.push_str(count_key);
-        f.push_str(":f");
-        f
+    /// Room for a count key: the prefix, `:{`, the longest counter name
+    /// (14), `:`, 32 hex digits, `}`.
+    fn key_len(&self) -> usize {
+        self.prefix.len() + 52
+    }
+
+    /// Adds a counter's two keys to `cmd`: its count key, and its in-flight
+    /// set's (written in `scratch`, so no allocation per key).
+    fn key_pair(cmd: &mut Cmd, scratch: &mut String, count_key: &str) {
+        scratch.clear();
+        scratch.push_str(count_key);
+        scratch.push_str(":f");
+        cmd.arg(count_key).arg(scratch.as_str());
     }
 
     /// Reserves a slot in each counter of `asks`: in one round trip to a
@@ -630,16 +770,22 @@ impl RedisStore {
         force: bool,
         settles: Vec<(SlotId, bool)>,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let mut cmd = self.reserve.cmd(2 * (settles.len() + asks.len()));
+        let pairs = settles.len() + asks.len();
+        let mut cmd = self.reserve.cmd(
+            2 * pairs,
+            4 + 3 * settles.len() + 2 * asks.len(),
+            pairs * (2 * self.key_len() + 2 + 3 * 20),
+        );
         let count_keys: Vec<String> = asks
             .iter()
             .map(|a| self.count_key(a.counter, a.subject))
             .collect();
+        let mut scratch = String::with_capacity(self.key_len() + 2);
         for (s, _) in &settles {
-            cmd.arg(&s.count_key).arg(Self::in_flight_key(&s.count_key));
+            Self::key_pair(&mut cmd, &mut scratch, &s.count_key);
         }
         for ck in &count_keys {
-            cmd.arg(ck).arg(Self::in_flight_key(ck));
+            Self::key_pair(&mut cmd, &mut scratch, ck);
         }
         cmd.arg(&**id)
             .arg(self.hold_ms)
@@ -727,9 +873,14 @@ impl RedisStore {
     }
 
     async fn settle_in_one_call(&self, settled: &[(SlotId, bool)]) {
-        let mut cmd = self.settle.cmd(2 * settled.len());
+        let mut cmd = self.settle.cmd(
+            2 * settled.len(),
+            3 * settled.len(),
+            settled.len() * (2 * self.key_len() + 2 + 3 * 20),
+        );
+        let mut scratch = String::with_capacity(self.key_len() + 2);
         for (s, _) in settled {
-            cmd.arg(&s.count_key).arg(Self::in_flight_key(&s.count_key));
+            Self::key_pair(&mut cmd, &mut scratch, &s.count_key);
         }
         for (s, commit) in settled {
             cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
@@ -753,7 +904,7 @@ impl RedisStore {
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut cmd = self.rate.cmd(1);
+        let mut cmd = self.rate.cmd(1, 2, key.len() + 40);
         cmd.arg(&key).arg(interval_us).arg(burst.max(1));
         let wait_us: i64 = self.eval("rate_limit", &self.rate, cmd).await?;
         Ok(match u64::try_from(wait_us) {
@@ -803,8 +954,8 @@ impl RedisStore {
         subject: Subject,
     ) -> Result<Option<Shown>, StoreError> {
         let ck = self.count_key(counter, subject);
-        let mut cmd = self.show.cmd(2);
-        cmd.arg(&ck).arg(Self::in_flight_key(&ck));
+        let mut cmd = self.show.cmd(2, 0, 2 * self.key_len() + 2);
+        Self::key_pair(&mut cmd, &mut String::new(), &ck);
         let r: Vec<i64> = self.eval("show", &self.show, cmd).await?;
         let [count, ttl, inflight] = r[..] else {
             return Err(StoreError::Reply);
@@ -856,6 +1007,7 @@ impl RedisStore {
         match tokio::time::timeout(self.connect_timeout + self.timeout, fresh).await {
             Ok(Ok(conns)) => {
                 self.conns.store(Arc::new(conns));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 Ok(())
             }
             Ok(Err(e)) => Err(StoreError::Redis(e)),

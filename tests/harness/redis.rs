@@ -14,7 +14,12 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, StoreConfig};
+use poolgate::metrics::Metrics;
+use poolgate::store::Store;
 
 /// Whether `bin` runs; when not, panics under `POOLGATE_REQUIRE_REDIS=1`
 /// and otherwise says the test is skipped.
@@ -33,6 +38,22 @@ pub fn have(bin: &str) -> bool {
         eprintln!("skipped: {bin} is not installed (apt-get install redis-server redis-tools)");
     }
     ok
+}
+
+/// A replica's store as the gateway builds it: `redis` behind the breaker
+/// and the fallback, default guards, the `rate` limits, unsettled slots held
+/// 30 s; with the metrics it reports to.
+pub fn replica_store(redis: RedisConfig, rate: &RateLimitConfig) -> (Arc<Store>, Metrics) {
+    let metrics = Metrics::new();
+    let s = Store::new(
+        &StoreConfig::Redis(redis),
+        &GuardsConfig::default(),
+        rate,
+        Duration::from_secs(30),
+        metrics.clone(),
+    )
+    .expect("a store: Redis need not be up to build one");
+    (Arc::new(s), metrics)
 }
 
 /// A free loopback port (bound, read, released).
