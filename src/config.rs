@@ -650,7 +650,9 @@ pub struct RedisConfig {
     /// More seed nodes of the cluster (same scheme and credentials as `url`).
     #[serde(default)]
     pub nodes: Vec<String>,
-    /// Multiplexed connections opened to Redis (requests are spread over them).
+    /// Multiplexed connections opened to Redis: the start-up check, the
+    /// breaker's probe and a Cluster's calls use them; on a single server each
+    /// proxy worker thread also opens its own for its requests.
     #[serde(default = "default_redis_pool")]
     pub pool_size: usize,
     /// Prefix of every key, so several pools or gateways can share one Redis.
