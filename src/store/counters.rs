@@ -21,7 +21,7 @@
 //! densely in fixed-size chunks. Per client: 40 bytes of entry plus
 //! (4 + 1 control byte) × ≤ 2.3 buckets ≈ 52 bytes at worst.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -78,6 +78,38 @@ impl Vacant for Entry {
     }
 }
 
+/// A [`Table`] key: how it is hashed.
+pub(crate) trait TableKey: Copy + Default + Eq {
+    /// The key's hash under the table's `RandomState`.
+    fn hash_with(&self, s: &RandomState) -> u64;
+}
+
+impl TableKey for u64 {
+    #[inline]
+    fn hash_with(&self, s: &RandomState) -> u64 {
+        s.hash_one(self)
+    }
+}
+
+impl TableKey for u128 {
+    #[inline]
+    fn hash_with(&self, s: &RandomState) -> u64 {
+        s.hash_one(self)
+    }
+}
+
+/// A key that already is a keyed hash (see [`Backing::Hashed`]): it is its
+/// own hash, so an account costs one SipHash, not two.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Prehashed(u64);
+
+impl TableKey for Prehashed {
+    #[inline]
+    fn hash_with(&self, _: &RandomState) -> u64 {
+        self.0
+    }
+}
+
 /// Entries per storage chunk: the storage grows by one chunk at a time,
 /// never by doubling, so at most one partly used chunk (and one spare) per
 /// shard is slack.
@@ -90,7 +122,7 @@ struct Shard<K, V> {
     len: usize,
 }
 
-impl<K: Copy + Default + Eq, V: Vacant> Shard<K, V> {
+impl<K: TableKey, V: Vacant> Shard<K, V> {
     #[inline]
     fn at(&self, i: u32) -> &(K, V) {
         let i = i as usize;
@@ -169,7 +201,7 @@ pub(crate) struct Table<K, V> {
     hasher: RandomState,
 }
 
-impl<K: Copy + Default + Eq + Hash, V: Vacant> Table<K, V> {
+impl<K: TableKey, V: Vacant> Table<K, V> {
     pub(crate) fn new() -> Self {
         // As DashMap: 4 shards per core, a power of two.
         let n = (std::thread::available_parallelism().map_or(1, |n| n.get()) * 4)
@@ -191,7 +223,7 @@ impl<K: Copy + Default + Eq + Hash, V: Vacant> Table<K, V> {
 
     #[inline]
     fn hash(&self, key: &K) -> u64 {
-        self.hasher.hash_one(key)
+        key.hash_with(&self.hasher)
     }
 
     #[inline]
@@ -403,7 +435,7 @@ enum Backing {
     /// aim two keys at one entry; a chance collision (about n²/2⁶⁵ for n
     /// keys: 3·10⁻⁸ at a million) merges two counts, which only ever makes
     /// counting stricter.
-    Hashed(Table<u64, Entry>, RandomState),
+    Hashed(Table<Prehashed, Entry>, RandomState),
 }
 
 /// Counts events per key in windows, with a hard cap on tracked keys.
@@ -498,14 +530,14 @@ impl WindowCounter {
     fn update<R>(&self, key: Key, f: impl FnOnce(&mut Entry) -> R) -> R {
         match &self.backing {
             Backing::Client(c, lane) => c.update(key, |s| f(&mut s.windows[*lane])),
-            Backing::Hashed(t, h) => t.update(h.hash_one(key), f),
+            Backing::Hashed(t, h) => t.update(Prehashed(h.hash_one(key)), f),
         }
     }
 
     fn get(&self, key: Key) -> Option<Entry> {
         match &self.backing {
             Backing::Client(c, lane) => c.get(key).map(|s| s.windows[*lane]),
-            Backing::Hashed(t, h) => t.get(h.hash_one(key)),
+            Backing::Hashed(t, h) => t.get(Prehashed(h.hash_one(key))),
         }
         .filter(|e| !e.vacant())
     }
