@@ -1,20 +1,26 @@
-//! Memory per tracked client key, counted by a counting allocator.
+//! Memory per tracked client and per account, counted by a counting allocator.
 //!
-//! `cargo bench --bench memory`. Target (issue 4): at most 150 bytes per key.
-//! It counts the heap bytes the counter store and the rate limiter hold after
-//! `KEYS` distinct clients (default 1,000,000) were counted once each, and
-//! after the keys were swept. RSS figures for the whole process come from
-//! `benches/loadtest.sh memory`.
+//! `cargo bench --bench memory`. Target (issue 12): at most 64 bytes per
+//! tracked client across all of its state (login-IP and registration
+//! windows, login and registration rate-limit cells), and per account.
+//! `KEYS` distinct clients (default 1,000,000; IPv4, or IPv6 /64 networks
+//! with `V6=1`) are counted once in each of those, then `KEYS` accounts in
+//! the password-failure counter; then everything expires and is swept.
+//! Run it at several `KEYS`: a hash table grows in powers of two, so the
+//! figure depends on where the count falls on that curve. RSS figures for
+//! the whole process come from `benches/loadtest.sh memory`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use poolgate::client_ip::client_key;
 use poolgate::config::{GuardsConfig, Rate, RateLimitConfig};
 use poolgate::policy::WindowLimit;
 use poolgate::routes::RouteKind;
-use poolgate::store::{MemoryStore, Reservation};
+use poolgate::store::counters::{ClientState, Entry, WindowCounter};
+use poolgate::store::{AccountKey, MemoryStore, Reservation};
 
 /// Heap bytes live now.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -61,15 +67,19 @@ fn main() {
         .ok()
         .and_then(|k| k.parse().ok())
         .unwrap_or(1_000_000);
+    let v6 = std::env::var("V6").is_ok_and(|v| v == "1");
     let guards = GuardsConfig {
         max_tracked_keys: keys as usize + 1,
         ..GuardsConfig::default()
     };
+    let quick = Rate {
+        per_second: 1_000,
+        burst: 1_000,
+    };
     let rate = RateLimitConfig {
-        login: Rate {
-            per_second: 1_000,
-            burst: 1_000,
-        },
+        login: quick,
+        register: quick,
+        max_tracked_keys: keys as usize + 1,
         ..RateLimitConfig::default()
     };
     let state = MemoryStore::new(&guards, &rate);
@@ -77,46 +87,89 @@ fn main() {
         limit: 5,
         window: Duration::from_secs(1),
     };
-
-    let before = live();
-    for i in 0..keys {
-        let key = client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into(), 64);
-        if let Reservation::Held(p) = state.login_ip.try_reserve(key, limit, false) {
+    let client = |i: u32| {
+        if v6 {
+            let net = 0x2001_0db8_0000_0000_u64 | u64::from(i);
+            client_key(std::net::Ipv6Addr::from(u128::from(net) << 64).into(), 64)
+        } else {
+            client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into(), 64)
+        }
+    };
+    let count = |c: &Arc<WindowCounter>, key: u128| {
+        if let Reservation::Held(p) = c.try_reserve(key, limit, false) {
             p.settle(true);
         }
-    }
-    let counters = live() - before;
-    for i in 0..keys {
-        let key = client_key(std::net::Ipv4Addr::from(0x0a00_0000 | i).into(), 64);
-        let _ = state.rate.check(RouteKind::Login, key);
-    }
-    let limiter = live() - before - counters;
+    };
     let per = |b: isize| b as f64 / f64::from(keys);
-    println!("keys counted:           {keys}");
+
+    let before = live();
+    let mut step = before;
+    let mut part = |what: &str| {
+        let now = live();
+        println!(
+            "  {what:<28} {:>6.1} B/client",
+            per(now - std::mem::replace(&mut step, now))
+        );
+    };
     println!(
-        "window counter:         {:.1} bytes/key ({} MiB)",
-        per(counters),
-        counters >> 20
+        "{keys} clients ({}); entry {} B (key + {} B of state), index bucket 4 B + 1 control byte",
+        if v6 { "IPv6 /64" } else { "IPv4" },
+        std::mem::size_of::<(u64, ClientState)>(),
+        std::mem::size_of::<ClientState>(),
     );
+    for i in 0..keys {
+        count(&state.login_ip, client(i));
+    }
+    part("login-IP window");
+    for i in 0..keys {
+        count(&state.register_ip, client(i));
+    }
+    part("registration window");
+    for i in 0..keys {
+        let _ = state.rate.check(RouteKind::Login, client(i));
+    }
+    part("login rate-limit cell");
+    for i in 0..keys {
+        let _ = state.rate.check(RouteKind::Register, client(i));
+    }
+    part("registration rate-limit cell");
+    let clients = live() - before;
+    let buckets = state.clients.buckets();
     println!(
-        "rate limiter (governor): {:.1} bytes/key ({} MiB)",
-        per(limiter),
-        limiter >> 20
-    );
-    println!(
-        "both:                   {:.1} bytes/key",
-        per(counters + limiter)
+        "all of a client's state:        {:.1} B/client ({} MiB; {} clients stored, {:.2} index buckets/client)",
+        per(clients),
+        clients >> 20,
+        state.clients.len(),
+        buckets as f64 / f64::from(keys),
     );
 
-    // Let the windows and the rate limiter's memory pass, then sweep.
+    let accounts_before = live();
+    for i in 0..keys {
+        count(
+            &state.account,
+            AccountKey::of(&format!("user{i}@example.com")).get(),
+        );
+    }
+    let accounts = live() - accounts_before;
+    println!(
+        "account window:                 {:.1} B/account ({} MiB; entry {} B, {:.2} index buckets/account)",
+        per(accounts),
+        accounts >> 20,
+        std::mem::size_of::<(u64, Entry)>(),
+        state.account.buckets() as f64 / f64::from(keys),
+    );
+
+    // Let the windows and the rate limiters' cells pass, then sweep.
     std::thread::sleep(Duration::from_millis(2_100));
     state.login_ip.sweep(Some(limit.window));
+    state.register_ip.sweep(Some(limit.window));
+    state.account.sweep(Some(limit.window));
     state.rate.sweep();
     let left = live() - before;
     println!(
-        "after expiry and sweep: {} keys, {:.1} bytes/key still held ({} KiB)",
-        state.login_ip.len(),
-        per(left),
+        "after expiry and sweep: {} clients, {} accounts, {} KiB still held",
+        state.clients.len(),
+        state.account.len(),
         left >> 10
     );
 }

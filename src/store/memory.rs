@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::counters::{Shown, WindowCounter};
+use super::counters::{Clients, Shown, WindowCounter, LOGIN_LANE, REGISTER_LANE};
 use super::ratelimit::RateLimits;
 use super::{Ask, Counter, CounterStore, Issued, Reservation, Subject};
 use crate::captcha::CaptchaStore;
@@ -34,21 +34,36 @@ pub struct MemoryStore {
     pub captcha: CaptchaStore,
     /// Per-client rate limits.
     pub rate: RateLimits,
+    /// Every client's login-IP and registration windows and login and
+    /// registration rate-limit cells, one entry per client.
+    pub clients: Arc<Clients>,
     captcha_ttl: Duration,
 }
 
 impl MemoryStore {
     /// Empty state sized by the configuration.
     pub fn new(g: &GuardsConfig, rate: &RateLimitConfig) -> Self {
+        let clients = Clients::new();
         MemoryStore {
-            login_ip: WindowCounter::new("login_ip", g.max_tracked_keys),
+            login_ip: WindowCounter::of_clients(
+                "login_ip",
+                g.max_tracked_keys,
+                clients.clone(),
+                LOGIN_LANE,
+            ),
             account: WindowCounter::new("account", g.max_tracked_keys),
-            register_ip: WindowCounter::new("register_ip", g.max_tracked_keys),
+            register_ip: WindowCounter::of_clients(
+                "register_ip",
+                g.max_tracked_keys,
+                clients.clone(),
+                REGISTER_LANE,
+            ),
             send_client: WindowCounter::new("send_client", g.max_tracked_keys),
             send_recipient: WindowCounter::new("send_recipient", g.max_tracked_keys),
             send_window: g.send_code.window,
             captcha: CaptchaStore::new(g.captcha_ttl, g.max_captchas),
-            rate: RateLimits::new(rate),
+            rate: RateLimits::with_clients(rate, clients.clone()),
+            clients,
             captcha_ttl: g.captcha_ttl,
         }
     }

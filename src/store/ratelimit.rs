@@ -1,9 +1,12 @@
-//! Per-client rate limits by route class (governor, keyed GCRA).
+//! Per-client rate limits by route class (keyed GCRA, as governor's).
 //!
-//! Each class's keys live in a [`CappedStore`]: a DashMap like governor's
-//! own, plus a hard cap. Without one, a client rotating through millions of
-//! source addresses (or a trusted proxy forwarding them) would grow the map
-//! without bound between two sweeps.
+//! The login and registration classes keep each client's cell in the
+//! client's entry of the shared [`Clients`] table, beside its login and
+//! registration windows (one entry, one key per client: issue 12's memory
+//! target); the other classes use governor with a [`CappedStore`]: a DashMap
+//! like governor's own. Every class has a hard cap on keys. Without one, a
+//! client rotating through millions of source addresses (or a trusted proxy
+//! forwarding them) would grow the map without bound between two sweeps.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::ShrinkableKeyedStateStore;
@@ -22,6 +25,7 @@ use governor::{Quota, RateLimiter};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
+use super::counters::{ClientState, Clients, LOGIN_LANE, REGISTER_LANE};
 use crate::config::{Rate, RateLimitConfig};
 use crate::routes::RouteKind;
 
@@ -146,6 +150,43 @@ type Limiter = RateLimiter<u128, CappedStore, DefaultClock, NoOpMiddleware>;
 pub struct RateLimits {
     classes: Arc<ArcSwap<Classes>>,
     clock: DefaultClock,
+    /// The origin of the folded classes' cells (nanoseconds since it).
+    start: <DefaultClock as Clock>::Instant,
+    clients: Arc<Clients>,
+}
+
+/// A class whose cells are in the client table ([`ClientState::tat`]).
+struct Folded {
+    /// Position of the cell in [`ClientState::tat`].
+    lane: usize,
+    /// Nanoseconds between two requests at the sustained rate (governor's `t`).
+    t: u64,
+    /// Nanoseconds of burst beyond the first request (governor's `tau`).
+    tau: u64,
+    /// The cell of the newcomers once the class is full (see [`CappedStore`]).
+    overflow: AtomicU64,
+}
+
+impl Folded {
+    /// One GCRA step on `tat` (0: a fresh cell) at `now`: governor's
+    /// `test_and_update`, so both kinds of class limit alike.
+    #[inline]
+    fn step(&self, tat: &mut u64, now: u64) -> Result<(), u64> {
+        let cur = if *tat == 0 { now } else { *tat };
+        let earliest = cur.saturating_sub(self.tau);
+        if now < earliest {
+            return Err(earliest - now);
+        }
+        // Never 0 (that means "not tracked").
+        *tat = cur.max(now).saturating_add(self.t).max(1);
+        Ok(())
+    }
+}
+
+/// How a class keeps its clients' cells.
+enum Cells {
+    Governor(Limiter),
+    Folded(Folded),
 }
 
 /// The classes' limiters and shared quotas, swapped whole on a reload.
@@ -160,7 +201,7 @@ struct Classes {
 struct Class {
     rate: Rate,
     cap: usize,
-    limiter: Limiter,
+    cells: Cells,
     stats: Arc<CapStats>,
 }
 
@@ -186,24 +227,49 @@ fn shared_quota(class: &'static str, r: Rate) -> Option<SharedQuota> {
     })
 }
 
-/// A class's limiter; `overflowed` carries the overflow count of the limiter
+/// The class whose cells are folded into the client table at `lane`.
+fn folded_lane(class: usize) -> Option<usize> {
+    match class {
+        0 => Some(LOGIN_LANE),
+        1 => Some(REGISTER_LANE),
+        _ => None,
+    }
+}
+
+/// Class `i`'s limiter; `overflowed` carries the overflow count of the limiter
 /// it replaces, so the exported counter never goes down.
-fn limiter(r: Rate, cap: usize, overflowed: u64) -> Option<Arc<Class>> {
+fn limiter(i: usize, r: Rate, cap: usize, overflowed: u64) -> Option<Arc<Class>> {
     let per_second = NonZeroU32::new(r.per_second)?;
     // An unset burst means one second's worth, not a burst of one.
     let burst = NonZeroU32::new(r.burst).unwrap_or(per_second);
+    let quota = Quota::per_second(per_second).allow_burst(burst);
+    if let Some(lane) = folded_lane(i) {
+        let stats = Arc::new(CapStats::default());
+        stats.overflowed.store(overflowed, Ordering::Relaxed);
+        // As governor's Gcra::new.
+        let t = u64::try_from(quota.replenish_interval().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        return Some(Arc::new(Class {
+            rate: r,
+            cap,
+            cells: Cells::Folded(Folded {
+                lane,
+                t,
+                tau: t.saturating_mul(u64::from(burst.get() - 1)),
+                overflow: AtomicU64::new(0),
+            }),
+            stats,
+        }));
+    }
     let store = CappedStore::new(cap);
     store.stats.overflowed.store(overflowed, Ordering::Relaxed);
     let stats = store.stats.clone();
-    let limiter = RateLimiter::new(
-        Quota::per_second(per_second).allow_burst(burst),
-        store,
-        DefaultClock::default(),
-    );
+    let limiter = RateLimiter::new(quota, store, DefaultClock::default());
     Some(Arc::new(Class {
         rate: r,
         cap,
-        limiter,
+        cells: Cells::Governor(limiter),
         stats,
     }))
 }
@@ -229,17 +295,71 @@ fn shared_quotas(cfg: &RateLimitConfig) -> [Option<SharedQuota>; 6] {
 }
 
 impl RateLimits {
-    /// Limiters for the configured rates.
+    /// Limiters for the configured rates, with a client table of their own.
     pub fn new(cfg: &RateLimitConfig) -> Self {
+        Self::with_clients(cfg, Clients::new())
+    }
+
+    /// Limiters for the configured rates keeping the login and registration
+    /// cells in `clients` (the memory store's, shared with its windows).
+    pub fn with_clients(cfg: &RateLimitConfig, clients: Arc<Clients>) -> Self {
         let cap = cfg.max_tracked_keys.max(1);
         let rates = rates(cfg);
+        let clock = DefaultClock::default();
         RateLimits {
             classes: Arc::new(ArcSwap::from_pointee(Classes {
-                limiters: std::array::from_fn(|i| limiter(rates[i], cap, 0)),
+                limiters: std::array::from_fn(|i| limiter(i, rates[i], cap, 0)),
                 shared: shared_quotas(cfg),
             })),
-            clock: DefaultClock::default(),
+            start: clock.now(),
+            clock,
+            clients,
         }
+    }
+
+    /// Nanoseconds on the folded classes' clock.
+    #[inline]
+    fn nanos(&self) -> u64 {
+        self.clock.now().duration_since(self.start).as_u64()
+    }
+
+    /// Takes one request from `key`'s cell of a folded class.
+    fn check_folded(&self, c: &Class, f: &Folded, key: u128) -> Result<(), Duration> {
+        let now = self.nanos();
+        let lane = f.lane;
+        let own = self.clients.update(key, |s: &mut ClientState| {
+            let tat = &mut s.tat[lane];
+            if *tat == 0 {
+                // Count the key first, so racing inserts cannot pass the cap.
+                if c.stats.len.fetch_add(1, Ordering::Relaxed) >= c.cap {
+                    c.stats.len.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+            // A fresh cell always conforms, so it is tracked from here on.
+            Some(f.step(tat, now))
+        });
+        let r = match own {
+            Some(r) => r,
+            None => {
+                c.stats.overflowed.fetch_add(1, Ordering::Relaxed);
+                let mut out = Ok(());
+                let _ = f
+                    .overflow
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |mut tat| {
+                        out = f.step(&mut tat, now);
+                        out.is_ok().then_some(tat)
+                    });
+                out
+            }
+        };
+        r.map_err(Duration::from_nanos)
+    }
+
+    /// Forgets the cells of a folded class (its rate changed: it starts
+    /// fresh, as a rebuilt governor class does).
+    fn forget_lane(&self, lane: usize) {
+        self.clients.retain(|s| s.tat[lane] = 0);
     }
 
     /// Applies reloaded rates in place; returns the classes rebuilt. A class
@@ -260,13 +380,20 @@ impl RateLimits {
                 let overflowed = prev
                     .as_ref()
                     .map_or(0, |c| c.stats.overflowed.load(Ordering::Relaxed));
-                limiter(rates[i], cap, overflowed)
+                limiter(i, rates[i], cap, overflowed)
             }
         });
+        let gone: Vec<usize> = (0..CLASSES.len())
+            .filter(|&i| old.limiters[i].is_some() && rebuilt.contains(&CLASSES[i]))
+            .filter_map(folded_lane)
+            .collect();
         self.classes.store(Arc::new(Classes {
             limiters,
             shared: shared_quotas(cfg),
         }));
+        for lane in gone {
+            self.forget_lane(lane);
+        }
         rebuilt
     }
 
@@ -292,20 +419,49 @@ impl RateLimits {
     pub fn check(&self, kind: RouteKind, key: u128) -> Result<(), Duration> {
         match &self.classes.load().limiters[Self::index(kind)] {
             None => Ok(()),
-            Some(c) => c
-                .limiter
-                .check_key(&key)
-                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+            Some(c) => match &c.cells {
+                Cells::Folded(f) => self.check_folded(c, f, key),
+                Cells::Governor(l) => l
+                    .check_key(&key)
+                    .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+            },
         }
     }
 
     /// Forgets idle keys; returns the keys still tracked.
     pub fn sweep(&self) -> usize {
         let mut n = 0;
-        for c in self.classes.load().limiters.iter().flatten() {
-            c.limiter.retain_recent();
-            c.limiter.shrink_to_fit();
-            n += c.limiter.len();
+        let classes = self.classes.load();
+        let mut folded: Vec<(usize, &Class)> = Vec::new();
+        for c in classes.limiters.iter().flatten() {
+            match &c.cells {
+                Cells::Governor(l) => {
+                    l.retain_recent();
+                    l.shrink_to_fit();
+                    n += l.len();
+                }
+                Cells::Folded(f) => folded.push((f.lane, c)),
+            }
+        }
+        // Folded classes: one pass over the client table. A cell whose
+        // arrival time is past is indistinguishable from a fresh one.
+        let now = self.nanos();
+        let mut live = [0usize; 2];
+        if !folded.is_empty() {
+            self.clients.retain(|s| {
+                for (lane, _) in &folded {
+                    let tat = &mut s.tat[*lane];
+                    if *tat != 0 && *tat <= now {
+                        *tat = 0;
+                    }
+                    live[*lane] += usize::from(*tat != 0);
+                }
+            });
+        }
+        for (lane, c) in folded {
+            // Recounted, not decremented: a reload's race cannot skew it.
+            c.stats.len.store(live[lane], Ordering::Relaxed);
+            n += live[lane];
         }
         n
     }
@@ -392,6 +548,29 @@ impl Collector for RateLimitCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folded_cells_step_as_governor_does() {
+        // t = 100 ns, burst 3 (tau = 200 ns), from a fresh cell at 1,000 ns.
+        let f = Folded {
+            lane: LOGIN_LANE,
+            t: 100,
+            tau: 200,
+            overflow: AtomicU64::new(0),
+        };
+        let mut tat = 0;
+        for _ in 0..3 {
+            assert_eq!(f.step(&mut tat, 1_000), Ok(()));
+        }
+        assert_eq!(tat, 1_300);
+        // Earliest conforming time: tat - tau = 1,100.
+        assert_eq!(f.step(&mut tat, 1_000), Err(100));
+        assert_eq!(tat, 1_300, "a refusal leaves the cell alone");
+        assert_eq!(f.step(&mut tat, 1_100), Ok(()));
+        // Long idle: as fresh.
+        assert_eq!(f.step(&mut tat, 10_000), Ok(()));
+        assert_eq!(tat, 10_100);
+    }
 
     #[test]
     fn burst_then_wait() {
