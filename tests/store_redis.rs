@@ -423,8 +423,7 @@ async fn hanging_up_does_not_free_an_attempt_in_the_shared_store() {
 async fn counts_keep_their_window_through_the_scripts_shortcuts() {
     use poolgate::config::RedisConfig;
     use poolgate::metrics::Metrics;
-    use poolgate::policy::WindowLimit;
-    use poolgate::store::{Ask, Counter, RedisStore, Reservation, Slot, Subject};
+    use poolgate::store::{RedisStore, Reservation, Slot};
     use std::sync::Arc;
 
     let Some(redis) = RedisServer::start().await else {
@@ -439,14 +438,7 @@ async fn counts_keep_their_window_through_the_scripts_shortcuts() {
         Arc::new(RedisStore::new(&cfg, Duration::from_secs(30), Metrics::new()).expect("a store"));
     s.ping().await.expect("redis answers");
     let mut c = redis.conn().await.expect("a connection");
-    let ask = |client: u128| Ask {
-        counter: Counter::LoginIp,
-        subject: Subject::Client(client),
-        limit: WindowLimit {
-            limit: 1,
-            window: Duration::from_secs(60),
-        },
-    };
+    let ask = |client: u128| harness::redis::login_ip_ask(client, 1);
     let key = |client: u128| format!("win:{{login_ip:{client:032x}}}");
     let pttl = |c: &mut ::redis::aio::MultiplexedConnection, k: String| {
         let mut c = c.clone();

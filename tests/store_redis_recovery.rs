@@ -12,11 +12,10 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::redis::{free_port, have, replica_store, RedisProc};
+use harness::redis::{free_port, have, login_ip_ask, replica_store, RedisProc};
 use poolgate::config::{RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
-use poolgate::policy::WindowLimit;
-use poolgate::store::{Ask, Counter, Reservation, Store, Subject};
+use poolgate::store::{Reservation, Store};
 
 const COOLDOWN: Duration = Duration::from_millis(500);
 
@@ -44,17 +43,6 @@ fn breaker_open(m: &Metrics) -> f64 {
         .unwrap_or(-1.0)
 }
 
-fn ask(client: u128, limit: u32) -> Ask {
-    Ask {
-        counter: Counter::LoginIp,
-        subject: Subject::Client(client),
-        limit: WindowLimit {
-            limit,
-            window: Duration::from_secs(60),
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_restarts_every_replica_counts_in_redis_again_within_a_second() {
     if !have("redis-server") {
@@ -77,7 +65,7 @@ async fn after_redis_restarts_every_replica_counts_in_redis_again_within_a_secon
     let deadline = Instant::now() + Duration::from_secs(10);
     for (s, m) in &replicas {
         while breaker_open(m) != 1.0 {
-            let r = s.reserve(&[ask(1, 1000)], false).await;
+            let r = s.reserve(&[login_ip_ask(1, 1000)], false).await;
             assert!(r.is_ok(), "the local fallback answers");
             assert!(Instant::now() < deadline, "a breaker never opened");
         }
@@ -108,12 +96,18 @@ async fn after_redis_restarts_every_replica_counts_in_redis_again_within_a_secon
     // Shared counting, on every replica: one limit of 3 for one client across the three.
     let mut held = Vec::new();
     for (s, _) in &replicas {
-        let a = s.reserve(&[ask(2, 3)], false).await.expect("answers");
+        let a = s
+            .reserve(&[login_ip_ask(2, 3)], false)
+            .await
+            .expect("answers");
         assert!(matches!(a[0], Reservation::Held(_)), "{a:?}");
         held.extend(a);
     }
     for (s, _) in &replicas {
-        let a = s.reserve(&[ask(2, 3)], false).await.expect("answers");
+        let a = s
+            .reserve(&[login_ip_ask(2, 3)], false)
+            .await
+            .expect("answers");
         assert!(
             matches!(a[0], Reservation::Denied(_)),
             "the limit is shared again: {a:?}"

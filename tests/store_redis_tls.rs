@@ -213,14 +213,7 @@ async fn a_tls_server_killed_and_restarted_costs_the_fallback_then_tls_resumes()
     let (store, metrics) = replica_store(redis, &RateLimitConfig::default());
     let gauge =
         |m: &Metrics| metric(&m.render(), "poolgate_store_breaker_open", &[]).unwrap_or(-1.0);
-    let ask = |client: u128| Ask {
-        counter: Counter::LoginIp,
-        subject: Subject::Client(client),
-        limit: WindowLimit {
-            limit: 1,
-            window: Duration::from_secs(60),
-        },
-    };
+    let ask = |client: u128| harness::redis::login_ip_ask(client, 1);
     // Healthy: reserved and committed in Redis, over TLS.
     let first = store.reserve(&[ask(1)], false).await.expect("answers");
     assert!(matches!(first[0], Reservation::Held(_)));

@@ -463,7 +463,7 @@ impl<'de> Deserialize<'de> for Node<'de> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn at(body: &str, p: &str) -> Result<Option<String>, ExtractError> {
@@ -537,7 +537,7 @@ mod tests {
 
     /// The scanner against serde_json: the same documents accepted, the same
     /// text (or the same refusal) at every pointer poolgate might read.
-    mod scanner_agrees_with_serde {
+    pub(crate) mod scanner_agrees_with_serde {
         use super::*;
         use proptest::prelude::*;
 
@@ -553,6 +553,26 @@ mod tests {
             "/pass\u{e9}",
             "/",
         ];
+
+        /// Applies generated edits (remove, insert or replace one byte at an
+        /// index) to a document: how the property tests make near-JSON.
+        pub(crate) fn mutate(mut b: Vec<u8>, edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+            for (at, op, byte) in edits {
+                if b.is_empty() {
+                    b.push(byte);
+                    continue;
+                }
+                let i = at.index(b.len());
+                match op {
+                    0 => {
+                        b.remove(i);
+                    }
+                    1 => b.insert(i, byte),
+                    _ => b[i] = byte,
+                }
+            }
+            b
+        }
 
         fn outcome(doc: Result<LazyJson<'_>, ExtractError>) -> Result<Vec<String>, ()> {
             let doc = doc.map_err(|_| ())?;
@@ -705,17 +725,7 @@ mod tests {
             fn on_mutated_documents(doc in document(), edits in prop::collection::vec(
                 (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
                     b"{}[]\":,\\ u0123456789aeflnrstu-+.Ee\x00\x1f\x7f\xc3\xa9\xff".to_vec())), 1..4)) {
-                let mut b = doc.into_bytes();
-                for (at, op, byte) in edits {
-                    if b.is_empty() { b.push(byte); continue; }
-                    let i = at.index(b.len());
-                    match op {
-                        0 => { b.remove(i); }
-                        1 => b.insert(i, byte),
-                        _ => b[i] = byte,
-                    }
-                }
-                check(&b)?;
+                check(&mutate(doc.into_bytes(), edits))?;
             }
 
             #[test]

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use poolgate::config::{GuardsConfig, RateLimitConfig, RedisConfig, StoreConfig};
 use poolgate::metrics::Metrics;
-use poolgate::store::Store;
+use poolgate::policy::WindowLimit;
+use poolgate::store::{Ask, Counter, Store, Subject};
 
 /// Whether `bin` runs; when not, panics under `POOLGATE_REQUIRE_REDIS=1`
 /// and otherwise says the test is skipped.
@@ -333,5 +334,18 @@ impl RedisServer {
             .query_async(&mut c)
             .await
             .unwrap_or_default()
+    }
+}
+
+/// A login-IP ask for `client` with `limit` tries a minute: what the store
+/// tests reserve.
+pub fn login_ip_ask(client: u128, limit: u32) -> Ask {
+    Ask {
+        counter: Counter::LoginIp,
+        subject: Subject::Client(client),
+        limit: WindowLimit {
+            limit,
+            window: Duration::from_secs(60),
+        },
     }
 }
