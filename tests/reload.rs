@@ -152,13 +152,7 @@ async fn sighup_applies_rate_limits_and_trusted_proxies_in_place_keeping_counter
         1.0,
     )
     .await;
-    let line = r
-        .proc
-        .stderr()
-        .lines()
-        .find(|l| l.contains("configuration reloaded in place"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no reload line:\n{}", r.proc.stderr()));
+    let line = r.proc.stderr_line("configuration reloaded in place");
     assert!(
         line.contains("server.trusted_proxies") && line.contains("rate_limit.password"),
         "{line}"
@@ -203,13 +197,7 @@ async fn sighup_refuses_a_listen_change_and_an_invalid_file_keeping_the_old_conf
         1.0,
     )
     .await;
-    let line = r
-        .proc
-        .stderr()
-        .lines()
-        .find(|l| l.contains("configuration reload refused"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no refusal line:\n{}", r.proc.stderr()));
+    let line = r.proc.stderr_line("configuration reload refused");
     assert!(
         line.contains("server.listen") && line.contains("restart"),
         "{line}"
@@ -244,13 +232,7 @@ async fn sighup_refuses_a_listen_change_and_an_invalid_file_keeping_the_old_conf
         1.0,
     )
     .await;
-    let line = r
-        .proc
-        .stderr()
-        .lines()
-        .find(|l| l.contains("the new configuration is invalid"))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no invalid line:\n{}", r.proc.stderr()));
+    let line = r.proc.stderr_line("the new configuration is invalid");
     assert!(line.contains("wrokers"), "{line}");
     let resp = wrong_login(r.gw, "bob", None).await;
     assert_eq!(

@@ -133,6 +133,16 @@ impl Proc {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// The first stderr line so far that contains `needle`; fails the test,
+    /// showing all of stderr, when there is none.
+    pub fn stderr_line(&self, needle: &str) -> String {
+        let all = self.stderr();
+        all.lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no stderr line with {needle:?}:\n{all}"))
+    }
+
     /// Sends a signal (`TERM`, `HUP`, ...) to this process only, by pid.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
