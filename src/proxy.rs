@@ -297,8 +297,10 @@ fn forwarded(h: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// and `Transfer-Encoding`, which hyper re-frames itself. `Connection` comes
+/// first: [`strip_hop_by_hop`] reads the names it lists.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -307,10 +309,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including those named in `Connection`.
-/// `Transfer-Encoding` is left to hyper, which re-frames the body itself.
+/// Removes hop-by-hop headers, including those named in `Connection`, and
+/// `Transfer-Encoding`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names finds which fixed ones are present, so that
     // only those are removed (each remove hashes its name): most messages
@@ -319,8 +322,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for k in h.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
             present |= 1 << i;
-        } else if k == header::TRANSFER_ENCODING {
-            present |= 1 << HOP_BY_HOP.len();
         }
     }
     if present == 0 {
@@ -351,9 +352,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         if present & (1 << i) != 0 {
             h.remove(n);
         }
-    }
-    if present & (1 << HOP_BY_HOP.len()) != 0 {
-        h.remove(header::TRANSFER_ENCODING);
     }
 }
 
