@@ -240,7 +240,9 @@ impl Gateway {
             let check = match sent {
                 Some(code) if guards::failures::captcha_worth_checking(policy, o, true) => {
                     let token = call.facts.captcha_token.as_deref().or(cookie.as_deref());
-                    let check = self.check_captcha(code, token, call.client, ctx).await?;
+                    // Boxed: a provider's HTTPS call is a large future, and
+                    // inline it would grow every guarded request's.
+                    let check = Box::pin(self.check_captcha(code, token, call.client, ctx)).await?;
                     if check == CaptchaCheck::Solved {
                         self.metrics
                             .guard_decisions
