@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full, Limited};
@@ -204,18 +204,25 @@ impl Upstream {
         append_xff(h, peer);
         forwarded(h, peer, peer_trusted);
         // Only a trusted proxy may tell us the original scheme and host.
-        if !peer_trusted || !h.contains_key(X_FORWARDED_PROTO) {
-            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        // (`entry`: one lookup where `contains_key` then `insert` made two.)
+        let http = HeaderValue::from_static("http");
+        if peer_trusted {
+            h.entry(X_FORWARDED_PROTO).or_insert(http);
+        } else {
+            h.insert(X_FORWARDED_PROTO, http);
         }
-        if !peer_trusted || !h.contains_key(X_FORWARDED_HOST) {
-            match client_host {
-                Some(v) => {
-                    h.insert(X_FORWARDED_HOST, v);
-                }
-                None => {
-                    h.remove(X_FORWARDED_HOST);
-                }
+        match (h.entry(X_FORWARDED_HOST), client_host) {
+            (Entry::Occupied(_), _) if peer_trusted => {}
+            (Entry::Occupied(mut e), Some(v)) => {
+                e.insert(v);
             }
+            (Entry::Occupied(e), None) => {
+                e.remove_entry_mult();
+            }
+            (Entry::Vacant(e), Some(v)) => {
+                e.insert(v);
+            }
+            (Entry::Vacant(_), None) => {}
         }
         Request::from_parts(parts, body)
     }
@@ -229,7 +236,13 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// there is anything, ready for this hop's element.
 fn list_so_far(h: &HeaderMap, name: &HeaderName) -> String {
     let mut value = String::new();
-    for v in h.get_all(name) {
+    fold_lines(&mut value, h.get_all(name));
+    value
+}
+
+/// [`list_so_far`]'s folding, onto `value`.
+fn fold_lines<'a>(value: &mut String, lines: impl IntoIterator<Item = &'a HeaderValue>) {
+    for v in lines {
         if let Ok(s) = v.to_str() {
             let s = s.trim();
             if !s.is_empty() {
@@ -238,15 +251,26 @@ fn list_so_far(h: &HeaderMap, name: &HeaderName) -> String {
             }
         }
     }
-    value
 }
 
-/// Appends the peer to `X-Forwarded-For`, folding existing lines into one.
+/// Appends the peer to `X-Forwarded-For`, folding existing lines into one
+/// (one lookup: the entry's lines are read and replaced in place).
 fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
-    let mut value = list_so_far(h, &X_FORWARDED_FOR);
-    push_ip(&mut value, peer);
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(X_FORWARDED_FOR, v);
+    let mut value = String::new();
+    match h.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            fold_lines(&mut value, e.iter());
+            push_ip(&mut value, peer);
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            push_ip(&mut value, peer);
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                e.insert(v);
+            }
+        }
     }
 }
 

@@ -47,8 +47,11 @@ impl Gateway {
             .upstream_duration
             .with_label_values(&[ctx.label])
             .observe(took.as_secs_f64());
-        if let Ok(r) = result.as_mut() {
-            r.extensions_mut().insert(UpstreamTime(took));
+        // For the access log only: an extension costs a map allocation.
+        if ctx.rt.settings.access_log.enabled() {
+            if let Ok(r) = result.as_mut() {
+                r.extensions_mut().insert(UpstreamTime(took));
+            }
         }
         result.map_err(|e| {
             let (status, message, outcome) = match &e {
