@@ -336,6 +336,24 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// The place of `name` in [`HOP_BY_HOP`]: a `match` on its text (a switch
+/// on the length, then one comparison) where nine `HeaderName` comparisons
+/// per header were ~700 instructions per proxied GET (callgrind).
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "upgrade" => 7,
+        "transfer-encoding" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`, and
 /// `Transfer-Encoding`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -344,7 +362,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // carry none, a keep-alive answer one or two (this was ~3% of a login).
     let mut present = 0u16;
     for k in h.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+        if let Some(i) = hop_index(k) {
             present |= 1 << i;
         }
     }
@@ -407,6 +425,22 @@ fn classify_error(e: &hyper::Error) -> ForwardError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_index_is_the_place_in_the_list_and_nothing_else() {
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(n), Some(i), "{n}");
+        }
+        for other in [
+            "host",
+            "content-length",
+            "x-connection",
+            "tee",
+            "upgrade-insecure-requests",
+        ] {
+            assert_eq!(hop_index(&HeaderName::from_static(other)), None, "{other}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
