@@ -256,18 +256,19 @@ fn fold_lines<'a>(value: &mut String, lines: impl IntoIterator<Item = &'a Header
 /// Appends the peer to `X-Forwarded-For`, folding existing lines into one
 /// (one lookup: the entry's lines are read and replaced in place).
 fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
-    let mut value = String::new();
+    // Room for a few hops without growing; the value takes the buffer as is.
+    let mut value = String::with_capacity(64);
     match h.entry(X_FORWARDED_FOR) {
         Entry::Occupied(mut e) => {
             fold_lines(&mut value, e.iter());
             push_ip(&mut value, peer);
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
                 e.insert(v);
             }
         }
         Entry::Vacant(e) => {
             push_ip(&mut value, peer);
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
                 e.insert(v);
             }
         }

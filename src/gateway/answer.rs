@@ -33,7 +33,7 @@ impl Gateway {
         if self.rejection_log.allow(rej.guard.as_str()) {
             tracing::info!(
                 target: "poolgate::gateway",
-                %client_ip, method = %ctx.method, path = %ctx.path,
+                %client_ip, method = %ctx.method, path = ctx.uri.path(),
                 guard = rej.guard.as_str(), reason = rej.reason, code = rej.code,
                 "dry run: would reject"
             );
@@ -54,7 +54,7 @@ impl Gateway {
         if self.rejection_log.allow(rej.guard.as_str()) {
             tracing::warn!(
                 target: "poolgate::gateway",
-                %client_ip, method = %ctx.method, path = %ctx.path,
+                %client_ip, method = %ctx.method, path = ctx.uri.path(),
                 guard = rej.guard.as_str(), reason = rej.reason, code = rej.code, status = rej.status.as_u16(),
                 "request rejected"
             );
@@ -95,7 +95,7 @@ fn with_cors_as(mut resp: Response<RespBody>, ctx: &Ctx, client_ip: IpAddr) -> R
     if ctx.rt.settings.access_log.enabled() {
         resp.extensions_mut().insert(Seen {
             client_ip,
-            path: ctx.path.clone(),
+            path: ctx.uri.path().to_string(),
         });
     }
     resp

@@ -82,7 +82,7 @@ impl Gateway {
             };
             tracing::warn!(
                 target: "poolgate::gateway",
-                client_ip = %ctx.client.ip, method = %ctx.method, path = ctx.path, route = ctx.label,
+                client_ip = %ctx.client.ip, method = %ctx.method, path = ctx.uri.path(), route = ctx.label,
                 reason = outcome, status = status.as_u16(), error = detail,
                 "request failed"
             );
@@ -128,7 +128,7 @@ impl Gateway {
             {
                 Ok(read) => read,
                 Err(_) => {
-                    tracing::warn!(target: "poolgate::gateway", path = %task_ctx.path, "upstream answer not read within upstream.request_timeout");
+                    tracing::warn!(target: "poolgate::gateway", path = task_ctx.uri.path(), "upstream answer not read within upstream.request_timeout");
                     gw.metrics
                         .rejections
                         .with_label_values(&["upstream_timeout"])

@@ -159,7 +159,9 @@ struct Ctx {
     /// A trusted proxy says the client reached it over TLS.
     tls: bool,
     method: Method,
-    path: String,
+    /// The request's URI, for its path in logs: a clone shares hyper's
+    /// buffer where the path as a `String` was an allocation per request.
+    uri: http::Uri,
     flavor: Flavor,
     /// The route label of metrics: the route class, or for GraphQL the kind
     /// of its first guarded call once known.
@@ -272,7 +274,7 @@ impl Gateway {
             via_backend: who.via_backend,
             tls: false,
             method: req.method().clone(),
-            path: req.uri().path().to_string(),
+            uri: req.uri().clone(),
             flavor,
             label,
             allow_origin: None,
