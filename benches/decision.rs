@@ -233,6 +233,12 @@ fn decision(c: &mut Criterion) {
         })
     });
     g.bench_function("clock_read", |b| b.iter(std::time::Instant::now));
+    // The clock the rate limiters and (since session 2026-12-02) the counters read.
+    g.bench_function("clock_read_quanta", |b| {
+        use governor::clock::Clock;
+        let clock = governor::clock::DefaultClock::default();
+        b.iter(|| clock.now())
+    });
     g.finish();
 
     c.bench_function("classify_canonical_path", |b| {

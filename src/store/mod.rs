@@ -195,15 +195,16 @@ pub struct Slot(Held);
 
 #[derive(Debug)]
 enum Held {
-    Memory(Arc<counters::WindowCounter>, u128),
+    /// The counter, the key and its hash there (so settling hashes no more).
+    Memory(Arc<counters::WindowCounter>, u128, u64),
     Redis(Arc<redis::Settler>, redis::SlotId),
     /// Granted by the `open` fallback, or already settled: nothing to do.
     Nothing,
 }
 
 impl Slot {
-    pub(crate) fn memory(counter: Arc<counters::WindowCounter>, key: u128) -> Slot {
-        Slot(Held::Memory(counter, key))
+    pub(crate) fn memory(counter: Arc<counters::WindowCounter>, key: u128, hash: u64) -> Slot {
+        Slot(Held::Memory(counter, key, hash))
     }
 
     pub(crate) fn redis(settler: Arc<redis::Settler>, id: redis::SlotId) -> Slot {
@@ -224,7 +225,7 @@ impl Slot {
 
     fn settle_now(&mut self, commit: bool) {
         match std::mem::replace(&mut self.0, Held::Nothing) {
-            Held::Memory(c, key) => c.settle(key, commit),
+            Held::Memory(c, key, h) => c.settle(key, h, commit),
             Held::Redis(s, id) => s.settle(id, commit),
             Held::Nothing => {}
         }
