@@ -29,18 +29,11 @@ pub struct LazyJson<'a> {
     node: Node<'a>,
 }
 
-/// An object's members: inline up to 8 (a login body has 2 to 6), so
-/// reading one allocates nothing.
-pub type Members<'a> = smallvec::SmallVec<[(Cow<'a, str>, &'a str); 8]>;
-
 /// Members and elements are raw JSON text (a value's exact bytes, no
 /// surrounding whitespace), as serde_json's `RawValue` would give.
-// The inline members are the point (no allocation per body); a node lives
-// on the stack for one request, or two for a nested pointer.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 enum Node<'a> {
-    Object(Members<'a>),
+    Object(Vec<(Cow<'a, str>, &'a str)>),
     Array(Vec<&'a str>),
     #[default]
     Scalar,
@@ -130,14 +123,14 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// the scanner is unsure: then serde_json decides. Keys are the raw text
 /// between the quotes (without escapes that is the decoded key); values are
 /// raw JSON, checked as serde_json checks a value it skips.
-pub fn scan_object(s: &str) -> Option<Members<'_>> {
+pub fn scan_object(s: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
     let b = s.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(b, i + 1);
-    let mut members = Members::new();
+    let mut members = Vec::with_capacity(8);
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
@@ -429,7 +422,7 @@ impl<'de> Deserialize<'de> for Node<'de> {
                 f.write_str("a JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                let mut members = Members::new();
+                let mut members = Vec::with_capacity(m.size_hint().unwrap_or(4).min(16));
                 while let Some((k, v)) = m.next_entry::<Text<'de>, &'de RawValue>()? {
                     members.push((k.0, v.get()));
                 }
