@@ -24,8 +24,9 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock, Reference};
 use hashbrown::HashTable;
 
 use super::{Reservation, Slot};
@@ -222,7 +223,7 @@ impl<K: TableKey, V: Vacant> Table<K, V> {
     }
 
     #[inline]
-    fn hash(&self, key: &K) -> u64 {
+    pub(crate) fn hash(&self, key: &K) -> u64 {
         key.hash_with(&self.hasher)
     }
 
@@ -239,7 +240,13 @@ impl<K: TableKey, V: Vacant> Table<K, V> {
     /// it, or drops it when it is left vacant.
     #[inline]
     pub(crate) fn update<R>(&self, key: K, f: impl FnOnce(&mut V) -> R) -> R {
-        let h = self.hash(&key);
+        self.update_hashed(key, self.hash(&key), f)
+    }
+
+    /// [`Self::update`] with `key`'s hash ([`Self::hash`]) already known:
+    /// a reservation's settle reuses the one its reserve made.
+    #[inline]
+    pub(crate) fn update_hashed<R>(&self, key: K, h: u64, f: impl FnOnce(&mut V) -> R) -> R {
         let hasher = |k: &K| self.hash(k);
         let mut s = self.shard(h);
         match s.find(h, key) {
@@ -394,6 +401,29 @@ impl Clients {
         }
     }
 
+    /// `key`'s hash in the table that holds it.
+    #[inline]
+    pub(crate) fn hash(&self, key: Key) -> u64 {
+        match compact_client(key) {
+            Some(k) => self.compact.hash(&k),
+            None => self.whole.hash(&key),
+        }
+    }
+
+    /// [`Self::update`] with `key`'s hash ([`Self::hash`]) already known.
+    #[inline]
+    pub(crate) fn update_hashed<R>(
+        &self,
+        key: Key,
+        h: u64,
+        f: impl FnOnce(&mut ClientState) -> R,
+    ) -> R {
+        match compact_client(key) {
+            Some(k) => self.compact.update_hashed(k, h, f),
+            None => self.whole.update_hashed(key, h, f),
+        }
+    }
+
     pub(crate) fn get(&self, key: Key) -> Option<ClientState> {
         match compact_client(key) {
             Some(k) => self.compact.get(k),
@@ -444,8 +474,16 @@ pub struct WindowCounter {
     backing: Backing,
     max_keys: usize,
     len: AtomicUsize,
+    clock: DefaultClock,
     epoch: Instant,
 }
+
+/// A reading of the counters' clock ([`WindowCounter::clock`]): governor's
+/// (quanta: the TSC where the CPU keeps an invariant one, as the rate
+/// limiters read; else the OS's monotonic clock). Read once per request
+/// and handed to every counter it asks, not once per counter: a read of the
+/// OS clock costs ~25 ns, and windows count whole seconds anyway.
+pub type Instant = <DefaultClock as Clock>::Instant;
 
 impl std::fmt::Debug for WindowCounter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -491,7 +529,8 @@ impl WindowCounter {
             backing,
             max_keys,
             len: AtomicUsize::new(0),
-            epoch: Instant::now(),
+            clock: DefaultClock::default(),
+            epoch: DefaultClock::default().now(),
         })
     }
 
@@ -523,14 +562,43 @@ impl WindowCounter {
     /// Seconds since the counter was created (its clock).
     #[inline]
     pub fn now(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+        self.seconds_at(self.clock.now())
+    }
+
+    /// The counters' clock, read now (for [`Self::try_reserve_when`]).
+    #[inline]
+    pub fn clock(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// [`Self::now`] at a reading of [`Self::clock`] (of any counter: they
+    /// share one time source).
+    #[inline]
+    pub fn seconds_at(&self, t: Instant) -> u32 {
+        u32::try_from(t.duration_since(self.epoch).as_u64() / 1_000_000_000).unwrap_or(u32::MAX)
+    }
+
+    /// `key`'s hash in the table holding its window: the table key of an
+    /// account (SipHash, keyed), the table's hash of a client.
+    #[inline]
+    fn hash(&self, key: Key) -> u64 {
+        match &self.backing {
+            Backing::Client(c, _) => c.hash(key),
+            Backing::Hashed(_, h) => h.hash_one(key),
+        }
     }
 
     #[inline]
     fn update<R>(&self, key: Key, f: impl FnOnce(&mut Entry) -> R) -> R {
+        self.update_hashed(key, self.hash(key), f)
+    }
+
+    /// [`Self::update`] with the hash [`Self::hash`] gave for `key`.
+    #[inline]
+    fn update_hashed<R>(&self, key: Key, h: u64, f: impl FnOnce(&mut Entry) -> R) -> R {
         match &self.backing {
-            Backing::Client(c, lane) => c.update(key, |s| f(&mut s.windows[*lane])),
-            Backing::Hashed(t, h) => t.update(Prehashed(h.hash_one(key)), f),
+            Backing::Client(c, lane) => c.update_hashed(key, h, |s| f(&mut s.windows[*lane])),
+            Backing::Hashed(t, _) => t.update_hashed(Prehashed(h), h, f),
         }
     }
 
@@ -559,6 +627,19 @@ impl WindowCounter {
         self.try_reserve_at(key, limit, force, self.now())
     }
 
+    /// [`Self::try_reserve`] at a reading of the counters' clock, taken
+    /// once for all the counters a request asks ([`Self::clock`]).
+    #[inline]
+    pub fn try_reserve_when(
+        self: &Arc<Self>,
+        key: Key,
+        limit: WindowLimit,
+        force: bool,
+        t: Instant,
+    ) -> Reservation {
+        self.try_reserve_at(key, limit, force, self.seconds_at(t))
+    }
+
     /// [`Self::try_reserve`] at a given clock second (for tests and benches).
     pub fn try_reserve_at(
         self: &Arc<Self>,
@@ -570,7 +651,9 @@ impl WindowCounter {
         let window = window_secs(limit.window);
         let max = limit.limit.min(u32::from(u16::MAX));
         let tick = now.saturating_add(1);
-        let found = self.update(key, |e| {
+        // Kept in the slot: its settle finds the entry without hashing again.
+        let h = self.hash(key);
+        let found = self.update_hashed(key, h, |e| {
             if e.vacant() {
                 // Count the key first, so racing inserts cannot pass the cap.
                 if self.len.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
@@ -589,15 +672,16 @@ impl WindowCounter {
             Found::Held
         });
         match found {
-            Found::Held => Reservation::Held(Slot::memory(self.clone(), key)),
+            Found::Held => Reservation::Held(Slot::memory(self.clone(), key, h)),
             Found::Denied(secs) => Reservation::Denied(Duration::from_secs(u64::from(secs))),
             Found::Full => Reservation::Full,
         }
     }
 
-    /// Settles a slot of `key`: frees it and, on `commit`, counts the event.
-    pub(crate) fn settle(&self, key: Key, commit: bool) {
-        self.update(key, |e| {
+    /// Settles a slot of `key` (whose hash, [`Self::hash`], is `h`): frees
+    /// it and, on `commit`, counts the event.
+    pub(crate) fn settle(&self, key: Key, h: u64, commit: bool) {
+        self.update_hashed(key, h, |e| {
             if !e.vacant() {
                 e.inflight = e.inflight.saturating_sub(1);
                 if commit {
@@ -831,6 +915,59 @@ mod tests {
         }
         assert_eq!(c.sweep(None), 2_500);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_hash_a_slot_keeps_finds_the_same_entry() {
+        // Settling reuses the reservation's hash: it must be the hash every
+        // other path (show, clear, sweep) uses, in every table a key can be in.
+        let clients = Clients::new();
+        let login = WindowCounter::of_clients("l", 100, clients.clone(), LOGIN_LANE);
+        let accounts = WindowCounter::new("a", 100);
+        let v4 = crate::client_ip::client_key("10.1.2.3".parse().unwrap(), 64);
+        let wide = crate::client_ip::client_key("2001:db8::1:0:0:1".parse().unwrap(), 128);
+        let acct = crate::store::AccountKey::of("bob@example.com").get();
+        let l = lim(10, 60);
+        for (c, k) in [(&login, v4), (&login, wide), (&accounts, acct)] {
+            for commit in [true, false, true] {
+                match c.try_reserve_at(k, l, false, 0) {
+                    Reservation::Held(p) => p.settle(commit),
+                    other => panic!("{other:?}"),
+                }
+            }
+            let held = c.try_reserve_at(k, l, false, 0);
+            let shown = c.show(k, Duration::from_secs(60)).unwrap();
+            assert_eq!((shown.count, shown.inflight), (2, 1), "key {k:x}");
+            drop(held);
+            let shown = c.show(k, Duration::from_secs(60)).unwrap();
+            assert_eq!((shown.count, shown.inflight), (2, 0), "key {k:x}");
+            assert!(c.clear(k));
+        }
+        assert!(clients.is_empty() && accounts.is_empty());
+    }
+
+    #[test]
+    fn one_clock_reading_serves_every_counter() {
+        let a = WindowCounter::new("a", 10);
+        let b = WindowCounter::new("b", 10);
+        let t = a.clock();
+        // Counters made together read the same second from one reading, and
+        // a reading taken now is the counter's `now`.
+        assert_eq!(a.seconds_at(t), b.seconds_at(t));
+        assert!(a.seconds_at(t) <= a.now() && a.now() <= a.seconds_at(t) + 1);
+        let l = lim(1, 60);
+        assert!(matches!(
+            a.try_reserve_when(5, l, false, t),
+            Reservation::Held(_)
+        ));
+        // The window it opened is the one `try_reserve_at` sees at that second.
+        if let Reservation::Held(p) = a.try_reserve_at(5, l, false, a.seconds_at(t)) {
+            p.settle(true);
+        }
+        match a.try_reserve_when(5, l, false, t) {
+            Reservation::Denied(wait) => assert_eq!(wait, Duration::from_secs(60)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -86,10 +86,12 @@ impl MemoryStore {
 
     /// [`CounterStore::reserve`], synchronously (it never waits).
     pub fn reserve_now(&self, asks: &[Ask], force: bool) -> Vec<Reservation> {
+        // One clock read for every counter asked.
+        let t = self.login_ip.clock();
         asks.iter()
             .map(|a| {
                 self.counter(a.counter)
-                    .try_reserve(a.subject.key(), a.limit, force)
+                    .try_reserve_when(a.subject.key(), a.limit, force, t)
             })
             .collect()
     }
