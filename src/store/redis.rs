@@ -88,6 +88,7 @@ macro_rules! settle_lua {
         r"
   redis.call('HDEL', k, sid)
   if commit == '1' then
+    window = tonumber(window)
     local e = tonumber(redis.call('HGET', k, 'e'))
     if e and e > now then
       redis.call('HINCRBY', k, 'c', 1)
@@ -128,9 +129,13 @@ const RESERVE: &str = concat!(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+-- When a reservation made now lapses; as text once (a number argument to
+-- redis.call is formatted with '%.17g', slower than '%d').
+local lapse = now + hold
+local lapse_s = string.format('%d', lapse)
 for i = 1, ns do
   local k = KEYS[i]
-  local sid, commit, window = ARGV[2 + 3 * i], ARGV[3 + 3 * i], tonumber(ARGV[4 + 3 * i])
+  local sid, commit, window = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
 ",
     settle_lua!(),
     r"end
@@ -138,7 +143,9 @@ local a = 4 + 3 * ns
 local out = {}
 for i = ns + 1, #KEYS do
   local k = KEYS[i]
-  local limit, window = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  -- (Numbers are parsed only where needed: strtod is among the script's
+  -- larger costs.)
+  local limit, window = tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 2
   local v = redis.call('HMGET', k, 'c', 'e', 'm')
   local e, m = tonumber(v[2]), tonumber(v[3])
@@ -151,6 +158,7 @@ for i = ns + 1, #KEYS do
   local fresh = not e or e <= now
   if fresh then
     -- No window open: it opens now.
+    window = tonumber(window)
     e = now + window
   else
     count = tonumber(v[1]) or 0
@@ -180,14 +188,13 @@ for i = ns + 1, #KEYS do
       redis.call('HDEL', k, 'm')
     end
   end
-  local lapse = now + hold
   if force or count + n < limit then
     if fresh then
-      redis.call('HSET', k, id, lapse, 'c', 0, 'e', e, 'm', (m and m < lapse) and m or lapse)
+      redis.call('HSET', k, id, lapse_s, 'c', 0, 'e', e, 'm', (m and m < lapse) and m or lapse_s)
     elseif not m or lapse < m then
-      redis.call('HSET', k, id, lapse, 'm', lapse)
+      redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
     else
-      redis.call('HSET', k, id, lapse)
+      redis.call('HSET', k, id, lapse_s)
     end
     if fresh or e < lapse then
       redis.call('PEXPIRE', k, math.max(e, lapse) - now)
@@ -218,7 +225,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local sid, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], tonumber(ARGV[3 * i])
+  local sid, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
 ",
     settle_lua!(),
     r"end
