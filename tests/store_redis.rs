@@ -248,7 +248,7 @@ async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
     // Healthy: counted in Redis.
     let r = wrong_login(s.gw(), "dave", Some(&ip(1))).await;
     assert_eq!(r.json(), wrong_password_v2());
-    assert!(!redis.keys("t5:{login_ip:*").await.is_empty());
+    assert!(!redis.keys("t5:v2:{login_ip:*").await.is_empty());
 
     redis.kill();
     // Down: every login still gets an answer, judged by this replica's own
@@ -307,7 +307,7 @@ async fn redis_killed_mid_run_falls_back_to_local_counters_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Counting is in Redis again (the restarted server was empty).
-    let fresh = redis.keys("t5:{login_ip:*").await;
+    let fresh = redis.keys("t5:v2:{login_ip:*").await;
     assert!(!fresh.is_empty(), "counts are written to Redis again");
     s.shutdown().await;
 }
@@ -415,75 +415,170 @@ async fn hanging_up_does_not_free_an_attempt_in_the_shared_store() {
     shutdown_all(stacks).await;
 }
 
-/// The script's shortcuts keep the window's rules: a count opens its window
-/// when first seen; an event whose window lapsed while it was in flight opens
-/// a new one; a count without a TTL (never written by poolgate) gets one when
-/// it refuses, so it cannot refuse forever; a refusal says how long is left.
+/// A store of its own on `redis` under `prefix`, holding a slot 30 s.
+async fn direct_store(
+    redis: &RedisServer,
+    prefix: &str,
+) -> std::sync::Arc<poolgate::store::RedisStore> {
+    let cfg = poolgate::config::RedisConfig {
+        url: poolgate::config::Secret::new(redis.url()),
+        key_prefix: prefix.into(),
+        ..poolgate::config::RedisConfig::default()
+    };
+    let s = std::sync::Arc::new(
+        poolgate::store::RedisStore::new(
+            &cfg,
+            Duration::from_secs(30),
+            poolgate::metrics::Metrics::new(),
+        )
+        .expect("a store"),
+    );
+    s.ping().await.expect("redis answers");
+    s
+}
+
+/// Runs one command on `c`, its reply as `T`.
+async fn query<T: ::redis::FromRedisValue>(
+    c: &::redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> T {
+    let mut c = c.clone();
+    let mut cmd = ::redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async::<T>(&mut c).await.expect("a reply")
+}
+
+/// Redis's clock, in ms.
+async fn redis_now(c: &::redis::aio::MultiplexedConnection) -> i64 {
+    let (s, us): (i64, i64) = query(c, &["TIME"]).await;
+    s * 1000 + us / 1000
+}
+
+fn held(r: Vec<poolgate::store::Reservation>) -> poolgate::store::Slot {
+    match r.into_iter().next() {
+        Some(poolgate::store::Reservation::Held(slot)) => slot,
+        other => panic!("not held: {other:?}"),
+    }
+}
+
+/// A counter is one hash: its count, its window's end, its reservations in
+/// flight; the key's TTL covers the window and the reservations, so Redis
+/// forgets it; a settle frees the reservation's field, a commit counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_is_one_hash_whose_ttl_covers_its_window_and_reservations() {
+    use poolgate::store::Slot;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let s = direct_store(&redis, "hash").await;
+    let c = redis.conn().await.expect("a connection");
+    let key = format!("hash:v2:{{login_ip:{:032x}}}", 1u128);
+
+    // First seen: the window opens (count 0, its end a window away), the
+    // reservation is a field, the key lives as long as the window.
+    let before = redis_now(&c).await;
+    let slot = held(
+        s.reserve(&[harness::redis::login_ip_ask(1, 2)], false)
+            .await
+            .expect("answers"),
+    );
+    assert_eq!(query::<String>(&c, &["TYPE", &key]).await, "hash");
+    let fields: std::collections::HashMap<String, i64> = query(&c, &["HGETALL", &key]).await;
+    assert_eq!(fields.len(), 4, "c, e, m and one reservation: {fields:?}");
+    assert_eq!(fields["c"], 0);
+    let end = fields["e"] - before;
+    assert!((60_000..61_000).contains(&end), "window end {end}");
+    let lapse = fields
+        .iter()
+        .find(|(f, _)| !["c", "e", "m"].contains(&f.as_str()))
+        .map(|(_, v)| *v - before)
+        .expect("a reservation field");
+    assert!((30_000..31_000).contains(&lapse), "lapse {lapse}");
+    let ttl: i64 = query(&c, &["PTTL", &key]).await;
+    assert!(ttl > 55_000 && ttl <= 60_000, "{ttl}");
+    // Only this key was written.
+    assert_eq!(redis.keys("hash:*").await, vec![key.clone()]);
+
+    // The outcome: the reservation's field goes, the event is counted.
+    Slot::settle_all([(slot, true)]);
+    wait_for_async("the event is counted", Duration::from_secs(5), || {
+        let c = c.clone();
+        let key = key.clone();
+        async move { query::<Option<i64>>(&c, &["HGET", &key, "c"]).await == Some(1) }
+    })
+    .await;
+    assert_eq!(query::<i64>(&c, &["HLEN", &key]).await, 3, "c, e, m");
+
+    // A window shorter than the hold: the key lives until the reservation
+    // would lapse, not just until the window ends.
+    let mut short = harness::redis::login_ip_ask(2, 2);
+    short.limit.window = Duration::from_secs(2);
+    let key2 = format!("hash:v2:{{login_ip:{:032x}}}", 2u128);
+    let _slot = held(s.reserve(&[short], false).await.expect("answers"));
+    let ttl: i64 = query(&c, &["PTTL", &key2]).await;
+    assert!(ttl > 25_000 && ttl <= 30_000, "held for the hold: {ttl}");
+
+    // The admin view and the unblock read and clear the hash.
+    let shown = s
+        .show(
+            poolgate::store::Counter::LoginIp,
+            poolgate::store::Subject::Client(1),
+        )
+        .await
+        .expect("answers")
+        .expect("a counter");
+    assert_eq!((shown.count, shown.inflight), (1, 0));
+    assert!(
+        (59..=60).contains(&shown.window_remaining_secs),
+        "{shown:?}"
+    );
+    assert!(s
+        .clear(
+            poolgate::store::Counter::LoginIp,
+            poolgate::store::Subject::Client(1)
+        )
+        .await
+        .expect("answers"));
+    assert!(s
+        .show(
+            poolgate::store::Counter::LoginIp,
+            poolgate::store::Subject::Client(1)
+        )
+        .await
+        .expect("answers")
+        .is_none());
+}
+
+/// The script's shortcuts keep the window's rules: an event whose window
+/// lapsed while it was in flight opens a new one (the key's TTL covering
+/// it); a refusal says how long is left; a reservation never settled (its
+/// replica died) stops counting once it lapses, and its field is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_keep_their_window_through_the_scripts_shortcuts() {
-    use poolgate::config::RedisConfig;
-    use poolgate::metrics::Metrics;
-    use poolgate::store::{RedisStore, Reservation, Slot};
-    use std::sync::Arc;
+    use poolgate::store::{Reservation, Slot};
 
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let cfg = RedisConfig {
-        url: poolgate::config::Secret::new(redis.url()),
-        key_prefix: "win".into(),
-        ..RedisConfig::default()
-    };
-    let s =
-        Arc::new(RedisStore::new(&cfg, Duration::from_secs(30), Metrics::new()).expect("a store"));
-    s.ping().await.expect("redis answers");
-    let mut c = redis.conn().await.expect("a connection");
+    let s = direct_store(&redis, "win").await;
+    let c = redis.conn().await.expect("a connection");
     let ask = |client: u128| harness::redis::login_ip_ask(client, 1);
-    let key = |client: u128| format!("win:{{login_ip:{client:032x}}}");
-    let pttl = |c: &mut ::redis::aio::MultiplexedConnection, k: String| {
-        let mut c = c.clone();
-        async move {
-            ::redis::cmd("PTTL")
-                .arg(k)
-                .query_async::<i64>(&mut c)
-                .await
-                .expect("PTTL")
-        }
-    };
-    let get = |c: &mut ::redis::aio::MultiplexedConnection, k: String| {
-        let mut c = c.clone();
-        async move {
-            ::redis::cmd("GET")
-                .arg(k)
-                .query_async::<Option<i64>>(&mut c)
-                .await
-                .expect("GET")
-        }
-    };
-    let held = |r: Vec<Reservation>| match r.into_iter().next() {
-        Some(Reservation::Held(slot)) => slot,
-        other => panic!("not held: {other:?}"),
-    };
+    let key = |client: u128| format!("win:v2:{{login_ip:{client:032x}}}");
 
-    // First seen: the window opens (count 0, the window's TTL).
+    // Its window lapses while the attempt is in flight (here: the key is
+    // gone): the event opens a new one.
     let slot = held(s.reserve(&[ask(1)], false).await.expect("answers"));
-    assert_eq!(get(&mut c, key(1)).await, Some(0));
-    let ttl = pttl(&mut c, key(1)).await;
-    assert!(ttl > 55_000 && ttl <= 60_000, "{ttl}");
-
-    // Its window lapses while the attempt is in flight: the event opens a new one.
-    let _: () = ::redis::cmd("DEL")
-        .arg(key(1))
-        .query_async(&mut c)
-        .await
-        .expect("DEL");
+    let _: () = query(&c, &["DEL", &key(1)]).await;
     Slot::settle_all([(slot, true)]);
     wait_for_async("the event is counted", Duration::from_secs(5), || {
-        let mut c = c.clone();
-        async move { get(&mut c, key(1)).await == Some(1) }
+        let c = c.clone();
+        let k = key(1);
+        async move { query::<Option<i64>>(&c, &["HGET", &k, "c"]).await == Some(1) }
     })
     .await;
-    let ttl = pttl(&mut c, key(1)).await;
+    let ttl: i64 = query(&c, &["PTTL", &key(1)]).await;
     assert!(ttl > 55_000 && ttl <= 60_000, "a new window: {ttl}");
 
     // At the limit: refused, for the window's rest.
@@ -492,17 +587,84 @@ async fn counts_keep_their_window_through_the_scripts_shortcuts() {
         other => panic!("not refused: {other:?}"),
     }
 
-    // A count without a TTL refuses once, and gets the window's TTL doing so.
-    let _: () = ::redis::cmd("SET")
-        .arg(key(2))
-        .arg(5)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
+    // The window ended (its end is in the past): the count starts again.
+    let _: () = query(&c, &["HSET", &key(1), "e", "1"]).await;
+    let _slot = held(s.reserve(&[ask(1)], false).await.expect("answers"));
+    assert_eq!(
+        query::<Option<i64>>(&c, &["HGET", &key(1), "c"]).await,
+        Some(0)
+    );
+
+    // A reservation left by a dead replica, lapsed: it no longer holds the
+    // slot (limit 1), and its field is dropped.
+    let now = redis_now(&c).await;
+    let past = (now - 1).to_string();
+    let _: () = query(
+        &c,
+        &[
+            "HSET",
+            &key(2),
+            "c",
+            "0",
+            "e",
+            &(now + 60_000).to_string(),
+            "m",
+            &past,
+            "dead-1",
+            &past,
+        ],
+    )
+    .await;
+    let _: () = query(&c, &["PEXPIRE", &key(2), "60000"]).await;
+    let _slot = held(s.reserve(&[ask(2)], false).await.expect("answers"));
+    let dead: Option<String> = query(&c, &["HGET", &key(2), "dead-1"]).await;
+    assert_eq!(dead, None, "the lapsed reservation is dropped");
+    // The live one now holds the only slot.
     assert!(matches!(
         s.reserve(&[ask(2)], false).await.expect("answers").pop(),
         Some(Reservation::Denied(_))
     ));
-    let ttl = pttl(&mut c, key(2)).await;
-    assert!(ttl > 55_000 && ttl <= 60_000, "repaired: {ttl}");
+}
+
+/// During a rolling upgrade old replicas write the layout before the hash
+/// (`<p>:{<counter>:<subject>}` a count, `…:f` a sorted set): this version
+/// never reads nor writes those keys (no WRONGTYPE, no misread count), and
+/// the old keys are left to their TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_the_previous_layout_are_never_read() {
+    use poolgate::store::Reservation;
+
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let s = direct_store(&redis, "mix").await;
+    let c = redis.conn().await.expect("a connection");
+    let old = format!("mix:{{login_ip:{:032x}}}", 3u128);
+    let old_f = format!("{old}:f");
+    // An old replica's client over its limit, with one attempt in flight.
+    let _: () = query(&c, &["SET", &old, "9", "PX", "60000"]).await;
+    let _: () = query(&c, &["ZADD", &old_f, "99999999999999", "old-1"]).await;
+    let _: () = query(&c, &["PEXPIRE", &old_f, "60000"]).await;
+    // This version counts apart: granted, in its own key.
+    assert!(matches!(
+        s.reserve(&[harness::redis::login_ip_ask(3, 1)], false)
+            .await
+            .expect("answers")
+            .pop(),
+        Some(Reservation::Held(_))
+    ));
+    assert_eq!(query::<String>(&c, &["GET", &old]).await, "9");
+    assert_eq!(query::<i64>(&c, &["ZCARD", &old_f]).await, 1);
+    let new = format!("mix:v2:{{login_ip:{:032x}}}", 3u128);
+    assert_eq!(query::<String>(&c, &["TYPE", &new]).await, "hash");
+    // And the old layout's view is not this version's view.
+    let shown = s
+        .show(
+            poolgate::store::Counter::LoginIp,
+            poolgate::store::Subject::Client(3),
+        )
+        .await
+        .expect("answers")
+        .expect("a counter");
+    assert_eq!((shown.count, shown.inflight), (0, 1));
 }

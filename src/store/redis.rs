@@ -5,15 +5,18 @@
 //!
 //! Every check-and-reserve is a Lua script (atomic on the server); time is
 //! Redis's own (`TIME`), so replicas with skewed clocks agree. Layout, under
-//! `key_prefix` `<p>` (the braces are the cluster hash tag: a counter's two
-//! keys share a slot, different counters and subjects spread over the slots):
+//! `key_prefix` `<p>` (the braces are the cluster hash tag: counters and
+//! subjects spread over the slots):
 //!
-//! - `<p>:{<counter>:<subject>}`: events counted in the window; its TTL *is*
-//!   the window (it is created with the window's length when a key is first
-//!   seen, as the in-memory counter opens its window);
-//! - `<p>:{<counter>:<subject>}:f`: a sorted set of reservations in flight,
-//!   each scored by the time it lapses if never settled (a replica that dies
-//!   mid-request cannot leak a slot for longer than `hold`);
+//! - `<p>:v2:{<counter>:<subject>}`: one hash per counter and subject: the
+//!   count (`c`), the window's end on Redis's clock (`e`: the window opens
+//!   when the key is first seen, as the in-memory counter opens its window),
+//!   and one field per reservation in flight, holding when it lapses if never
+//!   settled (a replica that dies mid-request cannot leak a slot for longer
+//!   than `hold`); `m` is no later than the earliest such lapse. The key's
+//!   TTL covers the window's end and every lapse. `v2` is [`KEY_VERSION`]:
+//!   the layout before it (a count key and an in-flight sorted set) is never
+//!   read;
 //! - `<p>:{rl:<class>:<client>}`: a client's GCRA state (`rate_limit.shared`);
 //! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL.
 //!
@@ -69,80 +72,144 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// Most settles one call carries.
 const SETTLE_BATCH: usize = 256;
 
+/// The version of the counters' key layout, in their names
+/// (`<prefix>:v2:{<counter>:<subject>}`): a replica never reads a key another
+/// layout wrote (during a rolling upgrade the two versions count apart, each
+/// for itself, until the old keys' TTLs end).
+pub const KEY_VERSION: &str = "v2";
+
 /// The settle of one slot, in both [`RESERVE`] and [`SETTLE`] (one text, so
-/// the two cannot drift). In scope: `ck` (count key), `fk` (in-flight set),
-/// `sid` (reservation id), `commit` ('1' to count the event), `window` (ms).
-/// Frees the slot; on commit counts the event: `INCR` keeps the window's TTL,
-/// and a count that `INCR` had to create (the window lapsed meanwhile) opens
-/// a new window.
+/// the two cannot drift). In scope: `k` (the counter's hash), `sid`
+/// (reservation id), `commit` ('1' to count the event), `window` (ms), `now`.
+/// Frees the slot; on commit counts the event: in the open window, or, if it
+/// lapsed meanwhile, in a new one (whose end the key's TTL then covers).
 macro_rules! settle_lua {
     () => {
         r"
-  redis.call('ZREM', fk, sid)
-  if commit == '1' and redis.call('INCR', ck) == 1 and redis.call('PTTL', ck) < 0 then
-    redis.call('PEXPIRE', ck, window)
+  redis.call('HDEL', k, sid)
+  if commit == '1' then
+    window = tonumber(window)
+    local e = tonumber(redis.call('HGET', k, 'e'))
+    if e and e > now then
+      redis.call('HINCRBY', k, 'c', 1)
+    else
+      redis.call('HSET', k, 'c', 1, 'e', now + window)
+      if redis.call('PTTL', k) < window then
+        redis.call('PEXPIRE', k, window)
+      end
+    end
   end
 "
     };
 }
 
 /// Settles the queued slots, then checks and reserves a slot in each counter
-/// named by the remaining KEYS, atomically. Few commands per counter (each
-/// `redis.call` costs the server about a microsecond): the count is read, and
-/// the window opened only when the count is new; lapsed reservations are
-/// purged only when some are in flight; the window's TTL is read only for a
-/// refusal (its `Retry-After`), which also gives a count without a TTL (never
-/// written by poolgate) one, so it cannot refuse forever.
+/// named by the remaining KEYS, atomically.
+///
+/// A counter is one hash (see [`KEY_VERSION`]): `c` the count, `e` the
+/// window's end (ms, Redis's clock), `m` no later than the earliest lapse of
+/// the reservations in it, and one field per reservation in flight (its id:
+/// when it lapses if never settled). Few commands per counter, each touching
+/// the one key (each `redis.call` costs the server about a microsecond and a
+/// key look-up): `HMGET` and `HLEN` read it, one `HSET` writes the
+/// reservation. The window is opened (and the key's TTL set) only when none
+/// is open; lapsed reservations are looked for only once `m` has passed; the
+/// TTL is extended only when the window ends before the reservation lapses.
+/// The key's TTL always covers the window's end and every reservation's
+/// lapse, so Redis forgets a counter nobody uses.
 const RESERVE: &str = concat!(
     r"
--- KEYS: pairs (count key, in-flight set): first the settled ones, then the
--- reserved ones. ARGV[1]: reservation id, ARGV[2]: how long (ms) an
--- unsettled reservation holds its slot, ARGV[3]: '1' to reserve over the
--- limit (a solved captcha), ARGV[4]: how many pairs are settled;
--- then per settled pair: its reservation id, '1' to count, window (ms);
--- then per reserved pair: limit, window (ms).
+-- KEYS: counter hashes: first the settled ones, then the reserved ones.
+-- ARGV[1]: reservation id, ARGV[2]: how long (ms) an unsettled reservation
+-- holds its slot, ARGV[3]: '1' to reserve over the limit (a solved captcha),
+-- ARGV[4]: how many keys are settled; then per settled key: its reservation
+-- id, '1' to count, window (ms); then per reserved key: limit, window (ms).
 -- Returns per reserved counter: 1 (granted) or 0 (denied), then (denied) the
 -- window's ms left.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+-- When a reservation made now lapses; as text once (a number argument to
+-- redis.call is formatted with '%.17g', slower than '%d').
+local lapse = now + hold
+local lapse_s = string.format('%d', lapse)
 for i = 1, ns do
-  local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
+  local k = KEYS[i]
   local sid, commit, window = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
 ",
     settle_lua!(),
     r"end
 local a = 4 + 3 * ns
 local out = {}
-for i = ns + 1, #KEYS / 2 do
-  local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
+for i = ns + 1, #KEYS do
+  local k = KEYS[i]
+  -- (Numbers are parsed only where needed: strtod is among the script's
+  -- larger costs.)
   local limit, window = tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 2
-  local count = redis.call('GET', ck)
-  if count then
-    count = tonumber(count) or 0
+  local v = redis.call('HMGET', k, 'c', 'e', 'm')
+  local e, m = tonumber(v[2]), tonumber(v[3])
+  -- Reservations in flight: the fields other than c, e and m.
+  local n = redis.call('HLEN', k)
+  for j = 1, 3 do
+    if v[j] then n = n - 1 end
+  end
+  local count = 0
+  local fresh = not e or e <= now
+  if fresh then
+    -- No window open: it opens now.
+    window = tonumber(window)
+    e = now + window
   else
-    -- First seen: the window opens now.
-    redis.call('SET', ck, 0, 'PX', window)
-    count = 0
+    count = tonumber(v[1]) or 0
   end
-  local inflight = redis.call('ZCARD', fk)
-  if inflight > 0 then
-    inflight = inflight - redis.call('ZREMRANGEBYSCORE', fk, '-inf', now)
+  if m and m <= now then
+    -- A reservation may have lapsed unsettled (its replica died): drop
+    -- those, and find the earliest lapse of the others.
+    m = nil
+    if n > 0 then
+      local all = redis.call('HGETALL', k)
+      for j = 1, #all, 2 do
+        local f = all[j]
+        if f ~= 'c' and f ~= 'e' and f ~= 'm' then
+          local l = tonumber(all[j + 1]) or 0
+          if l <= now then
+            redis.call('HDEL', k, f)
+            n = n - 1
+          elseif not m or l < m then
+            m = l
+          end
+        end
+      end
+    end
+    if m then
+      redis.call('HSET', k, 'm', m)
+    else
+      redis.call('HDEL', k, 'm')
+    end
   end
-  if force or count + inflight < limit then
-    redis.call('ZADD', fk, now + hold, id)
-    redis.call('PEXPIRE', fk, hold)
+  if force or count + n < limit then
+    if fresh then
+      redis.call('HSET', k, id, lapse_s, 'c', 0, 'e', e, 'm', (m and m < lapse) and m or lapse_s)
+    elseif not m or lapse < m then
+      redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
+    else
+      redis.call('HSET', k, id, lapse_s)
+    end
+    if fresh or e < lapse then
+      redis.call('PEXPIRE', k, math.max(e, lapse) - now)
+    end
     out[#out + 1] = 1
     out[#out + 1] = 0
   else
-    local ttl = redis.call('PTTL', ck)
-    if ttl < 0 then
-      redis.call('PEXPIRE', ck, window)
-      ttl = tonumber(window)
+    if fresh then
+      redis.call('HSET', k, 'c', 0, 'e', e)
+      if redis.call('PTTL', k) < window then
+        redis.call('PEXPIRE', k, window)
+      end
     end
     out[#out + 1] = 0
-    out[#out + 1] = ttl
+    out[#out + 1] = e - now
   end
 end
 return out
@@ -152,24 +219,49 @@ return out
 /// Settles reservations: frees each slot and, on commit, counts the event.
 const SETTLE: &str = concat!(
     r"
--- KEYS: pairs (count key, in-flight set). ARGV: per pair: reservation id,
--- '1' to count, window (ms).
-for i = 1, #KEYS / 2 do
-  local ck, fk = KEYS[2 * i - 1], KEYS[2 * i]
+-- KEYS: counter hashes. ARGV: per key: reservation id, '1' to count,
+-- window (ms).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  local k = KEYS[i]
   local sid, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
 ",
     settle_lua!(),
     r"end
-return #KEYS / 2
+return #KEYS
 "
 );
 
-/// Reads a counter for the admin API without changing it.
+/// Reads a counter for the admin API without changing it: the count and
+/// the window's ms left (-1 and -2 when no window is open), and the
+/// reservations in flight.
 const SHOW: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local count = tonumber(redis.call('GET', KEYS[1]) or '-1') or 0
-return {count, redis.call('PTTL', KEYS[1]), redis.call('ZCOUNT', KEYS[2], now, '+inf')}
+local all = redis.call('HGETALL', KEYS[1])
+local count, left, inflight = -1, -2, 0
+local c, e = 0, nil
+for j = 1, #all, 2 do
+  local f, v = all[j], tonumber(all[j + 1]) or 0
+  if f == 'c' then
+    c = v
+  elseif f == 'e' then
+    e = v
+  elseif f ~= 'm' and v > now then
+    inflight = inflight + 1
+  end
+end
+if e and e > now then
+  count, left = c, e - now
+end
+return {count, left, inflight}
+";
+
+/// Forgets a counter's count and window (unblock); reservations in flight
+/// stay. Returns 1 if there was a count.
+const CLEAR: &str = r"
+return redis.call('HDEL', KEYS[1], 'c', 'e') > 0 and 1 or 0
 ";
 
 /// The shared per-client rate limit: GCRA, as the local limiter (governor)
@@ -485,6 +577,7 @@ pub struct RedisStore {
     reserve: Lua,
     settle: Lua,
     show: Lua,
+    clear: Lua,
     rate: Lua,
     metrics: Metrics,
     /// `poolgate_store_duration_seconds` of the calls made per request,
@@ -544,6 +637,7 @@ impl RedisStore {
             reserve: Lua::new(RESERVE),
             settle: Lua::new(SETTLE),
             show: Lua::new(SHOW),
+            clear: Lua::new(CLEAR),
             rate: Lua::new(RATE),
             reserve_duration: metrics.store_duration.with_label_values(&["reserve"]),
             settle_duration: metrics.store_duration.with_label_values(&["settle"]),
@@ -693,14 +787,14 @@ impl RedisStore {
         }
     }
 
-    /// The count key of a counter. The braces are the key's hash tag: a
-    /// counter's two keys (this and its in-flight set, `<key>:f`) share one
-    /// cluster slot, while counters and subjects spread over the slots.
+    /// The key of a counter's hash (count, window end, reservations):
+    /// `<prefix>:v2:{<counter>:<subject>}`. The braces are the key's hash
+    /// tag, so counters and subjects spread over a cluster's slots.
     fn count_key(&self, counter: Counter, subject: Subject) -> String {
         let mut k = String::with_capacity(self.key_len());
         let _ = write!(
             k,
-            "{}:{{{}:{:032x}}}",
+            "{}:{KEY_VERSION}:{{{}:{:032x}}}",
             self.prefix,
             counter.as_str(),
             subject.key()
@@ -708,19 +802,10 @@ impl RedisStore {
         k
     }
 
-    /// Room for a count key: the prefix, `:{`, the longest counter name
-    /// (14), `:`, 32 hex digits, `}`.
+    /// Room for a counter's key: the prefix, `:v2:{`, the longest counter
+    /// name (14), `:`, 32 hex digits, `}`.
     fn key_len(&self) -> usize {
-        self.prefix.len() + 52
-    }
-
-    /// Adds a counter's two keys to `cmd`: its count key, and its in-flight
-    /// set's (written in `scratch`, so no allocation per key).
-    fn key_pair(cmd: &mut Cmd, scratch: &mut String, count_key: &str) {
-        scratch.clear();
-        scratch.push_str(count_key);
-        scratch.push_str(":f");
-        cmd.arg(count_key).arg(scratch.as_str());
+        self.prefix.len() + 4 + KEY_VERSION.len() + 48
     }
 
     /// Reserves a slot in each counter of `asks`: in one round trip to a
@@ -770,22 +855,21 @@ impl RedisStore {
         force: bool,
         settles: Vec<(SlotId, bool)>,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let pairs = settles.len() + asks.len();
+        let keys = settles.len() + asks.len();
         let mut cmd = self.reserve.cmd(
-            2 * pairs,
+            keys,
             4 + 3 * settles.len() + 2 * asks.len(),
-            pairs * (2 * self.key_len() + 2 + 3 * 20),
+            keys * (self.key_len() + 3 * 20),
         );
         let count_keys: Vec<String> = asks
             .iter()
             .map(|a| self.count_key(a.counter, a.subject))
             .collect();
-        let mut scratch = String::with_capacity(self.key_len() + 2);
         for (s, _) in &settles {
-            Self::key_pair(&mut cmd, &mut scratch, &s.count_key);
+            cmd.arg(&s.count_key);
         }
         for ck in &count_keys {
-            Self::key_pair(&mut cmd, &mut scratch, ck);
+            cmd.arg(ck);
         }
         cmd.arg(&**id)
             .arg(self.hold_ms)
@@ -874,13 +958,12 @@ impl RedisStore {
 
     async fn settle_in_one_call(&self, settled: &[(SlotId, bool)]) {
         let mut cmd = self.settle.cmd(
-            2 * settled.len(),
+            settled.len(),
             3 * settled.len(),
-            settled.len() * (2 * self.key_len() + 2 + 3 * 20),
+            settled.len() * (self.key_len() + 3 * 20),
         );
-        let mut scratch = String::with_capacity(self.key_len() + 2);
         for (s, _) in settled {
-            Self::key_pair(&mut cmd, &mut scratch, &s.count_key);
+            cmd.arg(&s.count_key);
         }
         for (s, commit) in settled {
             cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
@@ -954,8 +1037,8 @@ impl RedisStore {
         subject: Subject,
     ) -> Result<Option<Shown>, StoreError> {
         let ck = self.count_key(counter, subject);
-        let mut cmd = self.show.cmd(2, 0, 2 * self.key_len() + 2);
-        Self::key_pair(&mut cmd, &mut String::new(), &ck);
+        let mut cmd = self.show.cmd(1, 0, self.key_len());
+        cmd.arg(&ck);
         let r: Vec<i64> = self.eval("show", &self.show, cmd).await?;
         let [count, ttl, inflight] = r[..] else {
             return Err(StoreError::Reply);
@@ -972,9 +1055,9 @@ impl RedisStore {
 
     /// Forgets a counter's count (unblock); reservations in flight stay.
     pub async fn clear(&self, counter: Counter, subject: Subject) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("DEL");
+        let mut cmd = self.clear.cmd(1, 0, self.key_len());
         cmd.arg(self.count_key(counter, subject));
-        let n: i64 = self.call("clear", &cmd).await?;
+        let n: i64 = self.eval("clear", &self.clear, cmd).await?;
         Ok(n > 0)
     }
 
@@ -992,7 +1075,13 @@ impl RedisStore {
                 if i == 0 && !self.cluster {
                     // Scripts are per server: one load serves every connection.
                     // (A cluster node answers NOSCRIPT once, and EVAL loads it.)
-                    for lua in [&self.reserve, &self.settle, &self.show, &self.rate] {
+                    for lua in [
+                        &self.reserve,
+                        &self.settle,
+                        &self.show,
+                        &self.clear,
+                        &self.rate,
+                    ] {
                         redis::cmd("SCRIPT")
                             .arg("LOAD")
                             .arg(lua.code)
