@@ -636,8 +636,6 @@ async fn counts_keep_their_window_through_the_scripts_shortcuts() {
 /// the old keys are left to their TTLs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_the_previous_layout_are_never_read() {
-    use poolgate::store::Reservation;
-
     let Some(redis) = RedisServer::start().await else {
         return;
     };
