@@ -362,14 +362,6 @@ fn read_calls(
         )]);
     }
     let found = extract::graphql::calls(kind, bytes, ctx.rt.routes.graphql_ops())?;
-    // Errors without a `path` belong to every field of their request: a
-    // field alone in its request owns them.
-    let mut per_request: std::collections::HashMap<Option<usize>, usize> =
-        std::collections::HashMap::new();
-    for c in &found {
-        *per_request.entry(c.batch_index).or_default() += 1;
-    }
-    let alone = |i: Option<usize>| per_request.get(&i) == Some(&1);
     found
         .iter()
         .map(|c| {
@@ -380,7 +372,6 @@ fn read_calls(
                 Place::Graphql {
                     batch: c.batch_index,
                     key: c.response_key.clone(),
-                    alone: alone(c.batch_index),
                 },
             ))
         })

@@ -62,11 +62,9 @@ pub enum Place {
     Graphql {
         /// Its request's index in a batch (the answer is then an array).
         batch: Option<usize>,
-        /// Its key in `data` (alias or field name).
+        /// Its key in `data` (alias or field name). Errors without a `path`
+        /// are about the whole request: they apply to each of its fields.
         key: String,
-        /// Whether it is the only guarded field of its request: then errors
-        /// without a `path` are its own.
-        alone: bool,
     },
 }
 
@@ -82,7 +80,7 @@ pub fn judge_calls(status: StatusCode, body: Option<&[u8]>, places: &[Place]) ->
         .iter()
         .map(|place| match place {
             Place::Whole => judge(status, Some(body)),
-            Place::Graphql { batch, key, alone } => {
+            Place::Graphql { batch, key } => {
                 let Some(v) = parsed.as_ref() else {
                     return if status.is_client_error() {
                         Outcome::Failed
@@ -95,17 +93,14 @@ pub fn judge_calls(status: StatusCode, body: Option<&[u8]>, places: &[Place]) ->
                     Some(i) => v.as_array().and_then(|a| a.get(*i)),
                     None => None,
                 };
-                element.map_or(Outcome::Unreadable, |e| graphql_field(e, key, *alone))
+                element.map_or(Outcome::Unreadable, |e| graphql_field(e, key))
             }
         })
         .collect()
 }
 
 /// The verdict of the field `key` in one GraphQL answer object.
-fn graphql_field(answer: &Value, key: &str, alone: bool) -> Outcome {
-    // A field that is not alone cannot claim errors that name no path as a
-    // verdict on itself alone, but they still apply to it: never a success.
-    let _ = alone;
+fn graphql_field(answer: &Value, key: &str) -> Outcome {
     let errors = answer
         .get("errors")
         .and_then(Value::as_array)
@@ -324,11 +319,10 @@ mod tests {
         );
     }
 
-    fn gql(batch: Option<usize>, key: &str, alone: bool) -> Place {
+    fn gql(batch: Option<usize>, key: &str) -> Place {
         Place::Graphql {
             batch,
             key: key.into(),
-            alone,
         }
     }
 
@@ -342,46 +336,39 @@ mod tests {
             judge_calls(
                 ok,
                 Some(b),
-                &[
-                    gql(Some(0), "loginByEmail", true),
-                    gql(Some(1), "loginByEmail", true)
-                ]
+                &[gql(Some(0), "loginByEmail"), gql(Some(1), "loginByEmail")]
             ),
             vec![Outcome::WrongPassword, Outcome::Success]
         );
         // A batch answered by one object: nothing can be read per element.
         let one = br#"{"data":{"loginByEmail":{"id":"1"}}}"#;
         assert_eq!(
-            judge_calls(ok, Some(one), &[gql(Some(0), "loginByEmail", true)]),
+            judge_calls(ok, Some(one), &[gql(Some(0), "loginByEmail")]),
             vec![Outcome::Unreadable]
         );
         // A missing element is no success either.
         assert_eq!(
-            judge_calls(ok, Some(b), &[gql(Some(5), "loginByEmail", true)]),
+            judge_calls(ok, Some(b), &[gql(Some(5), "loginByEmail")]),
             vec![Outcome::Unreadable]
         );
         // Aliases: errors with a path name their field; errors without one
         // are every field's.
         let a = br#"{"data":{"a":{"id":"1"},"b":null},"errors":[{"path":["b"],"message":{"code":2333}}]}"#;
         assert_eq!(
-            judge_calls(ok, Some(a), &[gql(None, "a", false), gql(None, "b", false)]),
+            judge_calls(ok, Some(a), &[gql(None, "a"), gql(None, "b")]),
             vec![Outcome::Success, Outcome::WrongPassword]
         );
         let all = br#"{"data":null,"errors":[{"message":{"code":2333}}]}"#;
         assert_eq!(
-            judge_calls(
-                ok,
-                Some(all),
-                &[gql(None, "a", false), gql(None, "b", false)]
-            ),
+            judge_calls(ok, Some(all), &[gql(None, "a"), gql(None, "b")]),
             vec![Outcome::WrongPassword, Outcome::WrongPassword]
         );
         assert_eq!(
-            judge_calls(ok, Some(b"not json"), &[gql(None, "a", true)]),
+            judge_calls(ok, Some(b"not json"), &[gql(None, "a")]),
             vec![Outcome::Unreadable]
         );
         assert_eq!(
-            judge_calls(StatusCode::BAD_GATEWAY, Some(one), &[gql(None, "a", true)]),
+            judge_calls(StatusCode::BAD_GATEWAY, Some(one), &[gql(None, "a")]),
             vec![Outcome::Unknown]
         );
     }
