@@ -88,6 +88,25 @@ async fn unreadable_paths_and_wrong_methods_are_refused() {
     .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(s.up.total(), 0);
+    // Each refusal is guard `route`'s, by reason, in the metrics.
+    let m = metrics(s.admin()).await;
+    for (reason, n) in [("ambiguous_path", 3.0), ("method_not_allowed", 2.0)] {
+        let labels = [
+            ("decision", "reject"),
+            ("guard", "route"),
+            ("reason", reason),
+        ];
+        assert_eq!(
+            metric(&m, "poolgate_guard_decisions_total", &labels),
+            Some(n),
+            "{reason}"
+        );
+        assert_eq!(
+            metric(&m, "poolgate_rejections_total", &[("reason", reason)]),
+            Some(n),
+            "{reason}"
+        );
+    }
     // None of that counted as a login failure.
     assert_eq!(
         wrong_login(s.gw(), "a", None).await.json(),
