@@ -32,6 +32,9 @@ pub struct Admin {
     pub normalize: crate::extract::Normalize,
     /// How client keys are made (as in requests): `guards.ipv6_prefix`.
     pub ipv6_prefix: u8,
+    /// The window of the send-code limits (`guards.send_code.window`, a
+    /// restart-only key), for showing those counters.
+    pub send_code_window: std::time::Duration,
     /// Who may call what (swapped by a configuration reload).
     pub auth: arc_swap::ArcSwap<AdminAuth>,
 }
@@ -251,7 +254,7 @@ impl Admin {
             };
             let who = Subject::Client(crate::client_ip::client_key(ip, self.ipv6_prefix));
             if unblock {
-                for c in [Counter::LoginIp, Counter::RegisterIp] {
+                for c in [Counter::LoginIp, Counter::RegisterIp, Counter::SendClient] {
                     if let Err(e) = store.clear(c, who).await {
                         return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
                     }
@@ -263,6 +266,7 @@ impl Admin {
                     "ip": ip.to_string(),
                     "login_failures": store.show(Counter::LoginIp, who, window(|p| p.login_fail)).await,
                     "registrations": store.show(Counter::RegisterIp, who, window(|p| p.register_limit)).await,
+                    "codes_sent": store.show(Counter::SendClient, who, self.send_code_window).await,
                 }),
             )
         } else if let Some(account) = param("account") {
@@ -274,8 +278,10 @@ impl Admin {
             );
             let who = Subject::Account(id.account_key());
             if unblock {
-                if let Err(e) = store.clear(Counter::Account, who).await {
-                    return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
+                for c in [Counter::Account, Counter::SendRecipient] {
+                    if let Err(e) = store.clear(c, who).await {
+                        return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
+                    }
                 }
             }
             (
@@ -283,6 +289,7 @@ impl Admin {
                 serde_json::json!({
                     "account": id.value,
                     "password_failures": store.show(Counter::Account, who, window(|p| p.password_fail)).await,
+                    "codes_sent": store.show(Counter::SendRecipient, who, self.send_code_window).await,
                 }),
             )
         } else {

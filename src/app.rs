@@ -340,6 +340,7 @@ impl App {
         let admin = Arc::new(Admin {
             normalize: normalize_of(&cfg)?,
             ipv6_prefix: cfg.guards.ipv6_prefix,
+            send_code_window: cfg.guards.send_code.window,
             policy: policy.clone(),
             metrics: metrics.clone(),
             draining: draining.clone(),

@@ -504,6 +504,28 @@ async fn sending_codes_is_limited_per_client_and_per_recipient() {
     .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
     assert_eq!(s.up.total(), 3);
+
+    // The admin API shows both counters and unblock clears them.
+    let shown = |(st, body): (StatusCode, String)| {
+        assert_eq!(st, StatusCode::OK, "{body}");
+        serde_json::from_str::<Value>(&body).expect("JSON")["codes_sent"]["count"].clone()
+    };
+    let by_ip = "/counters?ip=127.0.0.1";
+    let by_phone = "/counters?account=%2B8613800138000";
+    assert_eq!(shown(admin_get(s.admin(), by_ip).await), 3);
+    assert_eq!(shown(admin_get(s.admin(), by_phone).await), 2);
+    let (st, _) = admin_post(s.admin(), "/unblock?account=%2B8613800138000").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(shown(admin_get(s.admin(), by_phone).await).is_null());
+    // The recipient is free again, the client still is not.
+    let r = post_json(s.gw(), "/api/v2/sms/send", &sms("13800138000"), &[]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    let (st, _) = admin_post(s.admin(), "/unblock?ip=127.0.0.1").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(shown(admin_get(s.admin(), by_ip).await).is_null());
+    let r = post_json(s.gw(), "/api/v2/sms/send", &sms("13800138000"), &[]).await;
+    assert_eq!(r.json()["code"], 200, "{}", r.text());
+    assert_eq!(s.up.total(), 4);
     s.shutdown().await;
 }
 
