@@ -19,49 +19,26 @@ Prints one JSON line per call:
 the returned dict's `code` (REST helpers return the body), else 200. A failed
 call never stops the run.
 """
-import json
 import os
-import sys
-import traceback
 
 from authing.v2.authentication.authing import AuthenticationClient
 from authing.v2.authentication.types import AuthenticationClientOptions
 from authing.v2.exceptions import AuthingException
 
-SDK = "py-v2"
+from drive_py_common import run
 
 
-def emit(row, ok, code, message, raw):
-    print(json.dumps({"row": row, "sdk": SDK, "ok": ok, "code": code, "message": message,
-                      "raw": raw}, ensure_ascii=False, default=str), flush=True)
+def options(base):
+    return {"app_id": "sdk-app", "user_pool_id": "sdk-pool", "app_host": base,
+            "websocket_host": base, "enc_public_key": os.environ.get("SDK_PUBKEY")}
 
 
-def main():
-    base = sys.argv[1].rstrip("/")
-    calls = json.load(sys.stdin)
-    clients = {}
-    for c in calls:
-        row = c.get("row")
-        try:
-            opts = {"app_id": "sdk-app", "user_pool_id": "sdk-pool", "app_host": base,
-                    "websocket_host": base, "enc_public_key": os.environ.get("SDK_PUBKEY")}
-            opts.update(c.get("client") or {})
-            key = json.dumps(opts, sort_keys=True)
-            if key not in clients:
-                clients[key] = AuthenticationClient(AuthenticationClientOptions(**opts))
-            target = clients[key]
-            for part in c["call"].split("."):
-                target = getattr(target, part)
-            out = target(*(c.get("args") or []), **(c.get("kwargs") or {}))
-            code = out.get("code", 200) if isinstance(out, dict) else 200
-            ok = code == 200
-            msg = out.get("message") if isinstance(out, dict) else None
-            emit(row, ok, code, msg, out)
-        except AuthingException as e:
-            emit(row, False, e.code, e.message, None)
-        except Exception as e:
-            emit(row, False, None, "%s: %s" % (type(e).__name__, e), traceback.format_exc(limit=3))
+def judge(out):
+    # REST helpers return the body (its `code`); the others a user or a value.
+    code = out.get("code", 200) if isinstance(out, dict) else 200
+    return code == 200, code, out.get("message") if isinstance(out, dict) else None
 
 
 if __name__ == "__main__":
-    main()
+    run("py-v2", options, lambda opts: AuthenticationClient(AuthenticationClientOptions(**opts)),
+        judge, AuthingException)

@@ -16,47 +16,24 @@ Prints one JSON line per call: {"row", "sdk": "py-v3", "ok", "code",
 returns the body, so `code` is its `apiCode` when set, else its
 `statusCode` (else its v2 `code`); `ok` is statusCode (or code) == 200. A failed call never stops the run.
 """
-import json
-import sys
-import traceback
-
 from authing import AuthenticationClient
 
-SDK = "py-v3"
+from drive_py_common import run
 
 
-def emit(row, ok, code, message, raw):
-    print(json.dumps({"row": row, "sdk": SDK, "ok": ok, "code": code, "message": message,
-                      "raw": raw}, ensure_ascii=False, default=str), flush=True)
+def options(base):
+    return {"app_id": "sdk-app", "app_host": base, "app_secret": "sdk-app-secret"}
 
 
-def main():
-    base = sys.argv[1].rstrip("/")
-    calls = json.load(sys.stdin)
-    clients = {}
-    for c in calls:
-        row = c.get("row")
-        try:
-            opts = {"app_id": "sdk-app", "app_host": base, "app_secret": "sdk-app-secret"}
-            opts.update(c.get("client") or {})
-            key = json.dumps(opts, sort_keys=True)
-            if key not in clients:
-                clients[key] = AuthenticationClient(**opts)
-            target = clients[key]
-            for part in c["call"].split("."):
-                target = getattr(target, part)
-            out = target(*(c.get("args") or []), **(c.get("kwargs") or {}))
-            if isinstance(out, dict):
-                # v3 answers carry statusCode (+ apiCode); the few v2 routes
-                # the client calls (/api/v2/ecConn/...) answer with `code`.
-                status = out.get("statusCode", out.get("code"))
-                code = out.get("apiCode") if out.get("apiCode") is not None else status
-                emit(row, status == 200, code, out.get("message"), out)
-            else:
-                emit(row, True, 200, None, out)
-        except Exception as e:
-            emit(row, False, None, "%s: %s" % (type(e).__name__, e), traceback.format_exc(limit=3))
+def judge(out):
+    if not isinstance(out, dict):
+        return True, 200, None
+    # v3 answers carry statusCode (+ apiCode); the few v2 routes the client
+    # calls (/api/v2/ecConn/...) answer with `code`.
+    status = out.get("statusCode", out.get("code"))
+    code = out.get("apiCode") if out.get("apiCode") is not None else status
+    return status == 200, code, out.get("message")
 
 
 if __name__ == "__main__":
-    main()
+    run("py-v3", options, lambda opts: AuthenticationClient(**opts), judge)
