@@ -65,23 +65,12 @@ pub fn identify_in(
         k => k,
     };
     let value = match kind {
-        IdKind::Email => email(raw),
+        IdKind::Email => normalize::email(raw),
         IdKind::Phone => phone::normalize(raw, country_code, norm.phone_region),
         IdKind::Token => raw.trim().to_string(),
         _ => normalize::username(raw),
     };
     Identifier { kind, value }
-}
-
-/// [`normalize::email`], without the Unicode case tables for the usual
-/// ASCII address (the same string: ASCII lowercases to itself under both).
-fn email(raw: &str) -> String {
-    let t = raw.trim();
-    if t.is_ascii() {
-        t.to_ascii_lowercase()
-    } else {
-        normalize::email(raw)
-    }
 }
 
 #[cfg(test)]
@@ -102,19 +91,5 @@ mod tests {
             IdKind::Phone
         );
         assert_eq!(identify("bob", IdKind::Auto).kind, IdKind::Username);
-    }
-
-    #[test]
-    fn the_ascii_email_path_agrees_with_normalize() {
-        for raw in [
-            " Bob@Example.COM ",
-            "\tA.B+c@X.io\n",
-            "ÉLODIE@Exemple.fr",
-            "x@y",
-            "İ@x.tr",
-            "",
-        ] {
-            assert_eq!(email(raw), normalize::email(raw), "{raw:?}");
-        }
     }
 }

@@ -136,9 +136,16 @@ fn ser_len<S: serde::Serializer>(v: &Option<HashSet<String>>, s: S) -> Result<S:
 
 /// Identifier normalisation shared by the whitelist and the account counters.
 pub mod normalize {
-    /// Emails compare case-insensitively, without surrounding space.
+    /// Emails compare case-insensitively, without surrounding space. The
+    /// usual ASCII address skips the Unicode case tables (ASCII lowercases
+    /// to the same string under both).
     pub fn email(s: &str) -> String {
-        s.trim().to_lowercase()
+        let t = s.trim();
+        if t.is_ascii() {
+            t.to_ascii_lowercase()
+        } else {
+            t.to_lowercase()
+        }
     }
     /// Phone numbers in E.164 (see [`crate::extract::phone`]).
     pub fn phone(s: &str, region: crate::extract::phone::PhoneRegion) -> String {
@@ -398,6 +405,20 @@ pub fn version_of(pool: &PoolDetail, entries: &WhitelistEntries) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_email_path_agrees_with_unicode_lowercasing() {
+        for raw in [
+            " Bob@Example.COM ",
+            "\tA.B+c@X.io\n",
+            "ÉLODIE@Exemple.fr",
+            "x@y",
+            "İ@x.tr",
+            "",
+        ] {
+            assert_eq!(normalize::email(raw), raw.trim().to_lowercase(), "{raw:?}");
+        }
+    }
 
     fn pool(json: &str) -> PoolDetail {
         PoolDetail::from_json(json.as_bytes()).unwrap()
