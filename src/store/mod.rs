@@ -81,15 +81,16 @@ impl AccountKey {
     /// The key of a normalised identifier (made once per request, beside
     /// body extraction: [`crate::extract::Identifier::account_key`]).
     pub fn of(normalised: &str) -> AccountKey {
-        let b = normalised.as_bytes();
-        if b.len() <= ONE_BLOCK && normalised.is_ascii() {
-            return AccountKey(sha256_one_block_lowercased(b));
-        }
         let mut h = Sha256::new();
         if normalised.is_ascii() {
-            // The common case, without an allocation.
+            let b = normalised.as_bytes();
+            // The common case: one block, no streaming hasher.
+            if b.len() <= ONE_BLOCK {
+                return AccountKey(sha256_one_block_lowercased(b));
+            }
+            // A longer one, still without an allocation.
             let mut buf = [0u8; 64];
-            for chunk in normalised.as_bytes().chunks(buf.len()) {
+            for chunk in b.chunks(buf.len()) {
                 let b = &mut buf[..chunk.len()];
                 b.copy_from_slice(chunk);
                 b.make_ascii_lowercase();
