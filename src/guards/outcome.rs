@@ -82,11 +82,7 @@ pub fn judge_calls(status: StatusCode, body: Option<&[u8]>, places: &[Place]) ->
             Place::Whole => judge(status, Some(body)),
             Place::Graphql { batch, key } => {
                 let Some(v) = parsed.as_ref() else {
-                    return if status.is_client_error() {
-                        Outcome::Failed
-                    } else {
-                        Outcome::Unreadable
-                    };
+                    return not_json(status);
                 };
                 let element = match batch {
                     None if v.is_object() => Some(v),
