@@ -119,7 +119,7 @@ impl Pool {
         while i > 0 {
             i -= 1;
             let c = &idle[i];
-            if c.conn.is_closed() || now.duration_since(c.since) > self.idle_timeout {
+            if self.stale(c, now) {
                 idle.swap_remove(i);
             } else if c.conn.is_ready() {
                 return Some(idle.swap_remove(i).conn);
@@ -147,10 +147,13 @@ impl Pool {
     fn prune(&self) {
         if let Ok(mut idle) = self.idle.lock() {
             let now = Instant::now();
-            idle.retain(|c| {
-                !c.conn.is_closed() && now.duration_since(c.since) <= self.idle_timeout
-            });
+            idle.retain(|c| !self.stale(c, now));
         }
+    }
+
+    /// Whether an idle connection is closed or idle past the timeout.
+    fn stale(&self, c: &Idle, now: Instant) -> bool {
+        c.conn.is_closed() || now.duration_since(c.since) > self.idle_timeout
     }
 
     /// Opens a connection and spawns the task that drives it.
