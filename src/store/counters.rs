@@ -123,11 +123,18 @@ struct Shard<K, V> {
     len: usize,
 }
 
+/// The entry at position `i` of chunked storage (a free function, so the
+/// index's closures can read the chunks while the index is borrowed).
+#[inline]
+fn slot<K, V>(chunks: &[Box<[(K, V)]>], i: u32) -> &(K, V) {
+    let i = i as usize;
+    &chunks[i / CHUNK][i % CHUNK]
+}
+
 impl<K: TableKey, V: Vacant> Shard<K, V> {
     #[inline]
     fn at(&self, i: u32) -> &(K, V) {
-        let i = i as usize;
-        &self.chunks[i / CHUNK][i % CHUNK]
+        slot(&self.chunks, i)
     }
 
     #[inline]
@@ -138,11 +145,7 @@ impl<K: TableKey, V: Vacant> Shard<K, V> {
 
     fn find(&self, h: u64, key: K) -> Option<u32> {
         let Shard { index, chunks, .. } = self;
-        index
-            .find(h, |&i| {
-                chunks[i as usize / CHUNK][i as usize % CHUNK].0 == key
-            })
-            .copied()
+        index.find(h, |&i| slot(chunks, i).0 == key).copied()
     }
 
     fn push(&mut self, h: u64, key: K, value: V, hasher: &impl Fn(&K) -> u64) {
@@ -150,15 +153,13 @@ impl<K: TableKey, V: Vacant> Shard<K, V> {
             self.chunks
                 .push(vec![(K::default(), V::default()); CHUNK].into_boxed_slice());
         }
-        let i = self.len;
-        self.chunks[i / CHUNK][i % CHUNK] = (key, value);
-        self.len += 1;
-        let Shard { index, chunks, .. } = self;
         // Positions fit 32 bits: a shard never holds 2^32 entries (the key
         // caps are far below).
-        index.insert_unique(h, i as u32, |&j| {
-            hasher(&chunks[j as usize / CHUNK][j as usize % CHUNK].0)
-        });
+        let i = self.len as u32;
+        *self.at_mut(i) = (key, value);
+        self.len += 1;
+        let Shard { index, chunks, .. } = self;
+        index.insert_unique(h, i, |&j| hasher(&slot(chunks, j).0));
     }
 
     /// Removes the entry at `i` (hash `h`), moving the last one into its place.
@@ -182,7 +183,7 @@ impl<K: TableKey, V: Vacant> Shard<K, V> {
     /// storage to the chunks in use and one spare.
     fn shrink(&mut self, hasher: &impl Fn(&K) -> u64) {
         let Shard { index, chunks, len } = self;
-        index.shrink_to_fit(|&j| hasher(&chunks[j as usize / CHUNK][j as usize % CHUNK].0));
+        index.shrink_to_fit(|&j| hasher(&slot(chunks, j).0));
         let keep = match *len {
             0 => 0,
             n => n.div_ceil(CHUNK) + 1,
@@ -524,13 +525,14 @@ impl WindowCounter {
     }
 
     fn with(name: &'static str, max_keys: usize, backing: Backing) -> Arc<Self> {
+        let clock = DefaultClock::default();
         Arc::new(WindowCounter {
             name,
             backing,
             max_keys,
             len: AtomicUsize::new(0),
-            clock: DefaultClock::default(),
-            epoch: DefaultClock::default().now(),
+            epoch: clock.now(),
+            clock,
         })
     }
 
