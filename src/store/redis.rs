@@ -78,6 +78,17 @@ const SETTLE_BATCH: usize = 256;
 /// for itself, until the old keys' TTLs end).
 pub const KEY_VERSION: &str = "v2";
 
+/// `now`: Redis's clock in ms (`TIME`), so replicas with skewed clocks
+/// agree; one text for every counter script.
+macro_rules! now_ms_lua {
+    () => {
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"
+    };
+}
+
 /// The settle of one slot, in both [`RESERVE`] and [`SETTLE`] (one text, so
 /// the two cannot drift). In scope: `k` (the counter's hash), `sid`
 /// (reservation id), `commit` ('1' to count the event), `window` (ms), `now`.
@@ -125,10 +136,9 @@ const RESERVE: &str = concat!(
 -- ARGV[4]: how many keys are settled; then per settled key: its reservation
 -- id, '1' to count, window (ms); then per reserved key: limit, window (ms).
 -- Returns per reserved counter: 1 (granted) or 0 (denied), then (denied) the
--- window's ms left.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+-- window's ms left.",
+    now_ms_lua!(),
+    r"local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
 -- When a reservation made now lapses; as text once (a number argument to
 -- redis.call is formatted with '%.17g', slower than '%d').
 local lapse = now + hold
@@ -220,10 +230,9 @@ return out
 const SETTLE: &str = concat!(
     r"
 -- KEYS: counter hashes. ARGV: per key: reservation id, '1' to count,
--- window (ms).
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
+-- window (ms).",
+    now_ms_lua!(),
+    r"for i = 1, #KEYS do
   local k = KEYS[i]
   local sid, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
 ",
@@ -236,10 +245,9 @@ return #KEYS
 /// Reads a counter for the admin API without changing it: the count and
 /// the window's ms left (-1 and -2 when no window is open), and the
 /// reservations in flight.
-const SHOW: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local all = redis.call('HGETALL', KEYS[1])
+const SHOW: &str = concat!(
+    now_ms_lua!(),
+    r"local all = redis.call('HGETALL', KEYS[1])
 local count, left, inflight = -1, -2, 0
 local c, e = 0, nil
 for j = 1, #all, 2 do
@@ -256,7 +264,8 @@ if e and e > now then
   count, left = c, e - now
 end
 return {count, left, inflight}
-";
+"
+);
 
 /// Forgets a counter's count and window (unblock); reservations in flight
 /// stay. Returns 1 if there was a count.
