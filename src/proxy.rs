@@ -258,19 +258,20 @@ fn fold_lines<'a>(value: &mut String, lines: impl IntoIterator<Item = &'a Header
 fn append_xff(h: &mut HeaderMap, peer: IpAddr) {
     // Room for a few hops without growing; the value takes the buffer as is.
     let mut value = String::with_capacity(64);
-    match h.entry(X_FORWARDED_FOR) {
+    let entry = h.entry(X_FORWARDED_FOR);
+    if let Entry::Occupied(e) = &entry {
+        fold_lines(&mut value, e.iter());
+    }
+    push_ip(&mut value, peer);
+    let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) else {
+        return;
+    };
+    match entry {
         Entry::Occupied(mut e) => {
-            fold_lines(&mut value, e.iter());
-            push_ip(&mut value, peer);
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-                e.insert(v);
-            }
+            e.insert(v);
         }
         Entry::Vacant(e) => {
-            push_ip(&mut value, peer);
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-                e.insert(v);
-            }
+            e.insert(v);
         }
     }
 }
