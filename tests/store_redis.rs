@@ -460,6 +460,12 @@ async fn redis_now(c: &::redis::aio::MultiplexedConnection) -> i64 {
     s * 1000 + us / 1000
 }
 
+/// The Redis key of `client`'s login-IP counter under `prefix`, spelled out
+/// as the layout is documented (docs/redis.md).
+fn login_ip_key(prefix: &str, client: u128) -> String {
+    format!("{prefix}:v2:{{login_ip:{client:032x}}}")
+}
+
 fn held(r: Vec<poolgate::store::Reservation>) -> poolgate::store::Slot {
     match r.into_iter().next() {
         Some(poolgate::store::Reservation::Held(slot)) => slot,
@@ -478,7 +484,7 @@ async fn a_counter_is_one_hash_whose_ttl_covers_its_window_and_reservations() {
     };
     let s = direct_store(&redis, "hash").await;
     let c = redis.conn().await.expect("a connection");
-    let key = format!("hash:v2:{{login_ip:{:032x}}}", 1u128);
+    let key = login_ip_key("hash", 1);
 
     // First seen: the window opens (count 0, its end a window away), the
     // reservation is a field, the key lives as long as the window.
@@ -519,7 +525,7 @@ async fn a_counter_is_one_hash_whose_ttl_covers_its_window_and_reservations() {
     // would lapse, not just until the window ends.
     let mut short = harness::redis::login_ip_ask(2, 2);
     short.limit.window = Duration::from_secs(2);
-    let key2 = format!("hash:v2:{{login_ip:{:032x}}}", 2u128);
+    let key2 = login_ip_key("hash", 2);
     let _slot = held(s.reserve(&[short], false).await.expect("answers"));
     let ttl: i64 = query(&c, &["PTTL", &key2]).await;
     assert!(ttl > 25_000 && ttl <= 30_000, "held for the hold: {ttl}");
@@ -569,7 +575,7 @@ async fn counts_keep_their_window_through_the_scripts_shortcuts() {
     let s = direct_store(&redis, "win").await;
     let c = redis.conn().await.expect("a connection");
     let ask = |client: u128| harness::redis::login_ip_ask(client, 1);
-    let key = |client: u128| format!("win:v2:{{login_ip:{client:032x}}}");
+    let key = |client: u128| login_ip_key("win", client);
 
     // Its window lapses while the attempt is in flight (here: the key is
     // gone): the event opens a new one.
@@ -656,7 +662,7 @@ async fn keys_of_the_previous_layout_are_never_read() {
     );
     assert_eq!(query::<String>(&c, &["GET", &old]).await, "9");
     assert_eq!(query::<i64>(&c, &["ZCARD", &old_f]).await, 1);
-    let new = format!("mix:v2:{{login_ip:{:032x}}}", 3u128);
+    let new = login_ip_key("mix", 3);
     assert_eq!(query::<String>(&c, &["TYPE", &new]).await, "hash");
     // And the old layout's view is not this version's view.
     let shown = s
