@@ -1,6 +1,7 @@
 //! The route table compiled for lookups by canonical path, and the
 //! classification of a request line against it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use http::Method;
@@ -24,14 +25,17 @@ pub enum Class<'a> {
 /// The route table, compiled for lookups by canonical path.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    by_path: HashMap<String, Route>,
+    /// Keyed by canonical path. The keys come from the configuration only
+    /// (a lookup never inserts), so a fast unkeyed-strength hash is safe here:
+    /// a client cannot grow a bucket, only probe the fixed table.
+    by_path: HashMap<String, Route, foldhash::fast::RandomState>,
     graphql: Vec<GraphqlOp>,
 }
 
 impl RouteTable {
     /// Compiles a table; later entries with the same path replace earlier ones.
     pub fn new(routes: Vec<Route>, graphql: Vec<GraphqlOp>) -> anyhow::Result<RouteTable> {
-        let mut by_path = HashMap::new();
+        let mut by_path = HashMap::default();
         for mut r in routes {
             let canon = canonical_path(&r.path)
                 .map_err(|e| anyhow::anyhow!("route path {:?}: {e}", r.path))?
@@ -104,6 +108,9 @@ impl RouteTable {
             // A GET/HEAD to a guarded POST route cannot log anyone in; refusing
             // it keeps "other" from ever covering a guarded path.
             Some(r) => Class::WrongMethod(r),
+            // A path canonical as sent has no `%`, white space or dot segment:
+            // none of the second readings below can name a guarded route.
+            None if matches!(canon, Cow::Borrowed(_)) => Class::Other,
             None => {
                 // A `%` left after one decoding: an upstream that decodes twice
                 // reads another path. When that second decoding fails (`%2500`
