@@ -367,8 +367,8 @@ impl Gateway {
             .is_trusted(ctx.peer_ip)
             .then(|| cors::forwarded_proto(req.headers()))
             .flatten();
-        ctx.tls = proto.as_deref() == Some("https");
-        match cors::check(&ctx.policy, req.headers(), proto.as_deref()) {
+        ctx.tls = proto == Some(cors::Scheme::Https);
+        match cors::check(&ctx.policy, req.headers(), proto) {
             cors::Cors::Denied(rej) => self.enforce(rej, ctx)?,
             cors::Cors::Allowed(origin) => ctx.allow_origin = Some(origin),
             cors::Cors::NoOrigin => {}

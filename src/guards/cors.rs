@@ -21,13 +21,52 @@ pub enum Cors {
     Denied(Rejection),
 }
 
+/// The scheme a page used, as a trusted proxy reports it. Only the two a
+/// browser origin can have for a login page are kept; any other word reads
+/// as unknown (and then no origin is "the request's own").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `http`
+    Http,
+    /// `https`
+    Https,
+}
+
+impl Scheme {
+    /// The scheme named by `s` (any case, surrounding white space ignored).
+    fn parse(s: &str) -> Option<Scheme> {
+        let s = s.trim().trim_matches('"');
+        if s.eq_ignore_ascii_case("https") {
+            Some(Scheme::Https)
+        } else if s.eq_ignore_ascii_case("http") {
+            Some(Scheme::Http)
+        } else {
+            None
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> &'static str {
+        match self {
+            Scheme::Http => "80",
+            Scheme::Https => "443",
+        }
+    }
+}
+
 /// Judges the request's `Origin` against the policy. An `Origin` that is the
 /// request's own origin — scheme, host and port — is allowed without being
 /// listed. poolgate usually sits behind a TLS terminator, so its own
 /// listener's scheme is not the page's: `scheme` is the one a trusted proxy
 /// reported (`X-Forwarded-Proto`, `Forwarded: proto=`), and without it the
 /// request's own origin is unknown and the shortcut is not taken.
-pub fn check(policy: &CompiledPolicy, headers: &HeaderMap, scheme: Option<&str>) -> Cors {
+pub fn check(policy: &CompiledPolicy, headers: &HeaderMap, scheme: Option<Scheme>) -> Cors {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Cors::NoOrigin;
     };
@@ -49,21 +88,17 @@ pub fn check(policy: &CompiledPolicy, headers: &HeaderMap, scheme: Option<&str>)
 
 /// Whether `origin` is `scheme://Host` (ports compared with the scheme's
 /// default filled in, so `https://a.com` is `https://a.com:443`).
-fn same_origin(origin: &str, headers: &HeaderMap, scheme: &str) -> bool {
+fn same_origin(origin: &str, headers: &HeaderMap, scheme: Scheme) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
     let Some((o_scheme, o_authority)) = origin.split_once("://") else {
         return false;
     };
-    if !o_scheme.eq_ignore_ascii_case(scheme) || o_authority.is_empty() {
+    if !o_scheme.eq_ignore_ascii_case(scheme.as_str()) || o_authority.is_empty() {
         return false;
     }
-    let default = match scheme.to_ascii_lowercase().as_str() {
-        "https" => "443",
-        "http" => "80",
-        _ => return false,
-    };
+    let default = scheme.default_port();
     let split = |a: &str| -> (String, String) {
         // `[v6]:port`, `host:port` or a bare host.
         let (h, p) = match a.rfind(':') {
@@ -79,28 +114,29 @@ fn same_origin(origin: &str, headers: &HeaderMap, scheme: &str) -> bool {
 /// `X-Forwarded-Proto`, else the `proto=` of the last `Forwarded` element.
 /// The last is the nearest proxy's own: earlier values may have come from
 /// the client, and a proxy that appends rather than replaces would pass
-/// them on. Only ask when the peer is a trusted proxy.
-pub fn forwarded_proto(headers: &HeaderMap) -> Option<String> {
-    let last = |name: &http::HeaderName| -> Option<String> {
-        let line = headers
-            .get_all(name)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())?;
-        line.rsplit(',').next().map(str::to_string)
+/// them on. Only ask when the peer is a trusted proxy. Read in place: no
+/// copy of the header is made (this runs on every request from a proxy).
+pub fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
+    let last = |name: &http::HeaderName| -> Option<&str> {
+        let line = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+        line.rsplit(',').next()
     };
-    if let Some(v) = last(&http::HeaderName::from_static("x-forwarded-proto")) {
-        let v = v.trim().to_ascii_lowercase();
-        return (!v.is_empty()).then_some(v);
+    if let Some(v) = last(&X_FORWARDED_PROTO) {
+        // Present but blank: as before, the `Forwarded` header is not asked.
+        return Scheme::parse(v);
     }
     let element = last(&header::FORWARDED)?;
     element.split(';').find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("proto")
-            .then(|| v.trim().trim_matches('"').to_ascii_lowercase())
-    })
+        if k.trim().eq_ignore_ascii_case("proto") {
+            Some(Scheme::parse(v))
+        } else {
+            None
+        }
+    })?
 }
+
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 
 /// Whether a request is a CORS preflight.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
@@ -189,7 +225,7 @@ mod tests {
         assert!(
             matches!(check(&p, &h(&[("origin", "https://evil.com")]), None), Cors::Denied(r) if r.status == 403)
         );
-        let same = |origin: &str, host: &str, scheme: Option<&str>| {
+        let same = |origin: &str, host: &str, scheme: Option<Scheme>| {
             matches!(
                 check(&p, &h(&[("origin", origin), ("host", host)]), scheme),
                 Cors::Allowed(_)
@@ -199,22 +235,34 @@ mod tests {
         assert!(same(
             "https://gw.example:8443",
             "gw.example:8443",
-            Some("https")
+            Some(Scheme::Https)
         ));
-        assert!(same("https://gw.example", "gw.example:443", Some("https")));
-        assert!(same("https://GW.example", "gw.example", Some("https")));
+        assert!(same(
+            "https://gw.example",
+            "gw.example:443",
+            Some(Scheme::Https)
+        ));
+        assert!(same(
+            "https://GW.example",
+            "gw.example",
+            Some(Scheme::Https)
+        ));
         // Scheme, host and port all count.
-        assert!(!same("http://gw.example", "gw.example", Some("https")));
-        assert!(!same("ftp://gw.example", "gw.example", Some("https")));
+        assert!(!same(
+            "http://gw.example",
+            "gw.example",
+            Some(Scheme::Https)
+        ));
+        assert!(!same("ftp://gw.example", "gw.example", Some(Scheme::Https)));
         assert!(!same(
             "https://gw.example:8443",
             "gw.example",
-            Some("https")
+            Some(Scheme::Https)
         ));
         assert!(!same(
             "https://gw.example.evil",
             "gw.example",
-            Some("https")
+            Some(Scheme::Https)
         ));
         // Without a scheme from a trusted proxy the own origin is unknown.
         assert!(!same("https://gw.example", "gw.example", None));
@@ -223,24 +271,32 @@ mod tests {
 
     #[test]
     fn forwarded_scheme() {
+        let proto = |pairs: &[(&str, &str)]| forwarded_proto(&h(pairs));
         assert_eq!(
-            forwarded_proto(&h(&[("x-forwarded-proto", "HTTPS")])).as_deref(),
-            Some("https")
+            proto(&[("x-forwarded-proto", "HTTPS")]),
+            Some(Scheme::Https)
         );
         assert_eq!(
-            forwarded_proto(&h(&[(
+            proto(&[(
                 "forwarded",
-                "for=1.2.3.4;proto=http, for=5.6.7.8;proto=https"
-            )]))
-            .as_deref(),
-            Some("https")
+                "for=1.2.3.4;proto=http, for=5.6.7.8;proto=\"https\""
+            )]),
+            Some(Scheme::Https)
         );
         // The nearest proxy's value, not what the client put first.
         assert_eq!(
-            forwarded_proto(&h(&[("x-forwarded-proto", "https, http")])).as_deref(),
-            Some("http")
+            proto(&[("x-forwarded-proto", "https, http")]),
+            Some(Scheme::Http)
         );
-        assert_eq!(forwarded_proto(&h(&[])), None);
+        assert_eq!(proto(&[]), None);
+        // A word that is no page's scheme, or a blank one, is unknown; a blank
+        // X-Forwarded-Proto is not overruled by a Forwarded header.
+        assert_eq!(proto(&[("x-forwarded-proto", "wss")]), None);
+        assert_eq!(
+            proto(&[("x-forwarded-proto", " "), ("forwarded", "proto=https")]),
+            None
+        );
+        assert_eq!(proto(&[("forwarded", "for=1.2.3.4")]), None);
     }
 
     #[test]
