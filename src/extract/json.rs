@@ -86,6 +86,14 @@ impl<'a> LazyJson<'a> {
         let Some(path) = pointer.strip_prefix('/') else {
             return Ok(None);
         };
+        // The usual pointer names a top-level member (`/password`): no
+        // segments to split or unescape.
+        if !path.contains(['/', '~']) {
+            return match child(&self.node, path)? {
+                Some(raw) => leaf(raw),
+                None => Ok(None),
+            };
+        }
         let mut segments = path.split('/').map(unescape).peekable();
         let mut owned;
         let mut node = &self.node;
