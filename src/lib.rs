@@ -14,6 +14,7 @@ pub mod admin;
 pub mod app;
 pub mod captcha;
 pub mod client_ip;
+pub mod coarse_timer;
 pub mod config;
 pub mod demo;
 pub mod extract;

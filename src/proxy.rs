@@ -152,7 +152,7 @@ impl Upstream {
     ) -> Result<Response<PooledBody>, ForwardError> {
         let req = self.prepare(req, peer, peer_trusted);
         let pool = &self.pools[WORKER.with(|w| w.get()) % self.pools.len()];
-        match tokio::time::timeout(self.request_timeout, pool.send(req)).await {
+        match crate::coarse_timer::timeout(self.request_timeout, pool.send(req)).await {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());

@@ -92,7 +92,9 @@ pub async fn serve<F, S, B>(
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // Armed and dropped per request head: the coarse timer makes that a
+        // thread-local push and removal (see `coarse_timer`).
+        .timer(crate::coarse_timer::CoarseTimer)
         .header_read_timeout(opts.header_read_timeout)
         // hyper refuses a buffer under 8 KiB.
         .max_buf_size(opts.head_backstop_bytes.max(8192))

@@ -120,7 +120,7 @@ impl Gateway {
             // The answer's body is timed too, so a task a client left behind
             // cannot be held open by an upstream that trickles its answer.
             let limit = gw.upstream.request_timeout();
-            let (resp, verdicts) = match tokio::time::timeout(
+            let (resp, verdicts) = match crate::coarse_timer::timeout(
                 limit,
                 gw.read_outcome(resp, &places, &task_ctx),
             )

@@ -96,7 +96,7 @@ impl Gateway {
         // A body that trickles in would hold the connection (and its slot)
         // for as long as the client likes: bound the read.
         let read = match ctx.rt.settings.body_read_timeout {
-            Some(t) => tokio::time::timeout(t, collect).await,
+            Some(t) => crate::coarse_timer::timeout(t, collect).await,
             None => Ok(collect.await),
         };
         let Ok(read) = read else {
