@@ -158,10 +158,12 @@ struct Registry {
 #[derive(Debug, Default)]
 struct State {
     entries: Slab<Entry>,
-    /// When the ticking task last ran (or was started), while one is meant
-    /// to run. One silent for much longer than [`TICK`] died with its
-    /// runtime (a thread can outlive one): then another is started.
-    ticking: Option<Instant>,
+    /// The ticking task meant to run now, by number. It clears this when it
+    /// ends, also when it is dropped unfinished (its runtime shut down: a
+    /// thread can outlive a runtime), so a later sleep starts another.
+    ticking: Option<u64>,
+    /// The number of the next ticking task.
+    ticks_started: u64,
 }
 
 /// A pending deadline; `waker` is taken out when it has passed.
@@ -190,28 +192,52 @@ impl Registry {
         waker: &Waker,
     ) -> Option<(Arc<Registry>, usize)> {
         let mut state = this.lock();
-        if state.ticking.is_none_or(|t| t.elapsed() > 20 * TICK) {
-            let handle = tokio::runtime::Handle::try_current().ok()?;
-            handle.spawn(tick(this.clone()));
-            state.ticking = Some(Instant::now());
-        }
+        let start = match state.ticking {
+            Some(_) => None,
+            None => {
+                let handle = tokio::runtime::Handle::try_current().ok()?;
+                let n = state.ticks_started;
+                state.ticks_started += 1;
+                state.ticking = Some(n);
+                Some((handle, n))
+            }
+        };
         let key = state.entries.insert(Entry {
             deadline,
             waker: Some(waker.clone()),
         });
+        drop(state);
+        // Spawned outside the lock: a task refused by a closing runtime is
+        // dropped at once, and its guard takes the lock to say so.
+        if let Some((handle, n)) = start {
+            handle.spawn(tick(Ticking(this.clone(), n)));
+        }
         Some((this.clone(), key))
+    }
+}
+
+/// Held by a ticking task: clears the registry's `ticking` when the task
+/// ends or is dropped, if it is still the one meant to run.
+struct Ticking(Arc<Registry>, u64);
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if state.ticking == Some(self.1) {
+            state.ticking = None;
+        }
     }
 }
 
 /// A registry's ticking task: wakes expired sleeps every [`TICK`] while any
 /// are waiting (a woken sleep finds its waker taken: it is over).
-async fn tick(registry: Arc<Registry>) {
+async fn tick(me: Ticking) {
     let mut due = Vec::new();
     loop {
         tokio::time::sleep(TICK).await;
         let now = Instant::now();
         let more = {
-            let mut state = registry.lock();
+            let mut state = me.0.lock();
             let mut waiting = false;
             for (_, e) in state.entries.iter_mut() {
                 if e.deadline <= now {
@@ -221,7 +247,9 @@ async fn tick(registry: Arc<Registry>) {
                 }
             }
             // Fired entries stay until their sleep sees them (or is dropped).
-            state.ticking = waiting.then_some(now);
+            if !waiting {
+                state.ticking = None;
+            }
             waiting
         };
         // Woken outside the lock: a woken task may run and arm again.
@@ -299,6 +327,43 @@ mod tests {
     async fn a_timeout_passes_on_what_finishes_in_time() {
         assert_eq!(timeout(Duration::from_secs(60), async { 7 }).await, Ok(7));
         assert_eq!(pending_here(), 0, "a ready future never registers");
+    }
+
+    #[test]
+    fn a_thread_that_outlives_its_runtime_still_gets_ticks() {
+        // The first runtime ends while its tick waits for a far deadline;
+        // the next one on this thread must start its own tick.
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        rt().block_on(async {
+            let far = CoarseSleep::until(Instant::now() + Duration::from_secs(3600));
+            let _ = tokio::time::timeout(Duration::from_millis(10), far).await;
+            // One left armed on purpose: the runtime is dropped with its tick
+            // still waiting for it.
+            let mut s = Box::pin(CoarseSleep::until(
+                Instant::now() + Duration::from_secs(3600),
+            ));
+            futures_util::future::poll_fn(|cx| {
+                let _ = s.as_mut().poll(cx);
+                Poll::Ready(())
+            })
+            .await;
+            std::mem::forget(s);
+        });
+        let start = Instant::now();
+        let ended = rt().block_on(async {
+            let sleep = CoarseSleep::until(start + Duration::from_millis(50));
+            tokio::time::timeout(Duration::from_secs(5), sleep).await
+        });
+        assert!(
+            ended.is_ok(),
+            "the sleep never ended: no tick on the new runtime"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]
