@@ -208,15 +208,12 @@ impl<'a> Observe<'a> {
         &self,
         resp: &Response<RespBody>,
         method: &'static str,
-        route: &str,
-        outcome: &str,
+        route: &'static str,
+        outcome: &'static str,
         rt: &Runtime,
     ) {
         self.state.store(ANSWERED, Ordering::Relaxed);
-        self.metrics
-            .requests
-            .with_label_values(&[route, method, outcome])
-            .inc();
+        self.metrics.count_request(route, method, outcome);
         if rt.settings.access_log.sampled() {
             answer::access_line(resp, method, route, outcome);
         }
