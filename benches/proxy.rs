@@ -230,5 +230,51 @@ level = "error"
     rt.block_on(app.shutdown());
 }
 
-criterion_group!(benches, hop);
+/// Two per-request overheads of the hop, alone: arming and dropping a
+/// deadline (hyper's header-read timeout and the upstream request timeout
+/// each do that once per request) on the coarse timer and on tokio's, and
+/// counting `poolgate_requests_total` through the per-thread handle cache and
+/// through `with_label_values`.
+fn per_request(c: &mut Criterion) {
+    use std::future::Future;
+    use std::task::Context;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _enter = rt.enter();
+    let waker = futures_util::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut g = c.benchmark_group("per_request");
+    // Polled once (registered: the request is waiting), then dropped.
+    g.bench_function("deadline_arm_and_drop/coarse", |b| {
+        b.iter(|| {
+            let mut s = Box::pin(poolgate::coarse_timer::CoarseSleep::until(
+                Instant::now() + Duration::from_secs(30),
+            ));
+            std::hint::black_box(s.as_mut().poll(&mut cx).is_pending())
+        })
+    });
+    g.bench_function("deadline_arm_and_drop/tokio", |b| {
+        b.iter(|| {
+            let mut s = Box::pin(tokio::time::sleep(Duration::from_secs(30)));
+            std::hint::black_box(s.as_mut().poll(&mut cx).is_pending())
+        })
+    });
+    let m = poolgate::metrics::Metrics::new();
+    g.bench_function("requests_total/cached_handle", |b| {
+        b.iter(|| m.count_request("login", "POST", "forwarded"))
+    });
+    g.bench_function("requests_total/with_label_values", |b| {
+        b.iter(|| {
+            m.requests
+                .with_label_values(&["login", "POST", "forwarded"])
+                .inc()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hop, per_request);
 criterion_main!(benches);
