@@ -10,13 +10,10 @@
 // or label set, all constants here, which every test run builds.
 #![allow(clippy::expect_used)]
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
 use crate::guards::Guard;
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every `(guard, reason)` a guard rejection can carry (the labels of
@@ -161,35 +158,9 @@ pub struct Known<'a> {
     pub shadowed: Vec<Guard>,
 }
 
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// A `'static` label value by where its text is (address and length): the
-/// same text at two addresses is two keys for one series, which is harmless;
-/// two texts never share a key. No hashing of the text itself.
-type LabelKey = (usize, usize);
-
-fn label_key(s: &'static str) -> LabelKey {
-    (s.as_ptr() as usize, s.len())
-}
-
-/// Handles of the per-request series, per thread and per [`Metrics`]: label
-/// values come from fixed sets, so these stay small (a few hundred entries).
-#[derive(Default)]
-struct Handles {
-    requests: HashMap<(u64, [LabelKey; 3]), IntCounter, foldhash::fast::FixedState>,
-    upstream: HashMap<(u64, LabelKey), Histogram, foldhash::fast::FixedState>,
-}
-
-thread_local! {
-    static HANDLES: RefCell<Handles> = RefCell::new(Handles::default());
-}
-
 /// Every metric poolgate exports.
 #[derive(Clone)]
 pub struct Metrics {
-    /// Tells this set of metrics from others in the process (tests run
-    /// several gateways), for the per-thread handle caches.
-    id: u64,
     registry: Registry,
     /// `poolgate_requests_total{route, method, outcome}`.
     pub requests: IntCounterVec,
@@ -256,7 +227,6 @@ impl Metrics {
         let registry = Registry::new();
         let r = &registry;
         let m = Metrics {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             requests: counter_vec(
                 r,
                 "poolgate_requests_total",
@@ -454,36 +424,6 @@ impl Metrics {
         m
     }
 
-    /// `poolgate_requests_total{route, method, outcome}` plus one, once per
-    /// request. See [`Handles`]: a per-thread cache of the series' handles
-    /// instead of `with_label_values` (a hash of three strings, a lock and a
-    /// map look-up each time: ~350 instructions per request).
-    pub fn count_request(&self, route: &'static str, method: &'static str, outcome: &'static str) {
-        HANDLES.with(|h| {
-            let key = (
-                self.id,
-                [label_key(route), label_key(method), label_key(outcome)],
-            );
-            h.borrow_mut()
-                .requests
-                .entry(key)
-                .or_insert_with(|| self.requests.with_label_values(&[route, method, outcome]))
-                .inc();
-        });
-    }
-
-    /// `poolgate_upstream_duration_seconds{route}` observes `secs`, through the
-    /// same per-thread cache as [`Metrics::count_request`].
-    pub fn observe_upstream(&self, route: &'static str, secs: f64) {
-        HANDLES.with(|h| {
-            h.borrow_mut()
-                .upstream
-                .entry((self.id, label_key(route)))
-                .or_insert_with(|| self.upstream_duration.with_label_values(&[route]))
-                .observe(secs);
-        });
-    }
-
     /// Creates at zero every series whose labels are known from the
     /// configuration (see the constants of this module), so that the first
     /// scrape has them.
@@ -620,39 +560,6 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 mod tests {
     use super::*;
     use std::collections::HashSet;
-
-    #[test]
-    fn cached_handles_count_in_their_own_registry() {
-        // Two gateways in one process, one thread: each counts in its own
-        // registry, and a cloned `Metrics` shares the series of its original.
-        let (a, b) = (Metrics::new(), Metrics::new());
-        let a2 = a.clone();
-        for _ in 0..3 {
-            a.count_request("login", "POST", "forwarded");
-        }
-        a2.count_request("login", "POST", "forwarded");
-        b.count_request("login", "POST", "forwarded");
-        // The same text at another address is the same series. (Built at run
-        // time and leaked: a literal could share the address.)
-        let login: &'static str = Box::leak(String::from("login").into_boxed_str());
-        b.count_request(login, "POST", "forwarded");
-        b.count_request("login", "POST", "rejected");
-        let n = |m: &Metrics, o: &str| m.requests.with_label_values(&["login", "POST", o]).get();
-        assert_eq!(n(&a, "forwarded"), 4);
-        assert_eq!(n(&b, "forwarded"), 2);
-        assert_eq!(n(&b, "rejected"), 1);
-        assert_eq!(n(&a, "rejected"), 0);
-        a.observe_upstream("login", 0.25);
-        a.observe_upstream("login", 0.5);
-        let h = a.upstream_duration.with_label_values(&["login"]);
-        assert_eq!((h.get_sample_count(), h.get_sample_sum()), (2, 0.75));
-        assert_eq!(
-            b.upstream_duration
-                .with_label_values(&["login"])
-                .get_sample_count(),
-            0
-        );
-    }
 
     #[test]
     fn known_label_sets_are_non_empty_and_unique() {

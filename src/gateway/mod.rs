@@ -208,12 +208,15 @@ impl<'a> Observe<'a> {
         &self,
         resp: &Response<RespBody>,
         method: &'static str,
-        route: &'static str,
-        outcome: &'static str,
+        route: &str,
+        outcome: &str,
         rt: &Runtime,
     ) {
         self.state.store(ANSWERED, Ordering::Relaxed);
-        self.metrics.count_request(route, method, outcome);
+        self.metrics
+            .requests
+            .with_label_values(&[route, method, outcome])
+            .inc();
         if rt.settings.access_log.sampled() {
             answer::access_line(resp, method, route, outcome);
         }
