@@ -26,8 +26,9 @@ pub enum Class<'a> {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     /// Keyed by canonical path. The keys come from the configuration only
-    /// (a lookup never inserts), so a fast unkeyed-strength hash is safe here:
-    /// a client cannot grow a bucket, only probe the fixed table.
+    /// (a lookup never inserts), so a fast hash without SipHash's flooding
+    /// resistance is safe here: a client cannot grow a bucket, only probe
+    /// the fixed table.
     by_path: HashMap<String, Route, foldhash::fast::RandomState>,
     graphql: Vec<GraphqlOp>,
 }
