@@ -45,7 +45,7 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
 /// Such a path has nothing to decode, resolve or fold (no `%`, no dot, no
 /// white space), so the caller may take it as is. One pass over the bytes:
 /// this is every request's first step.
-pub fn is_simple(path: &str) -> bool {
+fn is_simple(path: &str) -> bool {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
         return false;
