@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use harness::redis::{cli, free_port, have, replica_store, wait_until, Pki, RedisProc};
+use harness::redis::{free_port, have, replica_store, try_cli, wait_until, Pki, RedisProc};
 use harness::*;
 use poolgate::config::{RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
@@ -64,10 +64,15 @@ impl Cluster {
 
     /// `redis-cli` with the TLS arguments where the cluster needs them.
     fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Cluster::cli`] that reports a failed run instead of panicking.
+    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let tls = self.tls.as_ref().map(Pki::cli_args).unwrap_or_default();
         let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
         all.extend(args);
-        cli(&all)
+        try_cli(&all)
     }
 
     /// Waits until every node says `cluster_state:ok`.
@@ -77,9 +82,10 @@ impl Cluster {
             wait_until(
                 &format!("cluster_state:ok on port {port}"),
                 Duration::from_secs(20),
+                // A node just restarted may refuse a run or two: retried.
                 || {
-                    self.cli(&["-p", &port, "cluster", "info"])
-                        .contains("cluster_state:ok")
+                    self.try_cli(&["-p", &port, "cluster", "info"])
+                        .is_ok_and(|info| info.contains("cluster_state:ok"))
                 },
             );
         }

@@ -227,30 +227,39 @@ impl Drop for RedisProc {
 /// Runs `redis-cli` with `args`, killed if it takes over 30 s; returns its
 /// standard output, or panics with its error output.
 pub fn cli(args: &[&str]) -> String {
+    try_cli(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`cli`] for a condition polled until it holds: a failed run (a node
+/// still starting) is an `Err` to retry, not a panic.
+pub fn try_cli(args: &[&str]) -> Result<String, String> {
     let mut child = Command::new("redis-cli")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("redis-cli runs");
+        .map_err(|e| format!("redis-cli does not run: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.try_wait().ok().flatten().is_none() {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("redis-cli {args:?} took over 30 s");
+            return Err(format!("redis-cli {args:?} took over 30 s"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = child.wait_with_output().expect("redis-cli's output");
-    assert!(
-        out.status.success(),
-        "redis-cli {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("redis-cli's output: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "redis-cli {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A plain `redis-server` on a free port in a tempdir of its own, with a
