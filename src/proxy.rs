@@ -1,4 +1,4 @@
-//! Forwarding to the upstream: a pooled keep-alive hyper client, hop-by-hop
+//! Forwarding to the upstream: pooled keep-alive HTTP/1.1 connections, hop-by-hop
 //! header handling, `X-Forwarded-*`, body limits, timeouts, and the mapping of
 //! upstream failures to 502/504.
 
@@ -14,7 +14,9 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+mod h1;
 mod pool;
+pub use h1::Error as UpstreamError;
 pub use pool::PooledBody;
 use pool::{Pool, PoolError};
 
@@ -159,7 +161,7 @@ impl Upstream {
                 Ok(resp)
             }
             Ok(Err(PoolError::Connect(e))) => Err(ForwardError::Unavailable(e)),
-            Ok(Err(PoolError::Send(e))) => Err(classify_error(&e)),
+            Ok(Err(PoolError::Send(e))) => Err(classify_error(e)),
         }
     }
 
@@ -399,29 +401,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn classify_error(e: &hyper::Error) -> ForwardError {
-    use std::error::Error;
-    let mut cur: Option<&(dyn Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.is::<http_body_util::LengthLimitError>() {
-            return ForwardError::BodyTooLarge;
-        }
-        if let Some(he) = c.downcast_ref::<hyper::Error>() {
-            if he.is_body_write_aborted() || he.is_user() {
-                // A failure of the body we were streaming from the client.
-                if let Some(src) = he.source() {
-                    if src.is::<http_body_util::LengthLimitError>() {
-                        return ForwardError::BodyTooLarge;
-                    }
-                    if src.downcast_ref::<hyper::Error>().is_some() {
-                        return ForwardError::ClientBody(crate::error_chain(he));
-                    }
-                }
-            }
-        }
-        cur = c.source();
+fn classify_error(e: h1::Error) -> ForwardError {
+    match e {
+        h1::Error::BodyTooLarge => ForwardError::BodyTooLarge,
+        h1::Error::ClientBody(e) => ForwardError::ClientBody(e),
+        other => ForwardError::Unavailable(crate::error_chain(&other)),
     }
-    ForwardError::Unavailable(crate::error_chain(e))
 }
 
 #[cfg(test)]

@@ -13,13 +13,6 @@ use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Reads until the peer closes (or `limit`); returns what arrived.
-async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
-    out
-}
-
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     bounded("test", LIMIT, async {

@@ -6,29 +6,34 @@
 //! checkout, returns and hashing were ~9% of a login's instructions
 //! (callgrind, `benches/loadtest.sh instructions`). Here there is one
 //! upstream and one worker thread per pool: a stack of idle connections
-//! behind an uncontended lock, hyper's `client::conn::http1` underneath.
+//! behind an uncontended lock, the request's own task speaking HTTP/1.1 on
+//! them (`h1`).
 //!
 //! - A connection goes back to the stack when its answer's body has been
 //!   read to the end ([`PooledBody`]); an answer dropped unread closes it.
 //! - Checkout takes the most recently used connection that is ready, and
 //!   drops closed ones and ones idle past `upstream.pool_idle_timeout`; a
 //!   reaper task drops idle ones when no request comes.
-//! - A request a reused connection certainly did not send (it was closed
-//!   first) is sent again on another connection, as the legacy client's
-//!   `retry_canceled_requests` did; nothing that may have been sent is.
+//! - A request a reused connection certainly did not send (its first write
+//!   failed) is sent again on another connection, as the legacy client's
+//!   `retry_canceled_requests` did. So is an idempotent request with no
+//!   body to stream (RFC 9110 §9.2.2) that a reused connection closed on
+//!   before any byte of an answer: the upstream closed it idle as it went.
+//!   Nothing else that may have been sent is.
 //! - At most `upstream.pool_max_idle` idle connections are kept.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
+use http::{Method, Request, Response, Uri};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 
+use super::h1::{self, Conn, Delivery, Framing};
 use super::UpstreamBody;
 
 /// Opens upstream connections (TCP, TLS for an `https` upstream).
@@ -39,7 +44,7 @@ pub(super) enum PoolError {
     /// No connection could be opened.
     Connect(String),
     /// The exchange failed (the request may have been sent).
-    Send(hyper::Error),
+    Send(h1::Error),
 }
 
 /// The connections of one proxy worker.
@@ -56,7 +61,7 @@ pub(super) struct Pool {
 }
 
 struct Idle {
-    conn: SendRequest<UpstreamBody>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -81,8 +86,23 @@ impl Pool {
     /// Sends `req` (origin-form URI) on an idle connection or a new one.
     pub(super) async fn send(
         self: &Arc<Self>,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        let (parts, mut body) = req.into_parts();
+        // The head, and a buffered body with it: one write.
+        let buffered = h1::buffered_body(&body);
+        let mut first = Vec::with_capacity(512 + buffered.as_ref().map_or(0, Bytes::len));
+        h1::encode_head(&parts, &body, &mut first);
+        if let Some(b) = &buffered {
+            first.extend_from_slice(b);
+        }
+        // Whether the request may go again after a reused connection closed
+        // on it unanswered: idempotent, and no body that streaming used up.
+        let replayable = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        ) && (body.is_end_stream()
+            || matches!(body, http_body_util::Either::Right(_)));
         loop {
             let (mut conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
@@ -91,48 +111,46 @@ impl Pool {
                 // is moved a few times per request.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match conn.try_send_request(req).await {
-                Ok(resp) => {
-                    let pool = Arc::downgrade(self);
-                    return Ok(resp.map(|body| PooledBody {
-                        body,
-                        back: Some((conn, pool)),
-                    }));
+            match h1::send(&mut conn, &first, &mut body).await {
+                Delivery::Done => {}
+                // Each retry used up an idle connection, so this ends.
+                Delivery::NotSent(_) if reused => continue,
+                Delivery::NotSent(e) | Delivery::Failed(e) => return Err(PoolError::Send(e)),
+            }
+            match h1::read_head(&mut conn, &parts.method).await {
+                Ok(head) => {
+                    let mut resp = Response::new(PooledBody {
+                        conn: Some(conn),
+                        framing: head.body,
+                        reusable: head.reusable,
+                        pool: Arc::downgrade(self),
+                    });
+                    *resp.status_mut() = head.status;
+                    *resp.version_mut() = head.version;
+                    *resp.headers_mut() = head.headers;
+                    return Ok(resp);
                 }
-                Err(mut e) => match e.take_message() {
-                    // Closed before a byte of it was written: another
-                    // connection may take it. Each retry used up an idle
-                    // connection, so this ends.
-                    Some(again) if reused => req = again,
-                    _ => return Err(PoolError::Send(e.into_error())),
-                },
+                Err(h1::Error::Closed) if reused && replayable => continue,
+                Err(e) => return Err(PoolError::Send(e)),
             }
         }
     }
 
-    /// The most recently used ready connection; closed and expired ones are
-    /// dropped on the way, busy ones (an answer still being read) kept.
-    fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+    /// The most recently used usable connection; closed and expired ones
+    /// are dropped on the way.
+    fn checkout(&self) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            let c = &idle[i];
-            if self.stale(c, now) {
-                idle.swap_remove(i);
-            } else if c.conn.is_ready() {
-                return Some(idle.swap_remove(i).conn);
+        while let Some(mut c) = idle.pop() {
+            if now.duration_since(c.since) <= self.idle_timeout && c.conn.is_usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Back into the stack, unless it is full or the connection closed.
-    fn put(&self, conn: SendRequest<UpstreamBody>) {
-        if conn.is_closed() {
-            return;
-        }
+    /// Back into the stack, unless it is full.
+    fn put(&self, conn: Box<Conn>) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
                 idle.push(Idle {
@@ -143,21 +161,18 @@ impl Pool {
         }
     }
 
-    /// Drops idle connections past the idle timeout (and closed ones).
+    /// Drops idle connections past the idle timeout, and closed ones.
     fn prune(&self) {
         if let Ok(mut idle) = self.idle.lock() {
             let now = Instant::now();
-            idle.retain(|c| !self.stale(c, now));
+            idle.retain_mut(|c| {
+                now.duration_since(c.since) <= self.idle_timeout && c.conn.is_usable()
+            });
         }
     }
 
-    /// Whether an idle connection is closed or idle past the timeout.
-    fn stale(&self, c: &Idle, now: Instant) -> bool {
-        c.conn.is_closed() || now.duration_since(c.since) > self.idle_timeout
-    }
-
-    /// Opens a connection and spawns the task that drives it.
-    async fn connect(self: &Arc<Self>) -> Result<SendRequest<UpstreamBody>, PoolError> {
+    /// Opens a connection.
+    async fn connect(self: &Arc<Self>) -> Result<Box<Conn>, PoolError> {
         use tower::Service;
         let io = self
             .connector
@@ -165,16 +180,10 @@ impl Pool {
             .call(self.target.clone())
             .await
             .map_err(|e| PoolError::Connect(crate::error_chain(&*e)))?;
-        let (conn, driver) = http1::handshake(io)
-            .await
-            .map_err(|e| PoolError::Connect(crate::error_chain(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(target: "poolgate::proxy", error = %e, "upstream connection ended");
-            }
-        });
         self.start_reaper();
-        Ok(conn)
+        // Boxed: the stream type has room for a TLS session (over a kilobyte),
+        // and a connection is moved a few times per request.
+        Ok(Box::new(Conn::new(TokioIo::new(io))))
     }
 
     /// Idle connections must close after the idle timeout even when no
@@ -204,19 +213,24 @@ impl Pool {
     }
 }
 
-/// An upstream answer's body that gives its connection back to the pool
-/// once read to the end; dropped before that, the connection closes with
-/// it (hyper cannot reuse a connection with an unread answer).
+/// An upstream answer's body, read from its connection by the request's
+/// task. Read to the end, a reusable connection goes back to the pool;
+/// dropped before that, the connection closes with it.
 pub struct PooledBody {
-    body: Incoming,
-    back: Option<(SendRequest<UpstreamBody>, Weak<Pool>)>,
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    reusable: bool,
+    pool: Weak<Pool>,
 }
 
 impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some((conn, pool)) = self.back.take() {
-            if let Some(pool) = pool.upgrade() {
-                pool.put(conn);
+    /// At the end of the body: the connection goes back if it may.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && conn.is_clean() {
+                if let Some(pool) = self.pool.upgrade() {
+                    pool.put(conn);
+                }
             }
         }
     }
@@ -224,36 +238,55 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h1::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            // A body of known length may never be polled for its end.
-            Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
-            None => self.give_back(),
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match h1::poll_body(conn, &mut this.framing, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(data))) => {
+                // A body of known length may never be polled for its end.
+                if this.framing == Framing::Length(0) {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The connection is in no state to be reused.
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.conn.is_none() || self.framing == Framing::Length(0)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ if self.conn.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // An empty answer (204, a HEAD's) is never polled.
-        if self.body.is_end_stream() {
-            self.give_back();
+        if self.framing == Framing::Length(0) {
+            self.finish();
         }
     }
 }

@@ -124,6 +124,14 @@ pub async fn send_with(client: &TestClient, req: Request<Full<Bytes>>) -> Reply 
     read_reply(resp).await
 }
 
+/// Reads a raw connection until the peer closes (or `limit`); what arrived.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    out
+}
+
 /// Sends `req` with a fresh HTTP/1.1 client.
 pub async fn send(req: Request<Full<Bytes>>) -> Reply {
     send_with(&h1_client(), req).await
