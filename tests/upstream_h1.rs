@@ -17,20 +17,9 @@ use bytes::Bytes;
 use harness::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// What the upstream does after an answer.
-#[derive(Clone, Copy, PartialEq)]
-enum Then {
-    /// Reads the next request.
-    KeepAlive,
-    /// Closes the connection.
-    Close,
-    /// Holds the connection open and reads nothing more.
-    Hold,
-}
 
 /// The exact bytes the upstream answers `path` with, and what it does next.
 fn script(method: &str, path: &str) -> (Vec<u8>, Then) {
@@ -93,50 +82,7 @@ fn script(method: &str, path: &str) -> (Vec<u8>, Then) {
 /// A raw upstream answering bodiless requests by [`script`]; the number of
 /// connections it accepted.
 async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let mut line = head.split(' ');
-                        let method = line.next().unwrap_or("").to_string();
-                        let path = line.next().unwrap_or("").to_string();
-                        let (answer, then) = script(&method, &path);
-                        if s.write_all(&answer).await.is_err() || then == Then::Close {
-                            return;
-                        }
-                        if then == Then::Hold {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
-}
-
-async fn start(up: SocketAddr) -> (poolgate::App, tempfile::TempDir) {
-    let dir = tempdir();
-    let pool = dir.path().join("pool.json");
-    write_pool(&pool, &fixture_pool());
-    let app = poolgate::App::start(file_config(&pool, up, ""))
-        .await
-        .unwrap();
-    (app, dir)
+    raw_upstream(script).await
 }
 
 /// Sends `method path` on `client` (one kept-alive connection, so one proxy
@@ -157,7 +103,7 @@ async fn raw_exchange(gw: SocketAddr, path: &str) -> String {
 async fn a_chunked_answer_arrives_whole_and_its_connection_serves_the_next_request() {
     bounded("test", LIMIT, async {
         let (up, accepted) = scripted_upstream().await;
-        let (app, _dir) = start(up).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let client = h1_client();
         for _ in 0..3 {
             let r = ask(&client, app.proxy_addr(), "GET", "/chunked").await;
@@ -178,7 +124,7 @@ async fn a_chunked_answer_arrives_whole_and_its_connection_serves_the_next_reque
 async fn bytes_after_an_answer_never_answer_the_next_request() {
     bounded("test", LIMIT, async {
         let (up, accepted) = scripted_upstream().await;
-        let (app, _dir) = start(up).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let client = h1_client();
         let r = ask(&client, app.proxy_addr(), "GET", "/extra").await;
         assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
@@ -197,7 +143,7 @@ async fn bytes_after_an_answer_never_answer_the_next_request() {
 async fn an_answer_framed_by_a_coding_and_a_length_is_read_by_its_chunks_and_not_reused() {
     bounded("test", LIMIT, async {
         let (up, accepted) = scripted_upstream().await;
-        let (app, _dir) = start(up).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let client = h1_client();
         let r = ask(&client, app.proxy_addr(), "GET", "/coding-and-length").await;
         assert_eq!(r.body, "hello");
@@ -218,7 +164,7 @@ async fn an_answer_framed_by_a_coding_and_a_length_is_read_by_its_chunks_and_not
 async fn an_answer_up_to_the_close_is_passed_whole_and_its_connection_is_not_reused() {
     bounded("test", LIMIT, async {
         let (up, accepted) = scripted_upstream().await;
-        let (app, _dir) = start(up).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let client = h1_client();
         for _ in 0..2 {
             let r = ask(&client, app.proxy_addr(), "GET", "/to-the-close").await;
@@ -234,7 +180,7 @@ async fn an_answer_up_to_the_close_is_passed_whole_and_its_connection_is_not_reu
 async fn interim_answers_are_skipped_and_bodiless_answers_keep_the_connection() {
     bounded("test", LIMIT, async {
         let (up, accepted) = scripted_upstream().await;
-        let (app, _dir) = start(up).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let gw = app.proxy_addr();
         let client = h1_client();
         let r = ask(&client, gw, "GET", "/interim").await;
@@ -258,7 +204,7 @@ async fn interim_answers_are_skipped_and_bodiless_answers_keep_the_connection() 
 async fn heads_poolgate_cannot_frame_are_a_502_and_a_bad_chunk_cuts_the_answer_short() {
     bounded("test", LIMIT, async {
         let (up, _) = scripted_upstream().await;
-        let (app, _dir) = start(up).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let gw = app.proxy_addr();
         for path in [
             "/conflicting-lengths",
@@ -292,14 +238,12 @@ async fn heads_poolgate_cannot_frame_are_a_502_and_a_bad_chunk_cuts_the_answer_s
 async fn a_connection_whose_upstream_answered_before_the_body_ended_takes_no_next_request() {
     bounded("test", LIMIT, async {
         let (up, accepted) = scripted_upstream().await;
-        let dir = tempdir();
-        let pool = dir.path().join("pool.json");
-        write_pool(&pool, &fixture_pool());
-        let mut cfg = file_config(&pool, up, "");
-        // One worker, one pool: the next request would find that connection.
-        cfg.server.workers = 1;
-        cfg.server.max_body_bytes = 64 << 20;
-        let app = poolgate::App::start(cfg).await.unwrap();
+        let (app, _dir) = start_before(up, |c| {
+            // One worker, one pool: the next request would find that connection.
+            c.server.workers = 1;
+            c.server.max_body_bytes = 64 << 20;
+        })
+        .await;
         let gw = app.proxy_addr();
 
         // A body far larger than the socket buffers between poolgate and an

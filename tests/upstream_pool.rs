@@ -13,44 +13,24 @@ use std::time::Duration;
 
 use harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A raw HTTP/1 upstream answering every bodiless request with 200 "ok",
 /// counting its accepted connections; with `close_idle`, it closes each
 /// connection right after its answer, without saying so.
-async fn raw_upstream(close_idle: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        if close_idle {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+async fn ok_upstream(close_idle: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let then = if close_idle {
+        Then::Close
+    } else {
+        Then::KeepAlive
+    };
+    raw_upstream(move |_, _| {
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+        (answer.to_vec(), then)
+    })
+    .await
 }
 
 /// Sends `n` GETs one after the other on one client connection; the
@@ -86,21 +66,11 @@ async fn keep_alive_gets(gw: SocketAddr, n: usize) -> Vec<String> {
     out
 }
 
-async fn start(up: SocketAddr) -> (poolgate::App, tempfile::TempDir) {
-    let dir = tempdir();
-    let pool = dir.path().join("pool.json");
-    write_pool(&pool, &fixture_pool());
-    let app = poolgate::App::start(file_config(&pool, up, ""))
-        .await
-        .unwrap();
-    (app, dir)
-}
-
 #[tokio::test]
 async fn requests_one_after_the_other_share_one_upstream_connection() {
     bounded("test", LIMIT, async {
-        let (up, accepted) = raw_upstream(false).await;
-        let (app, _dir) = start(up).await;
+        let (up, accepted) = ok_upstream(false).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let answers = keep_alive_gets(app.proxy_addr(), 5).await;
         assert_eq!(answers, vec!["200 ok"; 5]);
         // Another client connection, later: the same upstream connection,
@@ -127,8 +97,8 @@ fn app_workers() -> usize {
 #[tokio::test]
 async fn an_upstream_closing_idle_connections_fails_no_request() {
     bounded("test", LIMIT, async {
-        let (up, accepted) = raw_upstream(true).await;
-        let (app, _dir) = start(up).await;
+        let (up, accepted) = ok_upstream(true).await;
+        let (app, _dir) = start_before(up, |_| {}).await;
         let answers = keep_alive_gets(app.proxy_addr(), 6).await;
         assert_eq!(answers, vec!["200 ok"; 6]);
         assert_eq!(accepted.load(Ordering::SeqCst), 6);

@@ -156,14 +156,24 @@ pub async fn start_fixture(
     tweak: impl FnOnce(&mut poolgate::Config),
 ) -> (FakeUpstream, poolgate::App, tempfile::TempDir) {
     let up = FakeUpstream::start().await;
+    let (app, dir) = start_before(up.addr, tweak).await;
+    (up, app, dir)
+}
+
+/// [`start_fixture`] in front of an upstream of the caller's (a
+/// [`raw_upstream`], say) at `upstream`.
+pub async fn start_before(
+    upstream: SocketAddr,
+    tweak: impl FnOnce(&mut poolgate::Config),
+) -> (poolgate::App, tempfile::TempDir) {
     let dir = tempdir();
     let pool = dir.path().join("pool.json");
     write_pool(&pool, &fixture_pool());
-    let mut cfg = file_config(&pool, up.addr, "");
+    let mut cfg = file_config(&pool, upstream, "");
     tweak(&mut cfg);
     cfg.validate().expect("tweaked config is valid");
     let app = poolgate::App::start(cfg).await.expect("poolgate starts");
-    (up, app, dir)
+    (app, dir)
 }
 
 /// Writes `text` to `dir/name` and returns the path.

@@ -613,3 +613,59 @@ where
     });
     (addr, accept)
 }
+
+/// What a [`raw_upstream`] does after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Reads the next request.
+    KeepAlive,
+    /// Closes the connection.
+    Close,
+    /// Holds the connection open and reads nothing more.
+    Hold,
+}
+
+/// A raw HTTP/1 upstream for what [`FakeUpstream`] cannot send: it answers
+/// each bodiless request with the exact bytes `answer(method, path)` gives,
+/// then does what it says. Also the number of connections it accepted.
+pub async fn raw_upstream(
+    answer: impl Fn(&str, &str) -> (Vec<u8>, Then) + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let mut line = head.split(' ');
+                        let method = line.next().unwrap_or("");
+                        let path = line.next().unwrap_or("");
+                        let (bytes, then) = answer(method, path);
+                        if s.write_all(&bytes).await.is_err() || then == Then::Close {
+                            return;
+                        }
+                        if then == Then::Hold {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
