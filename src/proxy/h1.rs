@@ -14,8 +14,9 @@
 //! close; several `Content-Length` values must agree; no length runs to the
 //! close. A connection is reused only after an answer framed by a length or
 //! by chunks, read to its end, with nothing after it, from an HTTP/1.1
-//! upstream that did not say `Connection: close`. Anything else closes it,
-//! so an answer can never be taken for the next request's.
+//! upstream that did not say `Connection: close`, for a request sent whole.
+//! Anything else closes it, so an answer can never be taken for the next
+//! request's, nor the next request for the rest of this one's body.
 
 use std::io;
 use std::pin::Pin;

@@ -10,8 +10,9 @@
 //! them (`h1`).
 //!
 //! - A connection goes back to the stack when its answer's body has been
-//!   read to the end ([`PooledBody`]); an answer dropped unread closes it.
-//! - Checkout takes the most recently used connection that is ready, and
+//!   read to the end ([`PooledBody`]) and `h1` found the exchange clean
+//!   (see its module doc); an answer dropped unread closes it.
+//! - Checkout takes the most recently used connection that is usable, and
 //!   drops closed ones and ones idle past `upstream.pool_idle_timeout`; a
 //!   reaper task drops idle ones when no request comes.
 //! - A request a reused connection certainly did not send (its first write
