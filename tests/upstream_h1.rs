@@ -49,6 +49,12 @@ fn script(method: &str, path: &str) -> (Vec<u8>, Then) {
             ok("ok")
         ),
         "/no-content" => "HTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n".into(),
+        // Hop-by-hop headers in any case, one named by a later `Connection`.
+        "/hop-headers" => "HTTP/1.1 200 OK\r\nX-Up-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+             CONNECTION: keep-alive, x-up-hop, X-Other-Hop\r\nx-other-hop: 2\r\n\
+             Proxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTrailer: x-sum\r\n\
+             Proxy-Connection: keep-alive\r\nx-kept: 3\r\ncontent-length: 2\r\n\r\nok"
+            .into(),
         "/to-the-close" => {
             return (
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it".to_vec(),
@@ -155,6 +161,35 @@ async fn an_answer_framed_by_a_coding_and_a_length_is_read_by_its_chunks_and_not
         let r = ask(&client, app.proxy_addr(), "GET", "/plain").await;
         assert_eq!(r.body, "fine");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        app.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_answers_hop_by_hop_headers_and_the_ones_its_connection_names_stop_here() {
+    bounded("test", LIMIT, async {
+        let (up, accepted) = scripted_upstream().await;
+        let (app, _dir) = start_before(up, |_| {}).await;
+        let client = h1_client();
+        for _ in 0..2 {
+            let r = ask(&client, app.proxy_addr(), "GET", "/hop-headers").await;
+            assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+            assert_eq!(r.header("x-kept"), Some("3"));
+            for hop in [
+                "x-up-hop",
+                "x-other-hop",
+                "keep-alive",
+                "proxy-authenticate",
+                "upgrade",
+                "trailer",
+                "proxy-connection",
+            ] {
+                assert_eq!(r.header(hop), None, "{hop}");
+            }
+        }
+        // `Connection: keep-alive` from the upstream did not stop reuse.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
         app.shutdown().await;
     })
     .await;

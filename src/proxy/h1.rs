@@ -137,6 +137,15 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
+    /// Reads more into the buffer; the end of the stream is [`Error::Closed`].
+    fn poll_more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(match ready!(self.poll_fill(cx)) {
+            Ok(0) => Err(Error::Closed),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Io(e)),
+        })
+    }
+
     async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
@@ -163,36 +172,24 @@ impl Conn {
 
 /// How the request's body is framed upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReqFraming {
+pub(super) enum ReqFraming {
     /// No body, no length header (a bodiless GET, as clients send it).
     None,
     Length(u64),
     Chunked,
 }
 
-/// The request's head as bytes: request line, the headers as they are but
-/// for the length (re-framed here), and the framing header.
-pub(super) fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<u8>) {
-    let framing = req_framing(parts, body);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .as_bytes(),
-    );
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+/// Ends a request's head (whose request line and headers the caller wrote,
+/// without any length or transfer coding): the framing header this hop
+/// chose, and the blank line. `client_length` says whether the client gave a
+/// `Content-Length`. The framing is returned: [`send`] keeps to it.
+pub(super) fn end_head(
+    method: &Method,
+    client_length: bool,
+    body: &UpstreamBody,
+    out: &mut Vec<u8>,
+) -> ReqFraming {
+    let framing = req_framing(method, client_length, body);
     match framing {
         ReqFraming::None => {}
         ReqFraming::Length(n) => {
@@ -203,6 +200,7 @@ pub(super) fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out
         ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+    framing
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -219,14 +217,14 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-fn req_framing(parts: &http::request::Parts, body: &UpstreamBody) -> ReqFraming {
+fn req_framing(method: &Method, client_length: bool, body: &UpstreamBody) -> ReqFraming {
     match body.size_hint().exact() {
         // A bodiless request of a method that has no body by custom goes
         // without a length, unless the client gave one.
         Some(0)
-            if !parts.headers.contains_key(header::CONTENT_LENGTH)
+            if !client_length
                 && matches!(
-                    parts.method,
+                    *method,
                     Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
                 ) =>
         {
@@ -264,8 +262,14 @@ pub(super) fn buffered_body(body: &UpstreamBody) -> Option<Bytes> {
 
 /// Writes `first` (the head, and a buffered body after it), then streams
 /// a body that is not buffered frame by frame, stopping early if the
-/// upstream answers first (its answer is read next).
-pub(super) async fn send(conn: &mut Conn, first: &[u8], body: &mut UpstreamBody) -> Delivery {
+/// upstream answers first (its answer is read next). `framing` is what
+/// [`end_head`] wrote into the head.
+pub(super) async fn send(
+    conn: &mut Conn,
+    first: &[u8],
+    body: &mut UpstreamBody,
+    framing: ReqFraming,
+) -> Delivery {
     match first_write(conn, first).await {
         Delivery::Done => {}
         other => return other,
@@ -273,8 +277,7 @@ pub(super) async fn send(conn: &mut Conn, first: &[u8], body: &mut UpstreamBody)
     if matches!(body, http_body_util::Either::Right(_)) || body.is_end_stream() {
         return Delivery::Done;
     }
-    let chunked = body.size_hint().exact().is_none();
-    match stream_body(conn, body, chunked).await {
+    match stream_body(conn, body, framing == ReqFraming::Chunked).await {
         Ok(()) => Delivery::Done,
         Err(e) => Delivery::Failed(e),
     }
@@ -363,10 +366,8 @@ fn early_answer(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Error>
             conn.cut_short = true;
             return Poll::Ready(Ok(()));
         }
-        match ready!(conn.poll_fill(cx)) {
-            Ok(0) => return Poll::Ready(Err(Error::Closed)),
-            Ok(_) => {}
-            Err(e) => return Poll::Ready(Err(Error::Io(e))),
+        if let Err(e) = ready!(conn.poll_more(cx)) {
+            return Poll::Ready(Err(e));
         }
     }
 }
@@ -375,27 +376,38 @@ fn early_answer(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), Error>
 /// is left is the start of a final answer (or something [`read_head`] will
 /// reject), rather than nothing or part of a head yet to be told apart.
 fn final_head_begun(buf: &mut BytesMut) -> bool {
+    match front_head(buf, |_, _| ()) {
+        Ok(Some(_)) | Err(_) => true,
+        Ok(None) => buf.len() > MAX_HEAD,
+    }
+}
+
+/// Parses the head at the front of `buf`, consuming complete interim heads
+/// (1xx but 101: a 101 is returned, for the caller to refuse) before it.
+/// `Ok(None)` while the head is incomplete; else its length and what `read`
+/// took from it, given the parsed head and the bytes it points into.
+fn front_head<T>(
+    buf: &mut BytesMut,
+    read: impl FnOnce(&httparse::Response<'_, '_>, &[u8]) -> T,
+) -> Result<Option<(usize, T)>, httparse::Error> {
     loop {
-        if buf.is_empty() {
-            return false;
-        }
+        // Uninitialised slots: filling 128 empty headers per answer costs
+        // more than parsing a short head.
         let mut slots =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        let n = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)?
         {
-            Ok(httparse::Status::Complete(n)) => {
-                let code = resp.code.unwrap_or(0);
-                if (100..200).contains(&code) && code != 101 {
-                    buf.advance(n);
-                    continue;
-                }
-                return true;
-            }
-            Ok(httparse::Status::Partial) => return buf.len() > MAX_HEAD,
-            Err(_) => return true,
+            httparse::Status::Partial => return Ok(None),
+            httparse::Status::Complete(n) => n,
+        };
+        let code = resp.code.unwrap_or(0);
+        if (100..200).contains(&code) && code != 101 {
+            buf.advance(n);
+            continue;
         }
+        return Ok(Some((n, read(&resp, buf))));
     }
 }
 
@@ -470,41 +482,10 @@ pub(super) async fn read_head(conn: &mut Conn, method: &Method) -> Result<Head, 
 /// One complete head from the buffer, if it holds one (interim answers are
 /// consumed and skipped).
 fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Error> {
-    loop {
-        // Uninitialised slots: filling 128 empty headers per answer costs
-        // more than parsing a short head.
-        let mut slots =
-            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, &conn.buf, &mut slots)
-        {
-            Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
-            Ok(httparse::Status::Complete(_)) => return Err(Error::BadAnswer("head too large")),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Error::BadAnswer("too many headers"))
-            }
-            Err(_) => return Err(Error::BadAnswer("malformed head")),
-        };
-        let code = resp.code.unwrap_or(0);
-        let status =
-            StatusCode::from_u16(code).map_err(|_| Error::BadAnswer("status out of range"))?;
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                // Nothing poolgate sends asks for an upgrade.
-                return Err(Error::BadAnswer("unasked protocol switch"));
-            }
-            conn.buf.advance(len);
-            continue;
-        }
-        let version = if resp.version == Some(1) {
-            Version::HTTP_11
-        } else {
-            Version::HTTP_10
-        };
-        // The head's bytes, shared by the header values (no copy each).
-        let base = conn.buf.as_ptr() as usize;
+    // Where each header sits in the head's bytes, so that the values can
+    // share those bytes (no copy each).
+    let scanned = front_head(&mut conn.buf, |resp, bytes| {
+        let base = bytes.as_ptr() as usize;
         let spans: smallvec::SmallVec<[(usize, usize, usize, usize); 16]> = resp
             .headers
             .iter()
@@ -514,72 +495,108 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Error> {
                 (name_at, h.name.len(), value_at, h.value.len())
             })
             .collect();
-        let n = spans.len();
-        let raw = conn.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(n);
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        let mut other_coding = false;
-        let mut close = version != Version::HTTP_11;
-        for &(na, nl, va, vl) in &spans {
-            let name = HeaderName::from_bytes(&raw[na..na + nl])
-                .map_err(|_| Error::BadAnswer("bad header name"))?;
-            let value = HeaderValue::from_maybe_shared(raw.slice(va..va + vl))
-                .map_err(|_| Error::BadAnswer("bad header value"))?;
-            if name == header::CONTENT_LENGTH {
-                let v =
-                    parse_length(value.as_bytes()).ok_or(Error::BadAnswer("bad content-length"))?;
-                if length.is_some_and(|l| l != v) {
-                    return Err(Error::BadAnswer("conflicting content-length"));
-                }
-                length = Some(v);
-            } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding decides; it must be `chunked` to frame.
-                let s = value.to_str().unwrap_or("");
-                for coding in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-                    chunked = coding.eq_ignore_ascii_case("chunked");
-                    other_coding |= !chunked;
-                }
-            } else if name == header::CONNECTION {
-                let s = value.to_str().unwrap_or("");
-                if s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
-                    close = true;
-                }
+        (resp.code.unwrap_or(0), resp.version == Some(1), spans)
+    });
+    let (len, (code, http11, spans)) = match scanned {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::BadAnswer("too many headers")),
+        Err(_) => return Err(Error::BadAnswer("malformed head")),
+    };
+    if len > MAX_HEAD {
+        return Err(Error::BadAnswer("head too large"));
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| Error::BadAnswer("status out of range"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // Nothing poolgate sends asks for an upgrade.
+        return Err(Error::BadAnswer("unasked protocol switch"));
+    }
+    let version = if http11 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let n = spans.len();
+    let raw = conn.buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(n);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut other_coding = false;
+    let mut close = version != Version::HTTP_11;
+    // Names the answer's `Connection` lines list: hop-by-hop too (rare).
+    let mut named: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
+    for &(na, nl, va, vl) in &spans {
+        let name = HeaderName::from_bytes(&raw[na..na + nl])
+            .map_err(|_| Error::BadAnswer("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(va..va + vl))
+            .map_err(|_| Error::BadAnswer("bad header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let v = parse_length(value.as_bytes()).ok_or(Error::BadAnswer("bad content-length"))?;
+            if length.is_some_and(|l| l != v) {
+                return Err(Error::BadAnswer("conflicting content-length"));
             }
-            headers.append(name, value);
+            length = Some(v);
+        } else if name == header::TRANSFER_ENCODING {
+            // Only the last coding decides; it must be `chunked` to frame.
+            let s = value.to_str().unwrap_or("");
+            for coding in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                chunked = coding.eq_ignore_ascii_case("chunked");
+                other_coding |= !chunked;
+            }
+            continue;
+        } else if name == header::CONNECTION {
+            let s = value.to_str().unwrap_or("");
+            if s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                close = true;
+            }
+            let mut tokens = smallvec::SmallVec::new();
+            super::connection_names(&value, &mut tokens);
+            named.extend(
+                tokens
+                    .iter()
+                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
+            );
+            continue;
+        } else if super::hop_index(&name).is_some() {
+            // The answer's hop-by-hop headers stop here (RFC 9110 §7.6.1).
+            continue;
         }
-        let bodiless = *method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
-        let te = chunked || other_coding;
-        let body = if bodiless {
-            Framing::Length(0)
-        } else if te {
-            if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            }
-        } else if let Some(l) = length {
-            Framing::Length(l)
+        headers.append(name, value);
+    }
+    for n in named {
+        headers.remove(n);
+    }
+    let bodiless = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let te = chunked || other_coding;
+    let body = if bodiless {
+        Framing::Length(0)
+    } else if te {
+        if chunked {
+            Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
-        };
-        if te && !bodiless {
-            // A length beside a transfer coding is not to be trusted (nor passed on).
-            headers.remove(header::CONTENT_LENGTH);
         }
-        // Framed by a coding *and* a length, the upstream may disagree with
-        // us on where the answer ends: never reuse such a connection.
-        let reusable = !close && body != Framing::Close && !(te && length.is_some());
-        return Ok(Some(Head {
-            status,
-            version,
-            headers,
-            body,
-            reusable,
-        }));
+    } else if let Some(l) = length {
+        Framing::Length(l)
+    } else {
+        Framing::Close
+    };
+    if te && !bodiless {
+        // A length beside a transfer coding is not to be trusted (nor passed on).
+        headers.remove(header::CONTENT_LENGTH);
     }
+    // Framed by a coding *and* a length, the upstream may disagree with
+    // us on where the answer ends: never reuse such a connection.
+    let reusable = !close && body != Framing::Close && !(te && length.is_some());
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        body,
+        reusable,
+    }))
 }
 
 /// A `Content-Length` value: digits only (no sign, no space, no list).
@@ -613,10 +630,8 @@ pub(super) fn poll_body(
                     *rem -= n as u64;
                     return Poll::Ready(Some(Ok(conn.buf.split_to(n).freeze())));
                 }
-                match ready!(conn.poll_fill(cx)) {
-                    Ok(0) => return Poll::Ready(Some(Err(Error::Closed))),
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+                if let Err(e) = ready!(conn.poll_more(cx)) {
+                    return Poll::Ready(Some(Err(e)));
                 }
             }
             Framing::Close => {
@@ -633,11 +648,11 @@ pub(super) fn poll_body(
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(data))),
                 Ok(None) if *state == Chunk::Done => return Poll::Ready(None),
                 // More bytes wanted.
-                Ok(None) => match ready!(conn.poll_fill(cx)) {
-                    Ok(0) => return Poll::Ready(Some(Err(Error::Closed))),
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
-                },
+                Ok(None) => {
+                    if let Err(e) = ready!(conn.poll_more(cx)) {
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                }
                 Err(e) => return Poll::Ready(Some(Err(e))),
             },
         }

@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri};
+use http::{Method, Response, Uri};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -84,23 +84,25 @@ impl Pool {
         })
     }
 
-    /// Sends `req` (origin-form URI) on an idle connection or a new one.
+    /// Sends a request on an idle connection or a new one: `head` holds its
+    /// request line and headers (see [`h1::end_head`] for the rest).
     pub(super) async fn send(
         self: &Arc<Self>,
-        req: Request<UpstreamBody>,
+        method: Method,
+        mut head: Vec<u8>,
+        client_length: bool,
+        mut body: UpstreamBody,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let (parts, mut body) = req.into_parts();
         // The head, and a buffered body with it: one write.
-        let buffered = h1::buffered_body(&body);
-        let mut first = Vec::with_capacity(512 + buffered.as_ref().map_or(0, Bytes::len));
-        h1::encode_head(&parts, &body, &mut first);
-        if let Some(b) = &buffered {
-            first.extend_from_slice(b);
+        let framing = h1::end_head(&method, client_length, &body, &mut head);
+        if let Some(b) = h1::buffered_body(&body) {
+            head.extend_from_slice(&b);
         }
+        let first = head;
         // Whether the request may go again after a reused connection closed
         // on it unanswered: idempotent, and no body that streaming used up.
         let replayable = matches!(
-            parts.method,
+            method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         ) && (body.is_end_stream()
             || matches!(body, http_body_util::Either::Right(_)));
@@ -112,13 +114,13 @@ impl Pool {
                 // is moved a few times per request.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match h1::send(&mut conn, &first, &mut body).await {
+            match h1::send(&mut conn, &first, &mut body, framing).await {
                 Delivery::Done => {}
                 // Each retry used up an idle connection, so this ends.
                 Delivery::NotSent(_) if reused => continue,
                 Delivery::NotSent(e) | Delivery::Failed(e) => return Err(PoolError::Send(e)),
             }
-            match h1::read_head(&mut conn, &parts.method).await {
+            match h1::read_head(&mut conn, &method).await {
                 Ok(head) => {
                     let mut resp = Response::new(PooledBody {
                         conn: Some(conn),
@@ -341,13 +343,15 @@ mod tests {
         Pool::new(connector, target, 4, idle_timeout)
     }
 
-    fn get() -> Request<UpstreamBody> {
+    /// A bodiless GET: its head, and what `send` takes with it.
+    async fn send_get(p: &Arc<Pool>) -> Result<Response<PooledBody>, PoolError> {
         let body: UpstreamBody = Either::Right(http_body_util::Full::new(Bytes::new()));
-        Request::get("/x").header("host", "up").body(body).unwrap()
+        let head = b"GET /x HTTP/1.1\r\nhost: up\r\n".to_vec();
+        p.send(Method::GET, head, false, body).await
     }
 
     async fn send(p: &Arc<Pool>) -> String {
-        let Ok(resp) = p.send(get()).await else {
+        let Ok(resp) = send_get(p).await else {
             panic!("send failed")
         };
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -369,7 +373,7 @@ mod tests {
     async fn an_answer_dropped_unread_does_not_come_back() {
         let (target, accepted) = upstream().await;
         let p = pool(target, Duration::from_secs(60));
-        let Ok(resp) = p.send(get()).await else {
+        let Ok(resp) = send_get(&p).await else {
             panic!("send failed")
         };
         drop(resp);
