@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -24,24 +25,52 @@ use crate::store::Slot;
 
 impl Gateway {
     /// Forwards an unguarded request, streaming its body.
-    pub(super) async fn forward_stream(&self, req: Request<Incoming>, ctx: &Ctx) -> Answer {
+    ///
+    /// Like [`Gateway::forward`], not an `async fn`: the future holds the
+    /// upstream call, not the request beside it.
+    pub(super) fn forward_stream<'a>(
+        &'a self,
+        req: Request<Incoming>,
+        ctx: &'a Ctx,
+    ) -> impl Future<Output = Answer> + Send + 'a {
         let limit = usize::try_from(ctx.rt.max_body_bytes).unwrap_or(usize::MAX);
         let req = req.map(|b| Either::Left(Limited::new(b, limit)));
-        match self.forward(req, ctx).await {
+        self.forward(req, ctx).map(|forwarded| match forwarded {
             Ok(resp) => Answer::new(resp.map(|b| Either::Left(Replay::new(b))), "forwarded"),
             Err(a) => a,
-        }
+        })
     }
 
     /// Phase "forward": the upstream call, timed; a failure is answered here.
-    pub(super) async fn forward(
-        &self,
+    ///
+    /// The request goes to the upstream's head writer when this is called
+    /// (see `proxy::Upstream::forward`), so the future does not hold it.
+    pub(super) fn forward<'a>(
+        &'a self,
         req: Request<UpstreamBody>,
-        ctx: &Ctx,
-    ) -> Result<Response<PooledBody>, Answer> {
+        ctx: &'a Ctx,
+    ) -> impl Future<Output = Result<Response<PooledBody>, Answer>> + Send + 'a {
         let started = Instant::now();
         let trusted = ctx.rt.client_ip.is_trusted(ctx.peer_ip);
-        let mut result = self.upstream.forward(req, ctx.peer_ip, trusted).await;
+        // A combinator, not an `async` block: a block would hold the call
+        // twice (captured, then awaited).
+        #[allow(clippy::result_large_err)] // as in `answer_of`
+        self.upstream
+            .forward(req, ctx.peer_ip, trusted)
+            .map(move |result| self.answer_of(result, started, ctx))
+    }
+
+    /// The upstream call's result as the request's: its time observed, a
+    /// failure answered.
+    // The answer is about as large as the response it stands for, and moved
+    // once: boxing it would add an allocation to every failure for nothing.
+    #[allow(clippy::result_large_err)]
+    fn answer_of(
+        &self,
+        mut result: Result<Response<PooledBody>, ForwardError>,
+        started: Instant,
+        ctx: &Ctx,
+    ) -> Result<Response<PooledBody>, Answer> {
         let took = started.elapsed();
         self.metrics
             .upstream_duration

@@ -303,7 +303,10 @@ impl Gateway {
                 self.captcha(kind, &ctx).await
             }
             Class::Route(r) if rate_limit::guarded(kind) => {
-                let answer = self.guarded(req, r, &mut ctx, obs).await;
+                // Boxed: the guarded path's future is the largest by far
+                // (~2.4 KB); inline, every request's future would be that
+                // large, and is copied whole as it is built and boxed.
+                let answer = Box::pin(self.guarded(req, r, &mut ctx, obs)).await;
                 *label = ctx.label;
                 answer
             }

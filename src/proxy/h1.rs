@@ -545,17 +545,9 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Error> {
             }
             continue;
         } else if name == header::CONNECTION {
-            let s = value.to_str().unwrap_or("");
-            if s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
-                close = true;
-            }
             let mut tokens = smallvec::SmallVec::new();
-            super::connection_names(&value, &mut tokens);
-            named.extend(
-                tokens
-                    .iter()
-                    .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()),
-            );
+            close |= super::connection_tokens(&value, &mut tokens);
+            named.extend(tokens.iter().filter_map(|t| HeaderName::from_bytes(t).ok()));
             continue;
         } else if super::hop_index(&name).is_some() {
             // The answer's hop-by-hop headers stop here (RFC 9110 §7.6.1).
