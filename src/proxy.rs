@@ -236,6 +236,17 @@ impl Upstream {
         let mut client_length = false;
         let (mut has_proto, mut has_host) = (false, false);
         for (name, value) in h {
+            // A header the client's `Connection` names is its connection's,
+            // whatever its name: as if absent (so a named `X-Forwarded-For`
+            // is not carried on, and a named `X-Forwarded-Proto` is written
+            // afresh even from a trusted proxy).
+            if !named.is_empty()
+                && named
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+            {
+                continue;
+            }
             if *name == header::CONTENT_LENGTH {
                 client_length = true;
                 continue;
@@ -263,12 +274,6 @@ impl Upstream {
                     continue;
                 }
                 has_host = true;
-            } else if !named.is_empty()
-                && named
-                    .iter()
-                    .any(|n| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
-            {
-                continue;
             }
             push_header(out, name.as_str(), value.as_bytes());
         }
@@ -527,6 +532,30 @@ mod tests {
             "{h}"
         );
         assert!(!length);
+    }
+
+    #[test]
+    fn forwarding_headers_a_connection_line_names_count_as_absent() {
+        let req = Request::get("/")
+            .header("host", "gw.example.com")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "spoofed.example")
+            .header(
+                "connection",
+                "X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, Host",
+            )
+            .body(())
+            .unwrap();
+        let (h, _) = head(&upstream("", true), req, "10.0.0.7", true);
+        assert_eq!(
+            h,
+            "GET / HTTP/1.1\r\n\
+             host: gw.example.com\r\n\
+             x-forwarded-for: 10.0.0.7\r\n\
+             x-forwarded-proto: http\r\n\
+             x-forwarded-host: gw.example.com\r\n"
+        );
     }
 
     #[test]
