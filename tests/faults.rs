@@ -67,6 +67,34 @@ async fn an_upstream_that_hangs_on_a_login_gives_504_and_releases_the_reservatio
 }
 
 #[tokio::test]
+async fn a_login_answer_in_several_chunks_is_judged_whole_and_passed_on_byte_exact() {
+    bounded("test", LIMIT, async {
+        let (up, app, _dir) = start_fixture(|_| {}).await;
+        let (gw, admin) = (app.proxy_addr(), app.admin_addr());
+        // Each chunk is a body frame of its own: the verdict needs them joined.
+        up.set_mode(UpMode::Raw(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\
+              connection: close\r\n\r\n8\r\n{\"code\":\r\n6\r\n2333, \r\nf\r\n\"message\":\"no\"}\r\n0\r\n\r\n",
+        ));
+        let r = login(gw).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), r#"{"code":2333, "message":"no"}"#);
+        assert_eq!(ip_counter(admin).await, (1, 0), "a wrong password counted");
+        let m = metrics(admin).await;
+        assert_eq!(
+            metric(
+                &m,
+                "poolgate_login_outcomes_total",
+                &[("outcome", "wrong_password")]
+            ),
+            Some(1.0)
+        );
+        app.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_upstream_that_fails_a_login_counts_nothing_and_an_unreadable_answer_is_no_success() {
     bounded("test", LIMIT, async {
         let (up, app, _dir) = start_fixture(|_| {}).await;

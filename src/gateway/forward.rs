@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::answer::UpstreamTime;
 use super::guarded::{Call, Hold};
 use super::{Answer, Ctx, Gateway, Observe};
-use crate::guards::outcome::{self, Outcome, Place};
+use crate::guards::outcome::{self, Outcome, Place, Verdicts};
 use crate::proxy::{ForwardError, PooledBody, UpstreamBody};
 use crate::response::{self, Replay, RespBody};
 use crate::routes::RouteKind;
@@ -139,8 +139,10 @@ impl Gateway {
     ) -> Answer {
         let gw = self.clone();
         let task_ctx = ctx.clone();
-        let places: Vec<Place> = calls.iter().map(|c| c.place.clone()).collect();
-        let kinds: Vec<RouteKind> = calls.iter().map(|c| c.kind).collect();
+        // Inline for the usual one or two calls: no allocation per login.
+        let places: smallvec::SmallVec<[Place; 2]> =
+            calls.iter().map(|c| c.place.clone()).collect();
+        let kinds: smallvec::SmallVec<[RouteKind; 2]> = calls.iter().map(|c| c.kind).collect();
         let task = FinishOnDrop::new(async move {
             let resp = match gw.forward(req, &task_ctx).await {
                 Ok(r) => r,
@@ -168,7 +170,7 @@ impl Gateway {
                             504,
                             "upstream answer too slow",
                         ),
-                        vec![Outcome::Unknown; places.len()],
+                        smallvec::smallvec![Outcome::Unknown; places.len()],
                     )
                 }
             };
@@ -203,7 +205,7 @@ impl Gateway {
         resp: Response<PooledBody>,
         places: &[Place],
         ctx: &Ctx,
-    ) -> (Response<RespBody>, Vec<Outcome>) {
+    ) -> (Response<RespBody>, Verdicts) {
         let (parts, mut body) = resp.into_parts();
         let compressed = parts
             .headers
@@ -216,13 +218,24 @@ impl Gateway {
                 verdicts,
             );
         }
+        // An answer that comes in one piece (the usual, short one) is kept
+        // as it came; only one in several pieces is copied together.
+        let mut first = Bytes::new();
         let mut buf = bytes::BytesMut::new();
         let mut ended = false;
-        while buf.len() <= ctx.rt.settings.inspect_response_bytes {
+        while first.len() + buf.len() <= ctx.rt.settings.inspect_response_bytes {
             match body.frame().await {
                 // Login answers carry no trailers; any other frame is skipped.
                 Some(Ok(frame)) => {
-                    if let Ok(d) = frame.into_data() {
+                    let Ok(d) = frame.into_data() else {
+                        continue;
+                    };
+                    if first.is_empty() && buf.is_empty() {
+                        first = d;
+                    } else {
+                        if !first.is_empty() {
+                            buf.extend_from_slice(&std::mem::take(&mut first));
+                        }
                         buf.extend_from_slice(&d);
                     }
                 }
@@ -234,7 +247,7 @@ impl Gateway {
                             502,
                             "upstream answer broke off",
                         ),
-                        vec![Outcome::Unknown; places.len()],
+                        smallvec::smallvec![Outcome::Unknown; places.len()],
                     );
                 }
                 None => {
@@ -243,7 +256,7 @@ impl Gateway {
                 }
             }
         }
-        let bytes: Bytes = buf.freeze();
+        let bytes: Bytes = if buf.is_empty() { first } else { buf.freeze() };
         let verdicts = outcome::judge_calls(parts.status, ended.then_some(&bytes[..]), places);
         let body = if ended {
             Either::Right(Full::new(bytes))

@@ -68,10 +68,14 @@ pub enum Place {
     },
 }
 
+/// One verdict per call of a request: inline for the usual one or two
+/// calls (a login is one), so judging allocates nothing.
+pub type Verdicts = smallvec::SmallVec<[Outcome; 2]>;
+
 /// Judges one answer for each call, from its status and (uncompressed) body.
-pub fn judge_calls(status: StatusCode, body: Option<&[u8]>, places: &[Place]) -> Vec<Outcome> {
+pub fn judge_calls(status: StatusCode, body: Option<&[u8]>, places: &[Place]) -> Verdicts {
     let Some(body) = body.filter(|_| !status.is_server_error()) else {
-        return vec![Outcome::Unknown; places.len()];
+        return smallvec::smallvec![Outcome::Unknown; places.len()];
     };
     // Only a GraphQL place reads the tree; a REST answer is judged by `judge`.
     let graphql = places.iter().any(|p| matches!(p, Place::Graphql { .. }));
@@ -333,39 +337,40 @@ mod tests {
                 ok,
                 Some(b),
                 &[gql(Some(0), "loginByEmail"), gql(Some(1), "loginByEmail")]
-            ),
-            vec![Outcome::WrongPassword, Outcome::Success]
+            )
+            .as_slice(),
+            &[Outcome::WrongPassword, Outcome::Success]
         );
         // A batch answered by one object: nothing can be read per element.
         let one = br#"{"data":{"loginByEmail":{"id":"1"}}}"#;
         assert_eq!(
-            judge_calls(ok, Some(one), &[gql(Some(0), "loginByEmail")]),
-            vec![Outcome::Unreadable]
+            judge_calls(ok, Some(one), &[gql(Some(0), "loginByEmail")]).as_slice(),
+            &[Outcome::Unreadable]
         );
         // A missing element is no success either.
         assert_eq!(
-            judge_calls(ok, Some(b), &[gql(Some(5), "loginByEmail")]),
-            vec![Outcome::Unreadable]
+            judge_calls(ok, Some(b), &[gql(Some(5), "loginByEmail")]).as_slice(),
+            &[Outcome::Unreadable]
         );
         // Aliases: errors with a path name their field; errors without one
         // are every field's.
         let a = br#"{"data":{"a":{"id":"1"},"b":null},"errors":[{"path":["b"],"message":{"code":2333}}]}"#;
         assert_eq!(
-            judge_calls(ok, Some(a), &[gql(None, "a"), gql(None, "b")]),
-            vec![Outcome::Success, Outcome::WrongPassword]
+            judge_calls(ok, Some(a), &[gql(None, "a"), gql(None, "b")]).as_slice(),
+            &[Outcome::Success, Outcome::WrongPassword]
         );
         let all = br#"{"data":null,"errors":[{"message":{"code":2333}}]}"#;
         assert_eq!(
-            judge_calls(ok, Some(all), &[gql(None, "a"), gql(None, "b")]),
-            vec![Outcome::WrongPassword, Outcome::WrongPassword]
+            judge_calls(ok, Some(all), &[gql(None, "a"), gql(None, "b")]).as_slice(),
+            &[Outcome::WrongPassword, Outcome::WrongPassword]
         );
         assert_eq!(
-            judge_calls(ok, Some(b"not json"), &[gql(None, "a")]),
-            vec![Outcome::Unreadable]
+            judge_calls(ok, Some(b"not json"), &[gql(None, "a")]).as_slice(),
+            &[Outcome::Unreadable]
         );
         assert_eq!(
-            judge_calls(StatusCode::BAD_GATEWAY, Some(one), &[gql(None, "a")]),
-            vec![Outcome::Unknown]
+            judge_calls(StatusCode::BAD_GATEWAY, Some(one), &[gql(None, "a")]).as_slice(),
+            &[Outcome::Unknown]
         );
     }
 
