@@ -422,6 +422,7 @@ fn body_error(e: Box<dyn std::error::Error + Send + Sync>) -> Error {
 pub(super) struct Head {
     pub(super) status: StatusCode,
     pub(super) version: Version,
+    /// Its headers, but for hop-by-hop ones and those its `Connection` names.
     pub(super) headers: HeaderMap,
     pub(super) body: Framing,
     /// Whether the connection may carry another request once the body is read.

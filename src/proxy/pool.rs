@@ -98,7 +98,6 @@ impl Pool {
         if let Some(b) = h1::buffered_body(&body) {
             head.extend_from_slice(&b);
         }
-        let first = head;
         // Whether the request may go again after a reused connection closed
         // on it unanswered: idempotent, and no body that streaming used up.
         let replayable = matches!(
@@ -114,23 +113,23 @@ impl Pool {
                 // is moved a few times per request.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match h1::send(&mut conn, &first, &mut body, framing).await {
+            match h1::send(&mut conn, &head, &mut body, framing).await {
                 Delivery::Done => {}
                 // Each retry used up an idle connection, so this ends.
                 Delivery::NotSent(_) if reused => continue,
                 Delivery::NotSent(e) | Delivery::Failed(e) => return Err(PoolError::Send(e)),
             }
             match h1::read_head(&mut conn, &method).await {
-                Ok(head) => {
+                Ok(answer) => {
                     let mut resp = Response::new(PooledBody {
                         conn: Some(conn),
-                        framing: head.body,
-                        reusable: head.reusable,
+                        framing: answer.body,
+                        reusable: answer.reusable,
                         pool: Arc::downgrade(self),
                     });
-                    *resp.status_mut() = head.status;
-                    *resp.version_mut() = head.version;
-                    *resp.headers_mut() = head.headers;
+                    *resp.status_mut() = answer.status;
+                    *resp.version_mut() = answer.version;
+                    *resp.headers_mut() = answer.headers;
                     return Ok(resp);
                 }
                 Err(h1::Error::Closed) if reused && replayable => continue,
