@@ -11,9 +11,11 @@
 #![allow(clippy::expect_used)]
 
 use crate::guards::Guard;
+use std::sync::Arc;
+
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every `(guard, reason)` a guard rejection can carry (the labels of
@@ -219,6 +221,73 @@ pub struct Metrics {
     pub store_fallbacks: IntCounterVec,
     /// `poolgate_store_breaker_open`: 1 while the circuit breaker keeps Redis out of the path.
     pub store_breaker_open: IntGauge,
+    /// The series every request updates, looked up once ([`Hot`]).
+    hot: Arc<Hot>,
+}
+
+/// Route labels of the series [`Hot`] keeps (those of [`request_series`]).
+const HOT_ROUTES: [&str; 8] = [
+    "login",
+    "register",
+    "password",
+    "send_code",
+    "verify",
+    "graphql",
+    "other",
+    "captcha",
+];
+/// Outcome labels of the `poolgate_requests_total` series [`Hot`] keeps.
+const HOT_OUTCOMES: [&str; 5] = [
+    "forwarded",
+    "rejected",
+    "upstream_error",
+    "upstream_timeout",
+    "captcha_issued",
+];
+/// Method labels of the same.
+const HOT_METHODS: [&str; 2] = ["GET", "POST"];
+
+/// Handles of the series a request updates, made once: `with_label_values`
+/// hashes the labels, takes the family's read lock and clones an `Arc` whose
+/// count every worker then writes, on each call (three per login). Only the
+/// series [`Metrics::precreate`] makes anyway are kept; any other label set
+/// goes through `with_label_values` as before.
+struct Hot {
+    requests: [[[Option<IntCounter>; HOT_OUTCOMES.len()]; HOT_METHODS.len()]; HOT_ROUTES.len()],
+    upstream: [Option<Histogram>; HOT_ROUTES.len()],
+    login_outcomes: Vec<IntCounter>,
+}
+
+fn index_of(list: &[&str], label: &str) -> Option<usize> {
+    list.iter().position(|l| *l == label)
+}
+
+impl Hot {
+    fn of(requests: &IntCounterVec, upstream: &HistogramVec, outcomes: &IntCounterVec) -> Hot {
+        let mut hot = Hot {
+            requests: Default::default(),
+            upstream: Default::default(),
+            login_outcomes: LOGIN_OUTCOMES
+                .iter()
+                .map(|o| outcomes.with_label_values(&[o]))
+                .collect(),
+        };
+        for (route, method, outcome) in request_series() {
+            if let (Some(r), Some(m), Some(o)) = (
+                index_of(&HOT_ROUTES, route),
+                index_of(&HOT_METHODS, method),
+                index_of(&HOT_OUTCOMES, outcome),
+            ) {
+                hot.requests[r][m][o] = Some(requests.with_label_values(&[route, method, outcome]));
+            }
+        }
+        for route in FORWARDED_ROUTES {
+            if let Some(r) = index_of(&HOT_ROUTES, route) {
+                hot.upstream[r] = Some(upstream.with_label_values(&[route]));
+            }
+        }
+        hot
+    }
 }
 
 impl Metrics {
@@ -226,7 +295,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let r = &registry;
-        let m = Metrics {
+        let mut m = Metrics {
             requests: counter_vec(
                 r,
                 "poolgate_requests_total",
@@ -401,7 +470,17 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
+            hot: Arc::new(Hot {
+                requests: Default::default(),
+                upstream: Default::default(),
+                login_outcomes: Vec::new(),
+            }),
         };
+        m.hot = Arc::new(Hot::of(
+            &m.requests,
+            &m.upstream_duration,
+            &m.login_outcomes,
+        ));
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "poolgate_build_info",
@@ -422,6 +501,44 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
         m
+    }
+
+    /// Counts a request in `poolgate_requests_total{route, method, outcome}`.
+    #[inline]
+    pub fn count_request(&self, route: &str, method: &str, outcome: &str) {
+        let hot = (|| {
+            let r = index_of(&HOT_ROUTES, route)?;
+            let m = index_of(&HOT_METHODS, method)?;
+            self.hot.requests[r][m][index_of(&HOT_OUTCOMES, outcome)?].as_ref()
+        })();
+        match hot {
+            Some(c) => c.inc(),
+            None => self
+                .requests
+                .with_label_values(&[route, method, outcome])
+                .inc(),
+        }
+    }
+
+    /// Observes an upstream call's time in `poolgate_upstream_duration_seconds{route}`.
+    #[inline]
+    pub fn observe_upstream(&self, route: &str, seconds: f64) {
+        match index_of(&HOT_ROUTES, route).and_then(|r| self.hot.upstream[r].as_ref()) {
+            Some(h) => h.observe(seconds),
+            None => self
+                .upstream_duration
+                .with_label_values(&[route])
+                .observe(seconds),
+        }
+    }
+
+    /// Counts a forwarded login's outcome in `poolgate_login_outcomes_total{outcome}`.
+    #[inline]
+    pub fn count_login_outcome(&self, outcome: &str) {
+        match index_of(LOGIN_OUTCOMES, outcome).and_then(|i| self.hot.login_outcomes.get(i)) {
+            Some(c) => c.inc(),
+            None => self.login_outcomes.with_label_values(&[outcome]).inc(),
+        }
     }
 
     /// Creates at zero every series whose labels are known from the
@@ -617,5 +734,42 @@ mod tests {
         }
         assert!(!text.contains(r#"shadow_reject",guard="whitelist""#));
         assert!(!text.contains(r#"decision="reject",guard="cors""#));
+    }
+
+    /// The kept handles count in the very series `with_label_values` names,
+    /// and a label set they do not keep is still counted.
+    #[test]
+    fn kept_handles_count_in_the_named_series() {
+        let m = Metrics::new();
+        m.count_request("login", "POST", "forwarded");
+        m.count_request("login", "POST", "forwarded");
+        m.count_request("other", "PUT", "forwarded");
+        m.count_request("captcha", "GET", "captcha_issued");
+        m.observe_upstream("register", 0.25);
+        m.observe_upstream("elsewhere", 0.5);
+        m.count_login_outcome("wrong_password");
+        m.count_login_outcome("not_an_outcome");
+        let get = |labels: &[&str]| m.requests.with_label_values(labels).get();
+        assert_eq!(get(&["login", "POST", "forwarded"]), 2);
+        assert_eq!(get(&["other", "PUT", "forwarded"]), 1);
+        assert_eq!(get(&["captcha", "GET", "captcha_issued"]), 1);
+        assert_eq!(get(&["login", "GET", "forwarded"]), 0);
+        for route in ["register", "elsewhere"] {
+            let h = m.upstream_duration.with_label_values(&[route]);
+            assert_eq!(h.get_sample_count(), 1, "{route}");
+        }
+        assert_eq!(
+            m.upstream_duration
+                .with_label_values(&["login"])
+                .get_sample_count(),
+            0
+        );
+        for outcome in ["wrong_password", "not_an_outcome"] {
+            assert_eq!(
+                m.login_outcomes.with_label_values(&[outcome]).get(),
+                1,
+                "{outcome}"
+            );
+        }
     }
 }

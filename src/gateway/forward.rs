@@ -72,10 +72,7 @@ impl Gateway {
         ctx: &Ctx,
     ) -> Result<Response<PooledBody>, Answer> {
         let took = started.elapsed();
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[ctx.label])
-            .observe(took.as_secs_f64());
+        self.metrics.observe_upstream(ctx.label, took.as_secs_f64());
         // For the access log only: an extension costs a map allocation.
         if ctx.rt.settings.access_log.enabled() {
             if let Ok(r) = result.as_mut() {
@@ -186,10 +183,7 @@ impl Gateway {
     fn settle(&self, kinds: &[RouteKind], verdicts: &[Outcome], holds: Vec<Hold>) {
         for (kind, v) in kinds.iter().zip(verdicts) {
             if matches!(kind, RouteKind::Login) {
-                self.metrics
-                    .login_outcomes
-                    .with_label_values(&[v.as_str()])
-                    .inc();
+                self.metrics.count_login_outcome(v.as_str());
             }
         }
         Slot::settle_all(holds.into_iter().map(|h| {

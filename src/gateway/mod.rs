@@ -213,10 +213,7 @@ impl<'a> Observe<'a> {
         rt: &Runtime,
     ) {
         self.state.store(ANSWERED, Ordering::Relaxed);
-        self.metrics
-            .requests
-            .with_label_values(&[route, method, outcome])
-            .inc();
+        self.metrics.count_request(route, method, outcome);
         if rt.settings.access_log.sampled() {
             answer::access_line(resp, method, route, outcome);
         }
