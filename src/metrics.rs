@@ -225,17 +225,14 @@ pub struct Metrics {
     hot: Arc<Hot>,
 }
 
-/// Route labels of the series [`Hot`] keeps (those of [`request_series`]).
-const HOT_ROUTES: [&str; 8] = [
-    "login",
-    "register",
-    "password",
-    "send_code",
-    "verify",
-    "graphql",
-    "other",
-    "captcha",
-];
+/// Route labels [`Hot`] keeps series of: [`FORWARDED_ROUTES`], then
+/// `captcha` (every route of [`request_series`]).
+const HOT_ROUTES: usize = FORWARDED_ROUTES.len() + 1;
+
+fn hot_route(route: &str) -> Option<usize> {
+    index_of(FORWARDED_ROUTES, route).or((route == "captcha").then_some(FORWARDED_ROUTES.len()))
+}
+
 /// Outcome labels of the `poolgate_requests_total` series [`Hot`] keeps.
 const HOT_OUTCOMES: [&str; 5] = [
     "forwarded",
@@ -253,8 +250,8 @@ const HOT_METHODS: [&str; 2] = ["GET", "POST"];
 /// series [`Metrics::precreate`] makes anyway are kept; any other label set
 /// goes through `with_label_values` as before.
 struct Hot {
-    requests: [[[Option<IntCounter>; HOT_OUTCOMES.len()]; HOT_METHODS.len()]; HOT_ROUTES.len()],
-    upstream: [Option<Histogram>; HOT_ROUTES.len()],
+    requests: [[[Option<IntCounter>; HOT_OUTCOMES.len()]; HOT_METHODS.len()]; HOT_ROUTES],
+    upstream: [Option<Histogram>; HOT_ROUTES],
     login_outcomes: Vec<IntCounter>,
 }
 
@@ -274,7 +271,7 @@ impl Hot {
         };
         for (route, method, outcome) in request_series() {
             if let (Some(r), Some(m), Some(o)) = (
-                index_of(&HOT_ROUTES, route),
+                hot_route(route),
                 index_of(&HOT_METHODS, method),
                 index_of(&HOT_OUTCOMES, outcome),
             ) {
@@ -282,7 +279,7 @@ impl Hot {
             }
         }
         for route in FORWARDED_ROUTES {
-            if let Some(r) = index_of(&HOT_ROUTES, route) {
+            if let Some(r) = hot_route(route) {
                 hot.upstream[r] = Some(upstream.with_label_values(&[route]));
             }
         }
@@ -507,7 +504,7 @@ impl Metrics {
     #[inline]
     pub fn count_request(&self, route: &str, method: &str, outcome: &str) {
         let hot = (|| {
-            let r = index_of(&HOT_ROUTES, route)?;
+            let r = hot_route(route)?;
             let m = index_of(&HOT_METHODS, method)?;
             self.hot.requests[r][m][index_of(&HOT_OUTCOMES, outcome)?].as_ref()
         })();
@@ -523,7 +520,7 @@ impl Metrics {
     /// Observes an upstream call's time in `poolgate_upstream_duration_seconds{route}`.
     #[inline]
     pub fn observe_upstream(&self, route: &str, seconds: f64) {
-        match index_of(&HOT_ROUTES, route).and_then(|r| self.hot.upstream[r].as_ref()) {
+        match hot_route(route).and_then(|r| self.hot.upstream[r].as_ref()) {
             Some(h) => h.observe(seconds),
             None => self
                 .upstream_duration
@@ -770,6 +767,17 @@ mod tests {
                 1,
                 "{outcome}"
             );
+        }
+        // Every precreated series is kept (none falls back to the lookup).
+        for (route, method, outcome) in request_series() {
+            let kept = hot_route(route).and_then(|r| {
+                let i = index_of(&HOT_METHODS, method)?;
+                m.hot.requests[r][i][index_of(&HOT_OUTCOMES, outcome)?].as_ref()
+            });
+            assert!(kept.is_some(), "{route} {method} {outcome}");
+        }
+        for route in FORWARDED_ROUTES {
+            assert!(hot_route(route).is_some_and(|r| m.hot.upstream[r].is_some()));
         }
     }
 }
