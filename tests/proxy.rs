@@ -596,6 +596,64 @@ async fn a_chunked_body_over_the_limit_gets_413_and_never_arrives_whole() {
     .await;
 }
 
+/// A streamed body of the given pieces, one frame each, without a content-length.
+fn pieces(parts: &[&str]) -> StreamBody<futures_util::stream::Iter<Frames>> {
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = parts
+        .iter()
+        .map(|p| Ok(Frame::data(Bytes::from(p.to_string()))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames))
+}
+
+#[tokio::test]
+async fn a_guarded_login_in_pieces_is_judged_whole_and_forwarded_byte_exact() {
+    bounded("test", LIMIT, async {
+        let r = rig(|c| c.guards.inspect_body_bytes = 100).await;
+        let (gw, admin) = (r.app.proxy_addr(), r.app.admin_addr());
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let login = |parts: &[&str]| {
+            Request::post(format!("http://{gw}/api/v2/login/account"))
+                .header("content-type", "application/json")
+                .body(pieces(parts))
+                .unwrap()
+        };
+        // The account's name is cut across three pieces: read as one body, it
+        // is counted for that account (a wrong password).
+        let parts = [
+            r#"{"account":"pie"#,
+            r#"ces@exam"#,
+            r#"ple.com","password":"wrong"}"#,
+        ];
+        let resp = client.request(login(&parts)).await.expect("answered");
+        let status = resp.status();
+        let answer = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, StatusCode::OK, "{answer:?}");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["code"],
+            2333
+        );
+        let sent = r.up.only("/api/v2/login/account").body;
+        assert_eq!(sent, parts.concat().as_bytes(), "forwarded byte-exact");
+        let c = get(admin, "/counters?account=pieces@example.com").await;
+        assert_eq!(c.json()["password_failures"]["count"], 1, "{}", c.text());
+
+        // Pieces that together pass guards.inspect_body_bytes (each alone
+        // does not): 413, and nothing arrives.
+        let long = "x".repeat(60);
+        let parts = [r#"{"account":"a@example.com","password":""#, &long, r#""}"#];
+        let resp = client.request(login(&parts)).await.expect("answered");
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        wait_for_quiet().await;
+        assert_eq!(
+            r.up.complete_to("/api/v2/login/account").len(),
+            1,
+            "only the first"
+        );
+        r.app.shutdown().await;
+    })
+    .await;
+}
+
 /// Gives in-flight upstream bookkeeping a moment to settle before asserting an absence.
 async fn wait_for_quiet() {
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -5,10 +5,10 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::Request;
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use smallvec::SmallVec;
 
@@ -38,6 +38,44 @@ pub(super) type Calls = SmallVec<[Call; 1]>;
 
 /// What a request's body says, per call: kind, facts, the place of its verdict.
 type ReadCalls = SmallVec<[(RouteKind, Facts, Place); 1]>;
+
+/// Why a guarded body could not be read whole.
+enum BodyRead {
+    /// Longer than `inspect_body_bytes`.
+    TooLarge,
+    /// The connection failed or the framing was broken mid-body.
+    Broken,
+}
+
+/// Reads a body whole, up to `limit` bytes (trailers are not kept). A body
+/// in one frame, the usual login, is kept as that frame's `Bytes`: no copy
+/// and no list of frames (`http_body_util`'s `Collect` allocated one per
+/// request); later frames are copied into one buffer.
+async fn read_whole(mut body: Incoming, limit: usize) -> Result<Bytes, BodyRead> {
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyRead::Broken)?.into_data() else {
+            continue;
+        };
+        len = len.saturating_add(data.len());
+        if len > limit {
+            return Err(BodyRead::TooLarge);
+        }
+        match &mut more {
+            Some(buf) => buf.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buf = BytesMut::with_capacity(len);
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                more = Some(buf);
+            }
+        }
+    }
+    Ok(more.map_or(first, BytesMut::freeze))
+}
 
 /// A slot a forwarded call holds until its outcome is known.
 pub(super) struct Hold {
@@ -92,7 +130,7 @@ impl Gateway {
     /// Reads a guarded request's whole body (up to `inspect_body_bytes`, within
     /// `body_read_timeout`). Its refusals are not shadowable: the body is gone.
     async fn read_body(&self, body: Incoming, ctx: &Ctx) -> Phase<Bytes> {
-        let collect = Limited::new(body, ctx.rt.settings.inspect_body_bytes).collect();
+        let collect = read_whole(body, ctx.rt.settings.inspect_body_bytes);
         // A body that trickles in would hold the connection (and its slot)
         // for as long as the client likes: bound the read.
         let read = match ctx.rt.settings.body_read_timeout {
@@ -107,12 +145,11 @@ impl Gateway {
             return ControlFlow::Break(Answer::rejected(r));
         };
         match read {
-            Ok(b) => ControlFlow::Continue(b.to_bytes()),
+            Ok(b) => ControlFlow::Continue(b),
             Err(e) => {
-                let rej = if e.is::<http_body_util::LengthLimitError>() {
-                    body::too_large_to_inspect()
-                } else {
-                    body::broken()
+                let rej = match e {
+                    BodyRead::TooLarge => body::too_large_to_inspect(),
+                    BodyRead::Broken => body::broken(),
                 };
                 ControlFlow::Break(Answer::rejected(self.refuse(rej, ctx, ctx.client.ip)))
             }
