@@ -132,13 +132,22 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// between the quotes (without escapes that is the decoded key); values are
 /// raw JSON, checked as serde_json checks a value it skips.
 pub fn scan_object(s: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
+    let mut members = Vec::with_capacity(8);
+    visit_object(s, |key, value| members.push((Cow::Borrowed(key), value)))?;
+    Some(members)
+}
+
+/// [`scan_object`] without collecting: `visit` sees each member (key, raw
+/// value) in document order as it is read. On `None` it may have seen some
+/// members of a document the scanner then refused: the caller drops what it
+/// learnt from them and asks serde_json.
+pub fn visit_object<'s>(s: &'s str, mut visit: impl FnMut(&'s str, &'s str)) -> Option<()> {
     let b = s.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(b, i + 1);
-    let mut members = Vec::with_capacity(8);
     if b.get(i) == Some(&b'}') {
         i += 1;
     } else {
@@ -154,7 +163,7 @@ pub fn scan_object(s: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
             }
             let start = skip_ws(b, i + 1);
             i = skip_value(b, start)?;
-            members.push((Cow::Borrowed(key), s.get(start..i)?));
+            visit(key, s.get(start..i)?);
             i = skip_ws(b, i);
             match b.get(i) {
                 Some(b',') => i = skip_ws(b, i + 1),
@@ -166,7 +175,7 @@ pub fn scan_object(s: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
             }
         }
     }
-    (skip_ws(b, i) == b.len()).then_some(members)
+    (skip_ws(b, i) == b.len()).then_some(())
 }
 
 /// The index of the closing quote of a string starting at `i` (after its

@@ -143,9 +143,9 @@ pub fn judge(status: StatusCode, body: Option<&[u8]>) -> Outcome {
     judge_fast(status, body).unwrap_or_else(|| judge_reference(status, body))
 }
 
-/// An answer read from its top-level members (the request side's lazy JSON
-/// view: one pass, no tree; building a `serde_json::Value` here was ~12% of a
-/// login's instructions). `None` for an answer with `errors`, which
+/// An answer read from its top-level members as the request side's JSON
+/// scanner meets them (one pass, no tree, no list; building a
+/// `serde_json::Value` here was ~12% of a login's instructions). `None` for an answer with `errors`, which
 /// [`judge_reference`] reads. The property test holds the two to the same
 /// verdicts; they differ only on numbers outside f64's range, which the
 /// reference refuses as JSON and this reads as no code.
@@ -153,6 +153,16 @@ fn judge_fast(status: StatusCode, body: &[u8]) -> Option<Outcome> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Some(not_json(status));
     }
+    // The usual answer: read member by member as scanned, nothing collected.
+    let mut seen = Codes::default();
+    let scanned = std::str::from_utf8(body)
+        .ok()
+        .and_then(|s| crate::extract::json::visit_object(s, |k, raw| seen.see(k, raw)));
+    if scanned.is_some() {
+        return seen.verdict(status);
+    }
+    // What the scanner leaves to serde_json (escaped keys, arrays, errors in
+    // the syntax): through the lazy document, from scratch.
     let Ok(doc) = crate::extract::json::LazyJson::parse(body) else {
         return Some(not_json(status));
     };
@@ -160,31 +170,58 @@ fn judge_fast(status: StatusCode, body: &[u8]) -> Option<Outcome> {
     let Some(members) = doc.members() else {
         return Some(Outcome::Unreadable);
     };
-    let (mut code, mut status_code, mut api_code) = (None, None, None);
-    // serde_json's map keeps the last of duplicate keys: so does this.
+    let mut seen = Codes::default();
     for (key, raw) in members {
-        match key.as_ref() {
-            "errors" => return None,
-            "code" => code = Some(as_i64(raw)),
-            "statusCode" => status_code = Some(as_i64(raw)),
-            "apiCode" => api_code = Some(as_i64(raw)),
+        seen.see(key, raw);
+    }
+    seen.verdict(status)
+}
+
+/// The top-level members [`judge_fast`] reads, as it meets them.
+#[derive(Default)]
+struct Codes {
+    code: Option<Option<i64>>,
+    status_code: Option<Option<i64>>,
+    api_code: Option<Option<i64>>,
+    errors: bool,
+}
+
+impl Codes {
+    fn see(&mut self, key: &str, raw: &str) {
+        // serde_json's map keeps the last of duplicate keys: so does this.
+        match key {
+            "errors" => self.errors = true,
+            "code" => self.code = Some(as_i64(raw)),
+            "statusCode" => self.status_code = Some(as_i64(raw)),
+            "apiCode" => self.api_code = Some(as_i64(raw)),
             _ => {}
         }
     }
-    let (code, status_code, api_code) = (code.flatten(), status_code.flatten(), api_code.flatten());
-    if let Some(api) = api_code {
-        if status_code.or(code) != Some(200) {
-            return Some(from_code(api).min_failed());
+
+    /// `None` for an answer with `errors`, which [`judge_reference`] reads.
+    fn verdict(self, status: StatusCode) -> Option<Outcome> {
+        if self.errors {
+            return None;
         }
+        let (code, status_code, api_code) = (
+            self.code.flatten(),
+            self.status_code.flatten(),
+            self.api_code.flatten(),
+        );
+        if let Some(api) = api_code {
+            if status_code.or(code) != Some(200) {
+                return Some(from_code(api).min_failed());
+            }
+        }
+        if let Some(c) = code.or(status_code) {
+            return Some(from_code(c));
+        }
+        Some(if status.is_success() {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        })
     }
-    if let Some(c) = code.or(status_code) {
-        return Some(from_code(c));
-    }
-    Some(if status.is_success() {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
 }
 
 /// An answer that is not JSON: a client error is a failure; anything else
@@ -376,7 +413,7 @@ mod tests {
 
     #[test]
     fn the_fast_judge_reads_authing_answers_like_the_reference() {
-        let cases: [(&[u8], Outcome); 9] = [
+        let cases: [(&[u8], Outcome); 11] = [
             (
                 br#"{"code":200,"message":"ok","data":{"token":"t"}}"#,
                 Outcome::Success,
@@ -398,6 +435,10 @@ mod tests {
             (br#"{"code":"200","statusCode":2.0e2}"#, Outcome::Success),
             (br#"{"code":-0}"#, Outcome::Success),
             (br#"{"code":9223372036854775808}"#, Outcome::Success),
+            // The scanner meets a code, then gives up (a leading zero, an
+            // escaped key): serde_json decides.
+            (br#"{"code":2333,"x":01}"#, Outcome::Unreadable),
+            (br#"{"code":2333,"co\u0064e":200}"#, Outcome::Success),
         ];
         for (body, want) in cases {
             let text = String::from_utf8_lossy(body);
