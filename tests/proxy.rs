@@ -546,12 +546,18 @@ async fn a_body_over_the_limit_with_content_length_gets_413_and_is_not_forwarded
 
 type Frames = std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>;
 
+/// A streamed body of these frames, without a content-length.
+fn frames(
+    parts: impl IntoIterator<Item = Bytes>,
+) -> StreamBody<futures_util::stream::Iter<Frames>> {
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+        parts.into_iter().map(|b| Ok(Frame::data(b))).collect();
+    StreamBody::new(futures_util::stream::iter(frames))
+}
+
 /// A streamed body of `n` chunks of `size` bytes, without a content-length.
 fn chunked(n: usize, size: usize) -> StreamBody<futures_util::stream::Iter<Frames>> {
-    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..n)
-        .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + (i % 26) as u8; size]))))
-        .collect();
-    StreamBody::new(futures_util::stream::iter(frames))
+    frames((0..n).map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; size])))
 }
 
 #[tokio::test]
@@ -596,15 +602,6 @@ async fn a_chunked_body_over_the_limit_gets_413_and_never_arrives_whole() {
     .await;
 }
 
-/// A streamed body of the given pieces, one frame each, without a content-length.
-fn pieces(parts: &[&str]) -> StreamBody<futures_util::stream::Iter<Frames>> {
-    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = parts
-        .iter()
-        .map(|p| Ok(Frame::data(Bytes::from(p.to_string()))))
-        .collect();
-    StreamBody::new(futures_util::stream::iter(frames))
-}
-
 #[tokio::test]
 async fn a_guarded_login_in_pieces_is_judged_whole_and_forwarded_byte_exact() {
     bounded("test", LIMIT, async {
@@ -614,7 +611,7 @@ async fn a_guarded_login_in_pieces_is_judged_whole_and_forwarded_byte_exact() {
         let login = |parts: &[&str]| {
             Request::post(format!("http://{gw}/api/v2/login/account"))
                 .header("content-type", "application/json")
-                .body(pieces(parts))
+                .body(frames(parts.iter().map(|p| Bytes::from(p.to_string()))))
                 .unwrap()
         };
         // The account's name is cut across three pieces: read as one body, it
