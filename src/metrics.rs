@@ -285,6 +285,14 @@ impl Hot {
         }
         hot
     }
+
+    /// The kept handle of `poolgate_requests_total{route, method, outcome}`.
+    #[inline]
+    fn request(&self, route: &str, method: &str, outcome: &str) -> Option<&IntCounter> {
+        let r = hot_route(route)?;
+        let m = index_of(&HOT_METHODS, method)?;
+        self.requests[r][m][index_of(&HOT_OUTCOMES, outcome)?].as_ref()
+    }
 }
 
 impl Metrics {
@@ -292,20 +300,30 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let r = &registry;
-        let mut m = Metrics {
-            requests: counter_vec(
-                r,
-                "poolgate_requests_total",
-                "Requests handled, by route class, method and outcome.",
-                &["route", "method", "outcome"],
-            ),
-            upstream_duration: histogram_vec(
-                r,
-                "poolgate_upstream_duration_seconds",
-                "Time from forwarding a request to the upstream's response headers.",
-                exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
-                &["route"],
-            ),
+        let requests = counter_vec(
+            r,
+            "poolgate_requests_total",
+            "Requests handled, by route class, method and outcome.",
+            &["route", "method", "outcome"],
+        );
+        let upstream_duration = histogram_vec(
+            r,
+            "poolgate_upstream_duration_seconds",
+            "Time from forwarding a request to the upstream's response headers.",
+            exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
+            &["route"],
+        );
+        let login_outcomes = counter_vec(
+            r,
+            "poolgate_login_outcomes_total",
+            "Forwarded logins by the upstream's verdict.",
+            &["outcome"],
+        );
+        // Creates the series it keeps handles of, at zero.
+        let hot = Arc::new(Hot::of(&requests, &upstream_duration, &login_outcomes));
+        let m = Metrics {
+            requests,
+            upstream_duration,
             inflight: register(
                 r,
                 IntGauge::new("poolgate_inflight_requests", "Requests being handled now.")
@@ -396,12 +414,7 @@ impl Metrics {
                 "Guard decisions that stopped (or in dry run would have stopped) a request.",
                 &["guard", "decision", "reason"],
             ),
-            login_outcomes: counter_vec(
-                r,
-                "poolgate_login_outcomes_total",
-                "Forwarded logins by the upstream's verdict.",
-                &["outcome"],
-            ),
+            login_outcomes,
             tracked_keys: {
                 let g = IntGaugeVec::new(
                     Opts::new("poolgate_tracked_keys", "Keys tracked by each counter."),
@@ -467,17 +480,8 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
-            hot: Arc::new(Hot {
-                requests: Default::default(),
-                upstream: Default::default(),
-                login_outcomes: Vec::new(),
-            }),
+            hot,
         };
-        m.hot = Arc::new(Hot::of(
-            &m.requests,
-            &m.upstream_duration,
-            &m.login_outcomes,
-        ));
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "poolgate_build_info",
@@ -503,12 +507,7 @@ impl Metrics {
     /// Counts a request in `poolgate_requests_total{route, method, outcome}`.
     #[inline]
     pub fn count_request(&self, route: &str, method: &str, outcome: &str) {
-        let hot = (|| {
-            let r = hot_route(route)?;
-            let m = index_of(&HOT_METHODS, method)?;
-            self.hot.requests[r][m][index_of(&HOT_OUTCOMES, outcome)?].as_ref()
-        })();
-        match hot {
+        match self.hot.request(route, method, outcome) {
             Some(c) => c.inc(),
             None => self
                 .requests
@@ -540,14 +539,10 @@ impl Metrics {
 
     /// Creates at zero every series whose labels are known from the
     /// configuration (see the constants of this module), so that the first
-    /// scrape has them.
+    /// scrape has them. (The series of [`request_series`],
+    /// [`FORWARDED_ROUTES`] and [`LOGIN_OUTCOMES`] are made by [`Metrics::new`],
+    /// which keeps their handles.)
     pub fn precreate(&self, known: &Known<'_>) {
-        for (route, method, outcome) in request_series() {
-            self.requests.with_label_values(&[route, method, outcome]);
-        }
-        for route in FORWARDED_ROUTES {
-            self.upstream_duration.with_label_values(&[route]);
-        }
         for (guard, reason) in guard_reasons() {
             // A guard in dry run shadows rather than rejects.
             let decision = if known.shadowed.contains(&guard) {
@@ -568,9 +563,6 @@ impl Metrics {
         }
         for reason in OTHER_REJECTION_REASONS {
             self.rejections.with_label_values(&[reason]);
-        }
-        for outcome in LOGIN_OUTCOMES {
-            self.login_outcomes.with_label_values(&[outcome]);
         }
         for counter in TRACKED_COUNTERS {
             self.tracked_keys.with_label_values(&[counter]);
@@ -770,10 +762,7 @@ mod tests {
         }
         // Every precreated series is kept (none falls back to the lookup).
         for (route, method, outcome) in request_series() {
-            let kept = hot_route(route).and_then(|r| {
-                let i = index_of(&HOT_METHODS, method)?;
-                m.hot.requests[r][i][index_of(&HOT_OUTCOMES, outcome)?].as_ref()
-            });
+            let kept = m.hot.request(route, method, outcome);
             assert!(kept.is_some(), "{route} {method} {outcome}");
         }
         for route in FORWARDED_ROUTES {
