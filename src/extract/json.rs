@@ -58,7 +58,7 @@ impl<'a> LazyJson<'a> {
     }
 
     /// The same as [`LazyJson::parse`] through serde_json alone: the reference
-    /// the scanner is tested against.
+    /// the scanner is tested against, and the reading of what it refuses.
     #[doc(hidden)]
     pub fn parse_reference(body: &'a [u8]) -> Result<Self, ExtractError> {
         if body.iter().all(u8::is_ascii_whitespace) {

@@ -145,8 +145,8 @@ pub fn judge(status: StatusCode, body: Option<&[u8]>) -> Outcome {
 
 /// An answer read from its top-level members as the request side's JSON
 /// scanner meets them (one pass, no tree, no list; building a
-/// `serde_json::Value` here was ~12% of a login's instructions). `None` for an answer with `errors`, which
-/// [`judge_reference`] reads. The property test holds the two to the same
+/// `serde_json::Value` here was ~12% of a login's instructions). `None` for
+/// an answer with `errors`, which [`judge_reference`] reads. The property test holds the two to the same
 /// verdicts; they differ only on numbers outside f64's range, which the
 /// reference refuses as JSON and this reads as no code.
 fn judge_fast(status: StatusCode, body: &[u8]) -> Option<Outcome> {
@@ -162,8 +162,9 @@ fn judge_fast(status: StatusCode, body: &[u8]) -> Option<Outcome> {
         return seen.verdict(status);
     }
     // What the scanner leaves to serde_json (escaped keys, arrays, errors in
-    // the syntax): through the lazy document, from scratch.
-    let Ok(doc) = crate::extract::json::LazyJson::parse(body) else {
+    // the syntax): its lazy document, from scratch (the scanner, which
+    // `LazyJson::parse` would try first, has just refused it).
+    let Ok(doc) = crate::extract::json::LazyJson::parse_reference(body) else {
         return Some(not_json(status));
     };
     // An array (a batch's answer) or a scalar says nothing about one call.
