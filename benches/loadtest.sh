@@ -6,7 +6,9 @@
 #   benches/loadtest.sh memory     # RSS after 1,000,000 distinct client keys, and after they expire
 #   SOAK=1 benches/loadtest.sh     # soak: mixed traffic, policy swaps, upstream faults, RSS (10 min)
 #   benches/loadtest.sh instructions # instructions per request of poolgate (and BASELINE) under
-#                                  # valgrind's callgrind: exact, so two builds compare on a noisy box
+#                                  # valgrind's callgrind: exact, so two builds compare on a noisy box;
+#                                  # INSTR_REDIS=1 adds poolgate on the Redis store and redis-server's
+#                                  # own instructions per request (both under callgrind)
 #   benches/loadtest.sh serve      # start every target as configured here, print their ports and
 #                                  # pids, and hold them (SERVE_SECS, 600) for perf/strace by hand
 #
@@ -160,7 +162,7 @@ need() {
 }
 need nginx nginx
 need wrk wrk
-[ "$REDIS" = 1 ] && [ "$MODE" != memory ] && need redis-server redis-server
+[ "$REDIS" = 1 ] && [ "$MODE" != memory ] && need redis-server redis-server && need redis-cli redis-tools
 if [ "$CLUSTER" = 1 ] && [ "$MODE" != memory ]; then
   need redis-server redis-server
   need redis-cli redis-tools
@@ -270,7 +272,9 @@ RUN=()
 if [ "$MODE" = instructions ]; then
   need valgrind valgrind
   RUN=(valgrind -q --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
-  REDIS=0 CLUSTER=0
+  # INSTR_REDIS=1: also poolgate on the Redis store, with redis-server under
+  # callgrind too, so the server's instructions per request show.
+  REDIS=${INSTR_REDIS:-0} CLUSTER=0
 fi
 "${RUN[@]}" "$BIN" --config "$work/poolgate.toml" >"$work/poolgate.log" 2>&1 &
 pg_pid=$!
@@ -287,13 +291,16 @@ wait_ready "$ADMIN" "$work/poolgate.log"
 
 if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
   # The same poolgate, counters in Redis (one round trip per guarded request).
-  redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  "${RUN[@]}" redis-server --bind 127.0.0.1 --port "$RDS" --save "" --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
   redis_pid=$!
   sed -e "s/127.0.0.1:$PG/127.0.0.1:$PGR/; s/127.0.0.1:$ADMIN/127.0.0.1:$ADMINR/" "$work/poolgate.toml" >"$work/poolgate-redis.toml"
   printf '[store]\nkind = "redis"\n[store.redis]\nurl = "redis://127.0.0.1:%s/0"\n' "$RDS" >>"$work/poolgate-redis.toml"
-  sleep 0.3
-  "$BIN" --config "$work/poolgate-redis.toml" >"$work/poolgate-redis.log" 2>&1 &
-  pids+=("$!")
+  # Both under callgrind, each call takes ~50x longer: not a timeout.
+  [ "$MODE" = instructions ] && printf 'timeout = "5s"\n' >>"$work/poolgate-redis.toml"
+  for _ in $(seq 300); do redis-cli -p "$RDS" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  "${RUN[@]}" "$BIN" --config "$work/poolgate-redis.toml" >"$work/poolgate-redis.log" 2>&1 &
+  pgr_pid=$!
+  pids+=("$pgr_pid")
   wait_ready "$ADMINR" "$work/poolgate-redis.log"
 fi
 
@@ -406,7 +413,7 @@ if [ "$MODE" = instructions ]; then
   # Zero the counters, send a fixed load, dump: instructions (Ir) per request
   # in poolgate's process (user space; syscalls count as one instruction).
   INSTR_SECS=${INSTR_SECS:-6}
-  printf '%-8s %-10s %10s %14s\n' scenario target requests "instr/request"
+  printf '%-8s %-12s %10s %14s\n' scenario target requests "instr/request"
   for r in $(seq "$ROUNDS"); do
     for scenario in get login mix; do
       case $scenario in
@@ -414,19 +421,27 @@ if [ "$MODE" = instructions ]; then
         login) path=/api/v2/login/account script=(-s "$work/login.lua") ;;
         mix) path=/api/v2/login/account script=(-s "$work/mix.lua") ;;
       esac
-      for t in poolgate $([ -n "$BASELINE" ] && echo pg-base); do
-        if [ "$t" = poolgate ]; then pid=$pg_pid port=$PG; else pid=$pgb_pid port=$PGB; fi
-        callgrind_control -z "$pid" >/dev/null 2>&1
+      for t in poolgate $([ -n "$BASELINE" ] && echo pg-base) $([ "$REDIS" = 1 ] && echo pg-redis); do
+        # The processes counted: poolgate, and for pg-redis also redis-server.
+        case $t in
+          poolgate) counted=("$pg_pid") names=(poolgate) port=$PG ;;
+          pg-base) counted=("$pgb_pid") names=(pg-base) port=$PGB ;;
+          pg-redis) counted=("$pgr_pid" "$redis_pid") names=(pg-redis redis-server) port=$PGR ;;
+        esac
+        for pid in "${counted[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1; done
         out=$(wrk -t1 -c4 -d"${INSTR_SECS}s" "${script[@]}" "http://127.0.0.1:$port$path")
-        rm -f "$work/callgrind.$pid".*
-        callgrind_control -d "$pid" >/dev/null 2>&1
-        # KEEP=dir keeps each dump for callgrind_annotate.
-        if [ -n "${KEEP:-}" ]; then
-          mkdir -p "$KEEP" && cp "$work/callgrind.$pid".* "$KEEP/$scenario-$t-round$r.callgrind"
-        fi
         n=$(awk '/requests in/ {print $1}' <<<"$out")
-        ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$pid".* 2>/dev/null)
-        printf '%-8s %-10s %10s %14.0f\n' "$scenario" "$t" "$n" "$(awk -v i="${ir:-0}" -v n="$n" 'BEGIN { print (n > 0) ? i / n : 0 }')"
+        for i in "${!counted[@]}"; do
+          pid=${counted[$i]}
+          rm -f "$work/callgrind.$pid".*
+          callgrind_control -d "$pid" >/dev/null 2>&1
+          # KEEP=dir keeps each dump for callgrind_annotate.
+          if [ -n "${KEEP:-}" ]; then
+            mkdir -p "$KEEP" && cp "$work/callgrind.$pid".* "$KEEP/$scenario-${names[$i]}-round$r.callgrind"
+          fi
+          ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$work/callgrind.$pid".* 2>/dev/null)
+          printf '%-8s %-12s %10s %14.0f\n' "$scenario" "${names[$i]}" "$n" "$(awk -v i="${ir:-0}" -v n="$n" 'BEGIN { print (n > 0) ? i / n : 0 }')"
+        done
       done
     done
   done
@@ -448,7 +463,7 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU RCPU
 targets=(direct nginx poolgate)
 [ -n "$BASELINE" ] && targets+=(pg-base)
 [ "$REDIS" = 1 ] && targets+=(pg-redis)
@@ -460,6 +475,7 @@ pids_of() {
     nginx) local m; m=$(cat "$work/reference.pid"); echo "$m" $(ps -o pid= --ppid "$m") ;;
     poolgate) echo "$pg_pid" ;;
     pg-base) echo "$pgb_pid" ;;
+    pg-redis) echo "$pgr_pid" ;;
     *) echo "" ;;
   esac
 }
@@ -477,9 +493,17 @@ run() { # scenario target
   procs=$(pids_of "$target")
   # shellcheck disable=SC2086 # a list of pids
   t0=$(cpu_ticks $procs)
+  # pg-redis: redis-server's CPU is counted apart (RCPU), so the table shows
+  # where a shared-store login spends its time.
+  local r0=0 r1=0
+  [ "$target" = pg-redis ] && r0=$(cpu_ticks "$redis_pid")
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
   # shellcheck disable=SC2086
   t1=$(cpu_ticks $procs)
+  [ "$target" = pg-redis ] && r1=$(cpu_ticks "$redis_pid")
+  if [ "$target" = pg-redis ]; then
+    RCPU[$scenario]+="$(awk -v d=$(( r1 - r0 )) -v hz="$(getconf CLK_TCK)" -v n="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }') "
+  fi
   if [ -n "$procs" ]; then
     # CPU µs per request over the run (clock ticks of 1/CLK_TCK s).
     CPU[$scenario.$target]+="$(awk -v d=$(( t1 - t0 )) -v hz="$(getconf CLK_TCK)" -v n="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }') "
@@ -524,6 +548,8 @@ for scenario in get login mix; do
     awk -v r="$(median "${RPS[$scenario.pg-redis]}")" -v pg="$pg" -v ng="$ng" \
       -v p99r="$(median "${P99[$scenario.pg-redis]}")" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v s="$scenario" \
       'BEGIN { printf "%-8s redis store: req/s %.2f of the memory store, p99 %.2f of it; pg-redis/nginx req/s %.2f\n", s, r/pg, p99r/p99pg, r/ng }'
+    awk -v c="$(median "${CPU[$scenario.pg-redis]}")" -v rc="$(median "${RCPU[$scenario]}")" -v m="$(median "${CPU[$scenario.poolgate]}")" -v s="$scenario" \
+      'BEGIN { printf "%-8s redis store CPU us/req: poolgate %.1f + redis-server %.1f = %.2f of the memory store'"'"'s poolgate\n", s, c, rc, (c+rc)/m }'
   fi
   if [ "$CLUSTER" = 1 ]; then
     awk -v r="$(median "${RPS[$scenario.pg-cluster]}")" -v pg="$pg" -v ng="$ng" \

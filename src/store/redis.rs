@@ -99,13 +99,13 @@ macro_rules! settle_lua {
         r"
   redis.call('HDEL', k, sid)
   if commit == '1' then
-    window = tonumber(window)
     local e = tonumber(redis.call('HGET', k, 'e'))
     if e and e > now then
       redis.call('HINCRBY', k, 'c', 1)
     else
-      redis.call('HSET', k, 'c', 1, 'e', now + window)
-      if redis.call('PTTL', k) < window then
+      -- Numbers go to redis.call as text made with '%d' (see RESERVE).
+      redis.call('HSET', k, 'c', '1', 'e', string.format('%d', now + tonumber(window)))
+      if redis.call('PTTL', k) < tonumber(window) then
         redis.call('PEXPIRE', k, window)
       end
     end
@@ -120,12 +120,16 @@ macro_rules! settle_lua {
 /// A counter is one hash (see [`KEY_VERSION`]): `c` the count, `e` the
 /// window's end (ms, Redis's clock), `m` no later than the earliest lapse of
 /// the reservations in it, and one field per reservation in flight (its id:
-/// when it lapses if never settled). Few commands per counter, each touching
-/// the one key (each `redis.call` costs the server about a microsecond and a
-/// key look-up): `HMGET` and `HLEN` read it, one `HSET` writes the
-/// reservation. The window is opened (and the key's TTL set) only when none
-/// is open; lapsed reservations are looked for only once `m` has passed; the
-/// TTL is extended only when the window ends before the reservation lapses.
+/// when it lapses if never settled). The script's cost is the server's cost
+/// per login (measured with callgrind in docs/redis.md), so it is written
+/// for few `redis.call`s, each touching the one key: one `HGETALL` reads the
+/// counter (the reservations in flight are bounded by the limit, and forced
+/// ones by the captchas solved), one `HSET` writes the reservation, and the
+/// key's expiry is set (`PEXPIREAT`) only when a window opens or the
+/// reservation outlives it. No number is handed to `redis.call`: Redis 7.0
+/// formats one with `%.17g` (libc's float printing, thousands of
+/// instructions); the timestamps go as the text they came in, or made once
+/// with `%d`. Lapsed reservations are looked for only once `m` has passed.
 /// The key's TTL always covers the window's end and every reservation's
 /// lapse, so Redis forgets a counter nobody uses.
 const RESERVE: &str = concat!(
@@ -139,8 +143,6 @@ const RESERVE: &str = concat!(
 -- window's ms left.",
     now_ms_lua!(),
     r"local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
--- When a reservation made now lapses; as text once (a number argument to
--- redis.call is formatted with '%.17g', slower than '%d').
 local lapse = now + hold
 local lapse_s = string.format('%d', lapse)
 for i = 1, ns do
@@ -153,68 +155,74 @@ local a = 4 + 3 * ns
 local out = {}
 for i = ns + 1, #KEYS do
   local k = KEYS[i]
-  -- (Numbers are parsed only where needed: strtod is among the script's
-  -- larger costs.)
   local limit, window = tonumber(ARGV[a + 1]), ARGV[a + 2]
   a = a + 2
-  local v = redis.call('HMGET', k, 'c', 'e', 'm')
-  local e, m = tonumber(v[2]), tonumber(v[3])
-  -- Reservations in flight: the fields other than c, e and m.
-  local n = redis.call('HLEN', k)
-  for j = 1, 3 do
-    if v[j] then n = n - 1 end
+  -- c, e, m, and the reservations in flight: every other field.
+  local all = redis.call('HGETALL', k)
+  local c, e_s, m_s
+  local n = 0
+  for j = 1, #all, 2 do
+    local f = all[j]
+    if f == 'c' then
+      c = all[j + 1]
+    elseif f == 'e' then
+      e_s = all[j + 1]
+    elseif f == 'm' then
+      m_s = all[j + 1]
+    else
+      n = n + 1
+    end
   end
+  local e, m = tonumber(e_s), tonumber(m_s)
   local count = 0
   local fresh = not e or e <= now
   if fresh then
     -- No window open: it opens now.
-    window = tonumber(window)
-    e = now + window
+    e = now + tonumber(window)
+    e_s = string.format('%d', e)
   else
-    count = tonumber(v[1]) or 0
+    count = tonumber(c) or 0
   end
   if m and m <= now then
     -- A reservation may have lapsed unsettled (its replica died): drop
     -- those, and find the earliest lapse of the others.
-    m = nil
-    if n > 0 then
-      local all = redis.call('HGETALL', k)
-      for j = 1, #all, 2 do
-        local f = all[j]
-        if f ~= 'c' and f ~= 'e' and f ~= 'm' then
-          local l = tonumber(all[j + 1]) or 0
-          if l <= now then
-            redis.call('HDEL', k, f)
-            n = n - 1
-          elseif not m or l < m then
-            m = l
-          end
+    m, m_s = nil, nil
+    for j = 1, #all, 2 do
+      local f = all[j]
+      if f ~= 'c' and f ~= 'e' and f ~= 'm' then
+        local l = tonumber(all[j + 1]) or 0
+        if l <= now then
+          redis.call('HDEL', k, f)
+          n = n - 1
+        elseif not m or l < m then
+          m, m_s = l, all[j + 1]
         end
       end
     end
     if m then
-      redis.call('HSET', k, 'm', m)
+      redis.call('HSET', k, 'm', m_s)
     else
       redis.call('HDEL', k, 'm')
     end
   end
   if force or count + n < limit then
     if fresh then
-      redis.call('HSET', k, id, lapse_s, 'c', 0, 'e', e, 'm', (m and m < lapse) and m or lapse_s)
+      redis.call('HSET', k, id, lapse_s, 'c', '0', 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
     elseif not m or lapse < m then
       redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
     else
       redis.call('HSET', k, id, lapse_s)
     end
     if fresh or e < lapse then
-      redis.call('PEXPIRE', k, math.max(e, lapse) - now)
+      -- Until the later of the window's end and the lapse, on Redis's clock.
+      redis.call('PEXPIREAT', k, e < lapse and lapse_s or e_s)
     end
     out[#out + 1] = 1
     out[#out + 1] = 0
   else
     if fresh then
-      redis.call('HSET', k, 'c', 0, 'e', e)
-      if redis.call('PTTL', k) < window then
+      redis.call('HSET', k, 'c', '0', 'e', e_s)
+      if redis.call('PTTL', k) < tonumber(window) then
         redis.call('PEXPIRE', k, window)
       end
     end
