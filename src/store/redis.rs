@@ -297,8 +297,9 @@ local over = new - now - interval * burst
 if over > 0 then
   return math.ceil(over)
 end
--- %.0f: tostring would round a 16-digit number to 14 digits.
-redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
+-- As text made with '%d': tostring would round a 16-digit number to 14
+-- digits, and a number argument is formatted with '%.17g' (slow).
+redis.call('SET', KEYS[1], string.format('%d', new), 'PX', string.format('%d', math.ceil((new - now) / 1000)))
 return 0
 ";
 
