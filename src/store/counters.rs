@@ -730,7 +730,13 @@ impl WindowCounter {
     /// Removes keys whose window has passed and that hold no reservation.
     /// `window` is `None` when the check is off: then every idle key goes.
     pub fn sweep(&self, window: Option<Duration>) -> usize {
-        let tick = self.now().saturating_add(1);
+        self.sweep_at(window, self.now())
+    }
+
+    /// [`Self::sweep`] at `now` on the counters' clock (tests step it
+    /// instead of sleeping).
+    pub fn sweep_at(&self, window: Option<Duration>, now: u32) -> usize {
+        let tick = now.saturating_add(1);
         let w = window.map(window_secs);
         let mut removed = 0;
         self.retain(|e| {
@@ -834,9 +840,8 @@ mod tests {
             Reservation::Full
         ));
         assert_eq!(c.len(), 2);
-        // Slots were dropped (released); the windows have passed by now+2s.
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(c.sweep(Some(Duration::from_secs(1))), 2);
+        // Slots were dropped (released); a second later the windows have passed.
+        assert_eq!(c.sweep_at(Some(Duration::from_secs(1)), 1), 2);
         assert!(c.is_empty());
     }
 
@@ -884,8 +889,7 @@ mod tests {
         }
         assert_eq!(clients.len(), 2);
         assert_eq!((login.len(), reg.len()), (2, 2));
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(login.sweep(Some(Duration::from_secs(1))), 2);
+        assert_eq!(login.sweep_at(Some(Duration::from_secs(1)), 1), 2);
         // The registration windows still hold the entries.
         assert_eq!(clients.len(), 2);
         assert_eq!(
