@@ -481,6 +481,8 @@ pids_of() {
 }
 # user+system clock ticks of the given processes, all threads.
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
+# CPU µs per request: clock ticks (1/CLK_TCK s) over the run, requests.
+us_per_request() { awk -v d="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }'; }
 run() { # scenario target
   local scenario=$1 target=$2 url script=()
   url="http://127.0.0.1:$(port_of "$target")"
@@ -489,25 +491,20 @@ run() { # scenario target
     login) url="$url/api/v2/login/account"; script=(-s "$work/login.lua") ;;
     mix) url="$url/api/v2/login/account"; script=(-s "$work/mix.lua") ;;
   esac
-  local out procs t0 t1
+  local out procs t0 t1 n apart="" r0=0
   procs=$(pids_of "$target")
-  # shellcheck disable=SC2086 # a list of pids
-  t0=$(cpu_ticks $procs)
   # pg-redis: redis-server's CPU is counted apart (RCPU), so the table shows
   # where a shared-store login spends its time.
-  local r0=0 r1=0
-  [ "$target" = pg-redis ] && r0=$(cpu_ticks "$redis_pid")
+  [ "$target" = pg-redis ] && apart=$redis_pid
+  # shellcheck disable=SC2086 # a list of pids
+  t0=$(cpu_ticks $procs)
+  [ -n "$apart" ] && r0=$(cpu_ticks "$apart")
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
   # shellcheck disable=SC2086
   t1=$(cpu_ticks $procs)
-  [ "$target" = pg-redis ] && r1=$(cpu_ticks "$redis_pid")
-  if [ "$target" = pg-redis ]; then
-    RCPU[$scenario]+="$(awk -v d=$(( r1 - r0 )) -v hz="$(getconf CLK_TCK)" -v n="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }') "
-  fi
-  if [ -n "$procs" ]; then
-    # CPU µs per request over the run (clock ticks of 1/CLK_TCK s).
-    CPU[$scenario.$target]+="$(awk -v d=$(( t1 - t0 )) -v hz="$(getconf CLK_TCK)" -v n="$(awk '/requests in/ {print $1}' <<<"$out")" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }') "
-  fi
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  [ -n "$apart" ] && RCPU[$scenario]+="$(us_per_request $(( $(cpu_ticks "$apart") - r0 )) "$n") "
+  [ -n "$procs" ] && CPU[$scenario.$target]+="$(us_per_request $(( t1 - t0 )) "$n") "
   RPS[$scenario.$target]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
   P50[$scenario.$target]+="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") "
   P99[$scenario.$target]+="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") "
