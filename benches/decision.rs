@@ -72,7 +72,10 @@ impl Env {
     }
 
     /// One login decision with every guard on. `salt` spreads the client and
-    /// account keys (0: everyone hits the same keys).
+    /// account keys (0: everyone hits the same keys). Never inlined, so
+    /// callgrind counts its instructions per call
+    /// (`benches/decision_instructions.sh`).
+    #[inline(never)]
     fn decide(&self, salt: u128) -> bool {
         let route = match self
             .table
