@@ -114,6 +114,80 @@ impl<'a> LazyJson<'a> {
     }
 }
 
+/// Members a [`Flat`] holds; a body with more is read by [`LazyJson`].
+/// A login body has a handful.
+const FLAT_MEMBERS: usize = 16;
+
+/// The top-level members of the common body (an object of at most
+/// [`FLAT_MEMBERS`] members whose keys have no escapes) in a fixed array:
+/// what [`LazyJson`] reads for that shape, without allocating its member
+/// list. It lives on the stack of the one call that reads a body's facts
+/// and is never moved (an inline list returned by value was slower: see
+/// docs/performance.md). The property test below holds it to serde_json.
+pub struct Flat<'a> {
+    members: [(&'a str, &'a str); FLAT_MEMBERS],
+    len: usize,
+}
+
+impl Default for Flat<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<'a> Flat<'a> {
+    /// An empty array, to [`Flat::read`] a body into where it stays (a
+    /// `Flat` returned by value would be copied, ~520 bytes).
+    pub fn new() -> Self {
+        Flat {
+            members: [("", ""); FLAT_MEMBERS],
+            len: 0,
+        }
+    }
+
+    /// Reads the members of `body`: `true` when it has the common shape;
+    /// `false` when it has not (then [`LazyJson::parse`] reads it, or words
+    /// its error) and what was read must not be used.
+    pub fn read(&mut self, body: &'a [u8]) -> bool {
+        let Ok(s) = std::str::from_utf8(body) else {
+            return false;
+        };
+        self.len = 0;
+        let mut room = true;
+        let read = visit_object(s, |key, value| match self.members.get_mut(self.len) {
+            Some(m) => {
+                *m = (key, value);
+                self.len += 1;
+            }
+            None => room = false,
+        });
+        read.is_some() && room
+    }
+
+    /// [`LazyJson::text_at`] of the body read.
+    pub fn text_at(&self, pointer: &str) -> Result<Option<Cow<'a, str>>, ExtractError> {
+        let Some(path) = pointer.strip_prefix('/') else {
+            return Ok(None);
+        };
+        let members = self.members.get(..self.len).unwrap_or_default();
+        // The usual pointer names a top-level member (`/password`).
+        if !path.bytes().any(|c| c == b'/' || c == b'~') {
+            return only_member(members, path)?.map_or(Ok(None), leaf);
+        }
+        let (first, below) = match path.find('/') {
+            Some(i) => (&path[..i], Some(&path[i..])),
+            None => (path, None),
+        };
+        match (only_member(members, &unescape(first))?, below) {
+            (None, _) => Ok(None),
+            (Some(raw), None) => leaf(raw),
+            // A nested pointer (`/input/email`): the member's value read as
+            // a document of its own.
+            (Some(raw), Some(below)) => LazyJson::parse(raw.as_bytes())?.text_at(below),
+        }
+    }
+}
+
 /// Containers the scanner follows inside one value; deeper goes to serde_json
 /// (which has no limit when skipping).
 pub const MAX_SCAN_DEPTH: usize = 64;
@@ -162,7 +236,11 @@ pub fn visit_object<'s>(s: &'s str, mut visit: impl FnMut(&'s str, &'s str)) -> 
                 return None;
             }
             let start = skip_ws(b, i + 1);
-            i = skip_value(b, start)?;
+            // Most members are strings: no container stack to set up.
+            i = match b.get(start) {
+                Some(b'"') => skip_string(b, start + 1)?,
+                _ => skip_value(b, start)?,
+            };
             visit(key, s.get(start..i)?);
             i = skip_ws(b, i);
             match b.get(i) {
@@ -178,16 +256,52 @@ pub fn visit_object<'s>(s: &'s str, mut visit: impl FnMut(&'s str, &'s str)) -> 
     (skip_ws(b, i) == b.len()).then_some(())
 }
 
+/// The index of the first `"`, `\` or control character (< 0x20) at or
+/// after `i`, or `b.len()`. Eight bytes at a time (SWAR): strings are most
+/// of a body's bytes (an answer's token is hundreds), and one byte at a time
+/// cost about six instructions a byte.
+#[inline]
+fn next_special(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    // A byte's high bit is set where it is zero (`has_zero`) or below 0x20
+    // (`below`); bytes >= 0x80 never are. A borrow can also set bits above
+    // a real hit, never below one, so the lowest set bit is the first hit.
+    let hits = |w: u64| {
+        let has_zero = |v: u64| v.wrapping_sub(ONES) & !v;
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let below = w.wrapping_sub(ONES * 0x20) & !w;
+        (has_zero(quote) | has_zero(backslash) | below) & HIGH
+    };
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let h = hits(u64::from_le_bytes(word));
+        if h != 0 {
+            return i + (h.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    // The last few bytes, padded with a byte that is none of those.
+    let rest = b.get(i..).unwrap_or_default();
+    let mut word = [b'a'; 8];
+    for (w, &c) in word.iter_mut().zip(rest) {
+        *w = c;
+    }
+    let h = hits(u64::from_le_bytes(word));
+    if h != 0 {
+        i + (h.trailing_zeros() / 8) as usize
+    } else {
+        b.len()
+    }
+}
+
 /// The index of the closing quote of a string starting at `i` (after its
 /// opening quote) that has no escape and no control character.
-fn plain_key(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        match *b.get(i)? {
-            b'"' => return Some(i),
-            b'\\' | 0..=0x1f => return None,
-            _ => i += 1,
-        }
-    }
+fn plain_key(b: &[u8], i: usize) -> Option<usize> {
+    let end = next_special(b, i);
+    (*b.get(end)? == b'"').then_some(end)
 }
 
 /// The index after a string's closing quote, `i` after its opening quote,
@@ -196,6 +310,7 @@ fn plain_key(b: &[u8], mut i: usize) -> Option<usize> {
 /// characters.
 fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
+        i = next_special(b, i);
         match *b.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => match *b.get(i + 1)? {
@@ -209,8 +324,8 @@ fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
                 }
                 _ => return None,
             },
-            0..=0x1f => return None,
-            _ => i += 1,
+            // A control character.
+            _ => return None,
         }
     }
 }
@@ -353,16 +468,7 @@ fn unescape(seg: &str) -> Cow<'_, str> {
 
 fn child<'a>(node: &Node<'a>, seg: &str) -> Result<Option<&'a str>, ExtractError> {
     match node {
-        Node::Object(members) => {
-            let mut hits = members.iter().filter(|(k, _)| k == seg);
-            let first = hits.next().map(|&(_, v)| v);
-            if hits.next().is_some() {
-                return Err(ExtractError::Malformed(format!(
-                    "field {seg:?} appears twice"
-                )));
-            }
-            Ok(first)
-        }
+        Node::Object(members) => only_member(members, seg),
         // As RFC 6901: decimal digits without a leading zero.
         Node::Array(items) => {
             let index = (!seg.is_empty()
@@ -374,6 +480,22 @@ fn child<'a>(node: &Node<'a>, seg: &str) -> Result<Option<&'a str>, ExtractError
         }
         Node::Scalar => Ok(None),
     }
+}
+
+/// The value of the member named `name`, which must appear at most once:
+/// the upstream may read the other one.
+fn only_member<'a, K: AsRef<str>>(
+    members: &[(K, &'a str)],
+    name: &str,
+) -> Result<Option<&'a str>, ExtractError> {
+    let mut hits = members.iter().filter(|(k, _)| k.as_ref() == name);
+    let first = hits.next().map(|&(_, v)| v);
+    if hits.next().is_some() {
+        return Err(ExtractError::Malformed(format!(
+            "field {name:?} appears twice"
+        )));
+    }
+    Ok(first)
 }
 
 fn leaf<'a>(text: &'a str) -> Result<Option<Cow<'a, str>>, ExtractError> {
@@ -603,10 +725,36 @@ pub(crate) mod tests {
                 .collect())
         }
 
+        fn outcome_flat(flat: &Flat<'_>) -> Vec<String> {
+            POINTERS
+                .iter()
+                .map(|p| match flat.text_at(p) {
+                    Ok(Some(t)) => format!("some {t:?}"),
+                    Ok(None) => "none".to_string(),
+                    Err(_) => "refused".to_string(),
+                })
+                .collect()
+        }
+
         fn check(body: &[u8]) -> Result<(), TestCaseError> {
             let fast = outcome(LazyJson::parse(body));
             let reference = outcome(LazyJson::parse_reference(body));
-            prop_assert_eq!(fast, reference, "body {:?}", String::from_utf8_lossy(body));
+            prop_assert_eq!(
+                &fast,
+                &reference,
+                "body {:?}",
+                String::from_utf8_lossy(body)
+            );
+            // The fixed-array reading, where it takes the body, reads the same.
+            let mut flat = Flat::new();
+            if flat.read(body) {
+                prop_assert_eq!(
+                    Ok(outcome_flat(&flat)),
+                    reference,
+                    "flat, body {:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
             Ok(())
         }
 
@@ -785,6 +933,67 @@ pub(crate) mod tests {
             check(deep.as_bytes()).unwrap();
             check(&deep.as_bytes()[..deep.len() - 2]).unwrap();
             check(b"{\"password\":\"\xff\"}").unwrap();
+        }
+
+        proptest! {
+            /// Eight bytes at a time finds what one at a time would.
+            #[test]
+            fn next_special_is_the_first_special_byte(
+                b in prop::collection::vec(prop_oneof![
+                    4 => any::<u8>(),
+                    1 => prop::sample::select(b"\"\\\x00\x1f\x20\x21\x7f\x80\xa2\xdc".to_vec()),
+                ], 0..40),
+                from in 0usize..41,
+            ) {
+                let from = from.min(b.len());
+                let naive = b[from..]
+                    .iter()
+                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                    .map_or(b.len(), |p| from + p);
+                prop_assert_eq!(next_special(&b, from), naive, "{:?} from {}", b, from);
+            }
+        }
+
+        #[test]
+        fn the_fixed_array_takes_up_to_its_size_and_leaves_the_rest() {
+            let body = |n: usize| {
+                let m: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+                format!("{{{},\"password\":\"p\"}}", m.join(","))
+            };
+            let full = body(FLAT_MEMBERS - 1);
+            let mut flat = Flat::new();
+            assert!(flat.read(full.as_bytes()), "16 members fit");
+            assert_eq!(flat.text_at("/password").unwrap().as_deref(), Some("p"));
+            assert_eq!(flat.text_at("/k3").unwrap().as_deref(), Some("3"));
+            // One more: the lazy view reads it, to the same answer.
+            let over = body(FLAT_MEMBERS);
+            assert!(!Flat::new().read(over.as_bytes()));
+            let facts = crate::extract::body_facts(
+                crate::extract::BodyKind::Json,
+                over.as_bytes(),
+                &crate::routes::default_routes()
+                    .into_iter()
+                    .find(|r| r.path == "/api/v2/login/account")
+                    .unwrap()
+                    .fields,
+                crate::extract::Normalize::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                facts.password,
+                Some(crate::extract::Password::Clear("p".into()))
+            );
+            // A read field given twice is refused in the array too.
+            let twice = r#"{"password":"a","x":1,"password":"b"}"#;
+            let mut flat = Flat::new();
+            assert!(flat.read(twice.as_bytes()));
+            assert!(matches!(
+                flat.text_at("/password"),
+                Err(ExtractError::Malformed(_))
+            ));
+            assert!(flat.text_at("/x").is_ok());
+            check(over.as_bytes()).unwrap();
+            check(full.as_bytes()).unwrap();
         }
 
         #[test]

@@ -100,18 +100,24 @@ pub fn body_kind(
     let Some(ct) = content_type else {
         return Ok(BodyKind::Json);
     };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json" | "text/json" | "" => Ok(BodyKind::Json),
-        m if m.starts_with("application/") && m.ends_with("+json") => Ok(BodyKind::Json),
-        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
-        "application/graphql" => Ok(BodyKind::GraphqlText),
-        _ => Err(ExtractError::ContentType(mime)),
+    // Compared without lowercasing a copy: this runs on every guarded request.
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    let is = |m: &str| mime.eq_ignore_ascii_case(m);
+    let json_suffix = mime.len() >= "application/+json".len()
+        && mime
+            .get(.."application/".len())
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+        && mime
+            .get(mime.len() - "+json".len()..)
+            .is_some_and(|s| s.eq_ignore_ascii_case("+json"));
+    if mime.is_empty() || is("application/json") || is("text/json") || json_suffix {
+        Ok(BodyKind::Json)
+    } else if is("application/x-www-form-urlencoded") {
+        Ok(BodyKind::Form)
+    } else if is("application/graphql") {
+        Ok(BodyKind::GraphqlText)
+    } else {
+        Err(ExtractError::ContentType(mime.to_ascii_lowercase()))
     }
 }
 
@@ -142,9 +148,16 @@ pub fn body_facts(
     norm: Normalize,
 ) -> Result<Facts, ExtractError> {
     match kind {
+        // The common body in a fixed array on this stack frame; any other
+        // through the lazy view (which also words the errors).
         BodyKind::Json => {
-            let doc = json::LazyJson::parse(body)?;
-            facts::facts_with(|p| doc.text_at(p), fields, norm)
+            let mut flat = json::Flat::new();
+            if flat.read(body) {
+                facts::facts_with(|p| flat.text_at(p), fields, norm)
+            } else {
+                let doc = json::LazyJson::parse(body)?;
+                facts::facts_with(|p| doc.text_at(p), fields, norm)
+            }
         }
         other => parse_body(other, body).and_then(|v| facts(&v, fields, norm)),
     }
@@ -173,5 +186,39 @@ mod tests {
             body_kind(Some("multipart/form-data; boundary=x"), None),
             Err(ExtractError::ContentType(_))
         ));
+    }
+
+    /// Media types are case-insensitive (RFC 9110 §8.3.1), and the refusal
+    /// names the type in lower case whatever its spelling.
+    #[test]
+    fn body_kinds_whatever_the_case() {
+        for (ct, kind) in [
+            (" Application/JSON ; charset=UTF-8", BodyKind::Json),
+            ("TEXT/json", BodyKind::Json),
+            ("application/vnd.api+JSON", BodyKind::Json),
+            ("APPLICATION/+json", BodyKind::Json),
+            ("", BodyKind::Json),
+            ("; charset=utf-8", BodyKind::Json),
+            ("Application/X-WWW-Form-Urlencoded", BodyKind::Form),
+            ("application/GraphQL", BodyKind::GraphqlText),
+        ] {
+            assert_eq!(body_kind(Some(ct), None), Ok(kind), "{ct:?}");
+        }
+        for ct in [
+            "application/jsonx",
+            "application+json",
+            "text/plain",
+            "applicatio/+json",
+            "é/+json",
+        ] {
+            assert!(
+                matches!(body_kind(Some(ct), None), Err(ExtractError::ContentType(_))),
+                "{ct:?}"
+            );
+        }
+        assert_eq!(
+            body_kind(Some("Text/Plain; charset=x"), None),
+            Err(ExtractError::ContentType("text/plain".into()))
+        );
     }
 }
