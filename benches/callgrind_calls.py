@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Instructions per call of one function in a callgrind dump, and of what it calls.
 
-    callgrind_calls.py DUMP FUNCTION_REGEX
+    callgrind_calls.py DUMP FUNCTION_REGEX [PER]
+
+With PER (e.g. the load test's request count), figures are per PER instead
+of per call: an async function's future is polled several times a request.
 
 Reads callgrind's own `calls=` records (exact call counts and inclusive
 costs, which `callgrind_annotate` does not print together), so a criterion
@@ -17,7 +20,7 @@ from collections import defaultdict
 
 
 def main() -> int:
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
         return 2
     dump, pattern = sys.argv[1], re.compile(sys.argv[2])
@@ -66,8 +69,11 @@ def main() -> int:
     if calls == 0:
         print("the function was never called", file=sys.stderr)
         return 1
+    print(f"{calls} calls, {total:,} instructions (inclusive)", end="")
+    if len(sys.argv) == 4:
+        calls = int(sys.argv[3])
     per = total / calls
-    print(f"{calls} calls, {per:,.0f} instructions per call (inclusive)")
+    print(f", {per:,.0f} per {'call' if len(sys.argv) == 3 else sys.argv[3]}")
     inner: dict[str, int] = defaultdict(int)
     for (caller, callee), (_, i) in edges.items():
         if caller in targets and callee not in targets:

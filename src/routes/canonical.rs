@@ -43,24 +43,40 @@ pub fn canonical_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
 /// Whether `path` is canonical as it stands: `/`, then segments of lower-case
 /// letters, digits, `-` and `_` separated by single slashes, no trailing one.
 /// Such a path has nothing to decode, resolve or fold (no `%`, no dot, no
-/// white space), so the caller may take it as is. One pass over the bytes:
-/// this is every request's first step.
+/// white space), so the caller may take it as is. One pass over the bytes
+/// with a table lookup each: this is every request's first step (a `match`
+/// on ranges cost ~16 instructions a byte, callgrind).
 fn is_simple(path: &str) -> bool {
-    let b = path.as_bytes();
-    if b.first() != Some(&b'/') {
+    let Some((&b'/', rest)) = path.as_bytes().split_first() else {
         return false;
-    }
-    let mut prev = b'/';
-    for &c in &b[1..] {
-        match c {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
-            b'/' if prev != b'/' => {}
-            _ => return false,
+    };
+    let mut after_slash = true;
+    for &c in rest {
+        if c == b'/' {
+            if after_slash {
+                return false;
+            }
+            after_slash = true;
+        } else if SEGMENT_BYTE[usize::from(c)] {
+            after_slash = false;
+        } else {
+            return false;
         }
-        prev = c;
     }
-    b.len() == 1 || prev != b'/'
+    rest.is_empty() || !after_slash
 }
+
+/// The bytes a simple path's segments are made of.
+static SEGMENT_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+        c += 1;
+    }
+    t
+};
 
 /// Decodes `%XX` escapes; an invalid escape is an error.
 pub fn percent_decode(s: &str) -> Result<Vec<u8>, &'static str> {
@@ -99,7 +115,31 @@ mod tests {
         assert_eq!(canonical_path("/").unwrap(), "/");
     }
 
+    /// The definition `is_simple` is held to: the one-`match` version it
+    /// replaced.
+    fn is_simple_reference(path: &str) -> bool {
+        let b = path.as_bytes();
+        if b.first() != Some(&b'/') {
+            return false;
+        }
+        let mut prev = b'/';
+        for &c in &b[1..] {
+            match c {
+                b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+                b'/' if prev != b'/' => {}
+                _ => return false,
+            }
+            prev = c;
+        }
+        b.len() == 1 || prev != b'/'
+    }
+
     proptest::proptest! {
+        #[test]
+        fn is_simple_agrees_with_its_definition(path in "[/a-zA-Z0-9._%;~ \\-]{0,12}|.{0,12}") {
+            proptest::prop_assert_eq!(is_simple(&path), is_simple_reference(&path), "{:?}", path);
+        }
+
         /// A simple path is exactly one that canonicalises to itself: the
         /// lookup may skip every second reading for it.
         #[test]
