@@ -83,34 +83,34 @@ impl<'a> LazyJson<'a> {
     /// (phone numbers are sometimes sent as numbers). A name that appears twice
     /// on the way is an error: the upstream may read the other one.
     pub fn text_at(&self, pointer: &str) -> Result<Option<Cow<'a, str>>, ExtractError> {
-        let Some(path) = pointer.strip_prefix('/') else {
-            return Ok(None);
-        };
-        // The usual pointer names a top-level member (`/password`): no
-        // segments to split or unescape.
-        if !path.contains(['/', '~']) {
-            return match child(&self.node, path)? {
-                Some(raw) => leaf(raw),
-                None => Ok(None),
-            };
-        }
-        let mut segments = path.split('/').map(unescape).peekable();
-        let mut owned;
-        let mut node = &self.node;
-        while let Some(seg) = segments.next() {
-            let Some(raw) = child(node, &seg)? else {
-                return Ok(None);
-            };
-            if segments.peek().is_none() {
-                return leaf(raw);
-            }
-            owned = match scan_object(raw) {
-                Some(members) => Node::Object(members),
-                None => serde_json::from_str::<Node<'a>>(raw).map_err(malformed)?,
-            };
-            node = &owned;
-        }
-        Ok(None)
+        text_at_with(pointer, |name| child(&self.node, name))
+    }
+}
+
+/// The text at `pointer` in a document whose top level `top` reads (the
+/// raw value of a member or element, `None` when absent): the one walk of
+/// a pointer for [`LazyJson`] and [`Flat`]. Below the top level, each value
+/// is read as a document of its own.
+fn text_at_with<'a>(
+    pointer: &str,
+    top: impl Fn(&str) -> Result<Option<&'a str>, ExtractError>,
+) -> Result<Option<Cow<'a, str>>, ExtractError> {
+    let Some(path) = pointer.strip_prefix('/') else {
+        return Ok(None);
+    };
+    // The usual pointer names a top-level member (`/password`): no segment
+    // to split or unescape.
+    if !path.bytes().any(|c| c == b'/' || c == b'~') {
+        return top(path)?.map_or(Ok(None), leaf);
+    }
+    let (first, below) = match path.find('/') {
+        Some(i) => (&path[..i], Some(&path[i..])),
+        None => (path, None),
+    };
+    match (top(&unescape(first))?, below) {
+        (None, _) => Ok(None),
+        (Some(raw), None) => leaf(raw),
+        (Some(raw), Some(below)) => LazyJson::parse(raw.as_bytes())?.text_at(below),
     }
 }
 
@@ -166,25 +166,8 @@ impl<'a> Flat<'a> {
 
     /// [`LazyJson::text_at`] of the body read.
     pub fn text_at(&self, pointer: &str) -> Result<Option<Cow<'a, str>>, ExtractError> {
-        let Some(path) = pointer.strip_prefix('/') else {
-            return Ok(None);
-        };
         let members = self.members.get(..self.len).unwrap_or_default();
-        // The usual pointer names a top-level member (`/password`).
-        if !path.bytes().any(|c| c == b'/' || c == b'~') {
-            return only_member(members, path)?.map_or(Ok(None), leaf);
-        }
-        let (first, below) = match path.find('/') {
-            Some(i) => (&path[..i], Some(&path[i..])),
-            None => (path, None),
-        };
-        match (only_member(members, &unescape(first))?, below) {
-            (None, _) => Ok(None),
-            (Some(raw), None) => leaf(raw),
-            // A nested pointer (`/input/email`): the member's value read as
-            // a document of its own.
-            (Some(raw), Some(below)) => LazyJson::parse(raw.as_bytes())?.text_at(below),
-        }
+        text_at_with(pointer, |name| only_member(members, name))
     }
 }
 
