@@ -103,14 +103,18 @@ pub fn body_kind(
     // Compared without lowercasing a copy: this runs on every guarded request.
     let mime = ct.split(';').next().unwrap_or("").trim();
     let is = |m: &str| mime.eq_ignore_ascii_case(m);
-    let json_suffix = mime.len() >= "application/+json".len()
-        && mime
-            .get(.."application/".len())
-            .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
-        && mime
-            .get(mime.len() - "+json".len()..)
-            .is_some_and(|s| s.eq_ignore_ascii_case("+json"));
-    if mime.is_empty() || is("application/json") || is("text/json") || json_suffix {
+    // `application/<subtype>+json`, looked at only when nothing else matched.
+    let json_suffix = || {
+        mime.split_once('/').is_some_and(|(kind, sub)| {
+            kind.eq_ignore_ascii_case("application")
+                && sub
+                    .len()
+                    .checked_sub("+json".len())
+                    .and_then(|i| sub.get(i..))
+                    .is_some_and(|s| s.eq_ignore_ascii_case("+json"))
+        })
+    };
+    if mime.is_empty() || is("application/json") || is("text/json") || json_suffix() {
         Ok(BodyKind::Json)
     } else if is("application/x-www-form-urlencoded") {
         Ok(BodyKind::Form)
