@@ -54,6 +54,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
+use tokio::sync::oneshot;
 
 use super::counters::Shown;
 use super::ratelimit::{RateLimits, SharedQuota};
@@ -70,6 +71,10 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
 /// Most settles one call carries.
 const SETTLE_BATCH: usize = 256;
+
+/// Most requests (groups) one RESERVE call carries; a larger batch is sent
+/// as several calls, together.
+const MAX_GROUPS: usize = 64;
 
 /// The version of the counters' key layout, in their names
 /// (`<prefix>:v2:{<counter>:<subject>}`): a replica never reads a key another
@@ -114,7 +119,9 @@ macro_rules! settle_lua {
 }
 
 /// Settles the queued slots, then checks and reserves a slot in each counter
-/// named by the remaining KEYS, atomically.
+/// named by the remaining KEYS, for one request (a group) or several (the
+/// reservations one worker's requests made in one turn of its event loop:
+/// see [`Batch`]), atomically: the whole call is one script.
 ///
 /// A counter is one hash (see [`KEY_VERSION`]): `c` the count, `e` the
 /// window's end (ms, Redis's clock), `m` no later than the earliest lapse of
@@ -130,103 +137,114 @@ macro_rules! settle_lua {
 /// instructions); the timestamps go as the text they came in, or made once
 /// with `%d`. Lapsed reservations are looked for only once `m` has passed.
 /// The key's TTL always covers the window's end and every reservation's
-/// lapse, so Redis forgets a counter nobody uses.
+/// lapse, so Redis forgets a counter nobody uses. One `TIME` serves the
+/// whole call (its groups are judged at one instant, in their order: a
+/// later group sees the earlier ones' reservations).
 const RESERVE: &str = concat!(
     r"
--- KEYS: counter hashes: first the settled ones, then the reserved ones.
--- ARGV[1]: reservation id, ARGV[2]: how long (ms) an unsettled reservation
--- holds its slot, ARGV[3]: '1' to reserve over the limit (a solved captcha),
--- ARGV[4]: how many keys are settled; then per settled key: its reservation
--- id, '1' to count, window (ms); then per reserved key: limit, window (ms).
--- Returns per reserved counter: 1 (granted) or 0 (denied), then (denied) the
--- window's ms left.",
+-- KEYS: counter hashes: first the settled ones, then the reserved ones of
+-- every group, in the groups' order.
+-- ARGV[1]: how long (ms) an unsettled reservation holds its slot, ARGV[2]:
+-- how many keys are settled; then per settled key: its reservation id, '1'
+-- to count, window (ms); then per group (one request): its reservation id,
+-- '1' to reserve over the limit (a solved captcha), how many keys it
+-- reserves, then per reserved key: limit, window (ms).
+-- Returns per reserved counter, in order: 1 (granted) or 0 (denied), then
+-- (denied) the window's ms left.",
     now_ms_lua!(),
-    r"local id, hold, force, ns = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1', tonumber(ARGV[4])
+    r"local hold, ns = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lapse = now + hold
 local lapse_s = string.format('%d', lapse)
 for i = 1, ns do
   local k = KEYS[i]
-  local sid, commit, window = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  local sid, commit, window = ARGV[3 * i], ARGV[1 + 3 * i], ARGV[2 + 3 * i]
 ",
     settle_lua!(),
     r"end
-local a = 4 + 3 * ns
+local a = 2 + 3 * ns
+local last = ns
 local out = {}
-for i = ns + 1, #KEYS do
-  local k = KEYS[i]
-  local limit, window = tonumber(ARGV[a + 1]), ARGV[a + 2]
-  a = a + 2
-  -- c, e, m, and the reservations in flight: every other field.
-  local all = redis.call('HGETALL', k)
-  local c, e_s, m_s
-  local n = 0
-  for j = 1, #all, 2 do
-    local f = all[j]
-    if f == 'c' then
-      c = all[j + 1]
-    elseif f == 'e' then
-      e_s = all[j + 1]
-    elseif f == 'm' then
-      m_s = all[j + 1]
-    else
-      n = n + 1
-    end
-  end
-  local e, m = tonumber(e_s), tonumber(m_s)
-  local count = 0
-  local fresh = not e or e <= now
-  if fresh then
-    -- No window open: it opens now.
-    e = now + tonumber(window)
-    e_s = string.format('%d', e)
-  else
-    count = tonumber(c) or 0
-  end
-  if m and m <= now then
-    -- A reservation may have lapsed unsettled (its replica died): drop
-    -- those, and find the earliest lapse of the others.
-    m, m_s = nil, nil
+while a < #ARGV do
+  local id, force, nk = ARGV[a + 1], ARGV[a + 2] == '1', tonumber(ARGV[a + 3])
+  a = a + 3
+  local first = last + 1
+  last = last + nk
+  for i = first, last do
+    local k = KEYS[i]
+    local limit, window = tonumber(ARGV[a + 1]), ARGV[a + 2]
+    a = a + 2
+    -- c, e, m, and the reservations in flight: every other field.
+    local all = redis.call('HGETALL', k)
+    local c, e_s, m_s
+    local n = 0
     for j = 1, #all, 2 do
       local f = all[j]
-      if f ~= 'c' and f ~= 'e' and f ~= 'm' then
-        local l = tonumber(all[j + 1]) or 0
-        if l <= now then
-          redis.call('HDEL', k, f)
-          n = n - 1
-        elseif not m or l < m then
-          m, m_s = l, all[j + 1]
+      if f == 'c' then
+        c = all[j + 1]
+      elseif f == 'e' then
+        e_s = all[j + 1]
+      elseif f == 'm' then
+        m_s = all[j + 1]
+      else
+        n = n + 1
+      end
+    end
+    local e, m = tonumber(e_s), tonumber(m_s)
+    local count = 0
+    local fresh = not e or e <= now
+    if fresh then
+      -- No window open: it opens now.
+      e = now + tonumber(window)
+      e_s = string.format('%d', e)
+    else
+      count = tonumber(c) or 0
+    end
+    if m and m <= now then
+      -- A reservation may have lapsed unsettled (its replica died): drop
+      -- those, and find the earliest lapse of the others.
+      m, m_s = nil, nil
+      for j = 1, #all, 2 do
+        local f = all[j]
+        if f ~= 'c' and f ~= 'e' and f ~= 'm' then
+          local l = tonumber(all[j + 1]) or 0
+          if l <= now then
+            redis.call('HDEL', k, f)
+            n = n - 1
+          elseif not m or l < m then
+            m, m_s = l, all[j + 1]
+          end
         end
       end
-    end
-    if m then
-      redis.call('HSET', k, 'm', m_s)
-    else
-      redis.call('HDEL', k, 'm')
-    end
-  end
-  if force or count + n < limit then
-    if fresh then
-      redis.call('HSET', k, id, lapse_s, 'c', '0', 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
-    elseif not m or lapse < m then
-      redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
-    else
-      redis.call('HSET', k, id, lapse_s)
-    end
-    if fresh or e < lapse then
-      -- Until the later of the window's end and the lapse, on Redis's clock.
-      redis.call('PEXPIREAT', k, e < lapse and lapse_s or e_s)
-    end
-    out[#out + 1] = 1
-    out[#out + 1] = 0
-  else
-    if fresh then
-      redis.call('HSET', k, 'c', '0', 'e', e_s)
-      if redis.call('PTTL', k) < tonumber(window) then
-        redis.call('PEXPIRE', k, window)
+      if m then
+        redis.call('HSET', k, 'm', m_s)
+      else
+        redis.call('HDEL', k, 'm')
       end
     end
-    out[#out + 1] = 0
-    out[#out + 1] = e - now
+    if force or count + n < limit then
+      if fresh then
+        redis.call('HSET', k, id, lapse_s, 'c', '0', 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
+      elseif not m or lapse < m then
+        redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
+      else
+        redis.call('HSET', k, id, lapse_s)
+      end
+      if fresh or e < lapse then
+        -- Until the later of the window's end and the lapse, on Redis's clock.
+        redis.call('PEXPIREAT', k, e < lapse and lapse_s or e_s)
+      end
+      out[#out + 1] = 1
+      out[#out + 1] = 0
+    else
+      if fresh then
+        redis.call('HSET', k, 'c', '0', 'e', e_s)
+        if redis.call('PTTL', k) < tonumber(window) then
+          redis.call('PEXPIRE', k, window)
+        end
+      end
+      out[#out + 1] = 0
+      out[#out + 1] = e - now
+    end
   end
 end
 return out
@@ -314,6 +332,20 @@ pub enum StoreError {
     /// Redis answered something the script cannot have returned.
     #[error("unexpected reply")]
     Reply,
+    /// The call that carried this request's reservations with others' (see
+    /// [`Batch`]) failed: the first request gets the error itself, the
+    /// others its kind and message.
+    #[error("{message}")]
+    Batched {
+        /// The error's [`StoreError::kind`].
+        kind: &'static str,
+        /// What it said.
+        message: String,
+    },
+    /// The task that was to send this request's reservations was dropped
+    /// (its runtime shut down) before answering.
+    #[error("the call was dropped")]
+    Cancelled,
 }
 
 impl StoreError {
@@ -326,6 +358,8 @@ impl StoreError {
             StoreError::Redis(e) if e.is_connection_refusal() => "io",
             StoreError::Redis(_) => "server",
             StoreError::Reply => "reply",
+            StoreError::Batched { kind, .. } => kind,
+            StoreError::Cancelled => "cancelled",
         }
     }
 }
@@ -555,6 +589,71 @@ impl Settler {
     }
 }
 
+/// One request's reservations in a RESERVE call (a group): its reservation
+/// id, whether over the limit, and per counter its key, limit and window
+/// (ms), in the order of its asks.
+struct Group {
+    id: Arc<str>,
+    force: bool,
+    counters: Vec<(String, u32, u64)>,
+}
+
+/// What a request waits for: its reservations, in the order of its asks.
+type Answer = Result<Vec<Reservation>, StoreError>;
+
+/// A request waiting in its thread's [`Batch`].
+struct Pending {
+    group: Group,
+    tx: oneshot::Sender<Answer>,
+}
+
+/// The reservations one thread's requests queued for one store (single
+/// server): the first queued spawns a [`Flush`] task, which runs after the
+/// tasks already ready in this turn of the thread's event loop (so they have
+/// queued theirs) and sends them all in one RESERVE call. Kept beside the
+/// thread's connection in [`THREAD_CONNS`]; shared (`Arc`), so a task that
+/// moved to another thread of a multi-thread runtime still finds it.
+#[derive(Default)]
+struct Batch {
+    queue: Mutex<Vec<Pending>>,
+}
+
+impl Batch {
+    fn take(&self) -> Vec<Pending> {
+        self.queue
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// The task that sends a [`Batch`]. Dropped before it ran (its runtime
+/// shutting down), it drops the queued requests' senders: each waiter gets
+/// an error ([`StoreError::Cancelled`]) rather than waiting for ever, and
+/// the next request queued on this thread spawns a new task. Dropped while
+/// its call is in flight, the same (the senders are in the call's future).
+struct Flush {
+    store: Arc<RedisStore>,
+    batch: Arc<Batch>,
+    taken: bool,
+}
+
+impl Flush {
+    async fn run(mut self) {
+        let pending = self.batch.take();
+        self.taken = true;
+        self.store.send_batch(pending).await;
+    }
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        if !self.taken {
+            drop(self.batch.take());
+        }
+    }
+}
+
 /// Numbers the stores, for [`THREAD_CONNS`] (a store's address may be reused).
 static STORE_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -564,7 +663,8 @@ thread_local! {
     static THREAD_CONNS: RefCell<Vec<ThreadConn>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A connection opened by (and driven on the runtime of) one thread.
+/// A connection opened by (and driven on the runtime of) one thread, and
+/// the thread's queue of reservations for the store.
 struct ThreadConn {
     store: u64,
     /// Gone when the store is: the entry is then pruned.
@@ -572,6 +672,7 @@ struct ThreadConn {
     /// The store's [`RedisStore::generation`] it was opened in.
     generation: u64,
     conn: Conn,
+    batch: Arc<Batch>,
 }
 
 /// The Redis-backed store.
@@ -700,26 +801,42 @@ impl RedisStore {
     fn thread_conn(&self) -> Option<Conn> {
         // Opening one spawns its driver: only on a runtime.
         tokio::runtime::Handle::try_current().ok()?;
+        self.thread_entry(|e| e.conn.clone())
+    }
+
+    /// This thread's [`Batch`] for this store (the caller checked that it
+    /// runs on a runtime).
+    fn thread_batch(&self) -> Option<Arc<Batch>> {
+        self.thread_entry(|e| e.batch.clone())
+    }
+
+    /// `f` of this thread's entry for this store, made if there is none (or
+    /// only one from before a reconnect).
+    fn thread_entry<T>(&self, f: impl FnOnce(&ThreadConn) -> T) -> Option<T> {
         let generation = self.generation.load(Ordering::Acquire);
         THREAD_CONNS
             .try_with(|t| {
                 let mut t = t.try_borrow_mut().ok()?;
                 if let Some(e) = t.iter().find(|e| e.store == self.id) {
                     if e.generation == generation {
-                        return Some(e.conn.clone());
+                        return Some(f(e));
                     }
                 }
                 // New here, or from before a reconnect; drop the connections
-                // of stores that are gone on the way.
+                // of stores that are gone on the way. (A batch queued in the
+                // old entry is sent by the task it spawned, which holds it.)
                 t.retain(|e| e.store != self.id && e.alive.strong_count() > 0);
                 let conn = self.opener.lazy().ok()?;
-                t.push(ThreadConn {
+                let e = ThreadConn {
                     store: self.id,
                     alive: Arc::downgrade(&self.alive),
                     generation,
-                    conn: conn.clone(),
-                });
-                Some(conn)
+                    conn,
+                    batch: Arc::default(),
+                };
+                let out = f(&e);
+                t.push(e);
+                Some(out)
             })
             .ok()
             .flatten()
@@ -826,12 +943,14 @@ impl RedisStore {
         self.prefix.len() + 4 + KEY_VERSION.len() + 48
     }
 
-    /// Reserves a slot in each counter of `asks`: in one round trip to a
-    /// single server, which also carries the settles queued since the last
-    /// one; in a cluster, one script call per counter (their keys live in
-    /// different slots), sent together. Each counter's check-and-reserve is
-    /// atomic either way. If any call fails, the slots the others granted are
-    /// released (dropped) and the whole fails.
+    /// Reserves a slot in each counter of `asks`. On a single server, in one
+    /// script call with the reservations of the other requests this thread
+    /// makes in this turn of its event loop (see [`Batch`]), which also
+    /// carries the settles queued since the last call; in a cluster, one
+    /// script call per counter (their keys live in different slots), sent
+    /// together. Each counter's check-and-reserve is atomic either way. If
+    /// any call fails, the slots the others granted are released (dropped)
+    /// and the whole fails.
     pub async fn reserve(
         self: &Arc<Self>,
         asks: &[Ask],
@@ -848,15 +967,24 @@ impl RedisStore {
         );
         let id: Arc<str> = id.into();
         if !self.cluster {
-            let settles = self.settler.take();
-            return self.reserve_in_one_call(&id, asks, force, settles).await;
+            let group = self.group(id, asks, force);
+            return match self.enqueue(group) {
+                Ok(rx) => self.wait(rx).await,
+                // No runtime to batch on: on its own.
+                Err(group) => {
+                    let settles = self.settler.take();
+                    self.reserve_in_one_call(group, settles).await
+                }
+            };
         }
         if asks.len() < 2 {
-            return self.reserve_in_one_call(&id, asks, force, Vec::new()).await;
+            let group = self.group(id, asks, force);
+            return self.reserve_in_one_call(group, Vec::new()).await;
         }
-        let calls = asks
-            .chunks(1)
-            .map(|one| self.reserve_in_one_call(&id, one, force, Vec::new()));
+        let calls = asks.iter().map(|one| {
+            let group = self.group(id.clone(), std::slice::from_ref(one), force);
+            self.reserve_in_one_call(group, Vec::new())
+        });
         let mut out = Vec::with_capacity(asks.len());
         for r in futures_util::future::join_all(calls).await {
             // On an error, `out` and the other results drop: their slots are released.
@@ -865,61 +993,189 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// One RESERVE script call for `asks` (whose keys must share a slot in a
-    /// cluster), settling `settles` first.
+    /// The group of one request: its counters' keys, limits and windows.
+    fn group(&self, id: Arc<str>, asks: &[Ask], force: bool) -> Group {
+        Group {
+            id,
+            force,
+            counters: asks
+                .iter()
+                .map(|a| {
+                    (
+                        self.count_key(a.counter, a.subject),
+                        a.limit.limit,
+                        window_ms(a.limit.window),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Queues `group` in this thread's batch, spawning the task that sends
+    /// it if it is the first; `Err` (the group back) off a runtime.
+    fn enqueue(self: &Arc<Self>, group: Group) -> Result<oneshot::Receiver<Answer>, Group> {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Err(group);
+        };
+        let Some(batch) = self.thread_batch() else {
+            return Err(group);
+        };
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let Ok(mut q) = batch.queue.lock() else {
+                return Err(group);
+            };
+            q.push(Pending { group, tx });
+            q.len() == 1
+        };
+        if first {
+            // Behind the tasks already ready in this turn: they queue theirs first.
+            rt.spawn(
+                Flush {
+                    store: self.clone(),
+                    batch,
+                    taken: false,
+                }
+                .run(),
+            );
+        }
+        Ok(rx)
+    }
+
+    /// A queued request's answer. The task sending it answers within two
+    /// calls' timeouts (`EVALSHA`, and `EVAL` on `NOSCRIPT`) or is dropped
+    /// (an error at once); the bound is a last guard against waiting for ever
+    /// (a task on a runtime nobody drives).
+    async fn wait(&self, rx: oneshot::Receiver<Answer>) -> Answer {
+        match tokio::time::timeout(3 * self.timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Cancelled),
+            Err(_) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["reserve", "timeout"])
+                    .inc();
+                Err(StoreError::Timeout)
+            }
+        }
+    }
+
+    /// Sends a thread's batch: one RESERVE call per [`MAX_GROUPS`] requests
+    /// (together), the first carrying the settles queued since the last call.
+    async fn send_batch(self: &Arc<Self>, mut pending: Vec<Pending>) {
+        if pending.is_empty() {
+            return;
+        }
+        let settles = self.settler.take();
+        if pending.len() <= MAX_GROUPS {
+            return self.send_groups(pending, settles).await;
+        }
+        let mut calls = Vec::with_capacity(pending.len().div_ceil(MAX_GROUPS));
+        let mut settles = Some(settles);
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(MAX_GROUPS));
+            let these = std::mem::replace(&mut pending, rest);
+            calls.push(self.send_groups(these, settles.take().unwrap_or_default()));
+        }
+        futures_util::future::join_all(calls).await;
+    }
+
+    /// One RESERVE call for the requests of `pending`; each gets its answer
+    /// through its channel. A request gone meanwhile (its client hung up)
+    /// gets none: its granted slots come back from the channel and, dropped,
+    /// are released like any unsettled slot. On an error every request gets
+    /// one of the same kind.
+    async fn send_groups(self: &Arc<Self>, pending: Vec<Pending>, settles: Vec<(SlotId, bool)>) {
+        let cmd = self.reserve_cmd(&settles, pending.iter().map(|p| &p.group));
+        // A settle this call carried is not sent again if it fails (see
+        // `reserve_in_one_call`).
+        drop(settles);
+        let keys: usize = pending.iter().map(|p| p.group.counters.len()).sum();
+        let reply = match self.eval::<Vec<i64>>("reserve", &self.reserve, cmd).await {
+            Ok(r) if r.len() == 2 * keys => r,
+            Ok(_) => return fail_all(pending, StoreError::Reply),
+            Err(e) => return fail_all(pending, e),
+        };
+        let mut at = 0;
+        for p in pending {
+            let n = 2 * p.group.counters.len();
+            let answer = self.answers(p.group, &reply[at..at + n]);
+            at += n;
+            // Err: the request is gone; its slots drop here, released.
+            let _ = p.tx.send(Ok(answer));
+        }
+    }
+
+    /// One RESERVE script call for one request (whose keys must share a slot
+    /// in a cluster), settling `settles` first.
     async fn reserve_in_one_call(
         self: &Arc<Self>,
-        id: &Arc<str>,
-        asks: &[Ask],
-        force: bool,
+        group: Group,
         settles: Vec<(SlotId, bool)>,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let keys = settles.len() + asks.len();
-        let mut cmd = self.reserve.cmd(
-            keys,
-            4 + 3 * settles.len() + 2 * asks.len(),
-            keys * (self.key_len() + 3 * 20),
-        );
-        let count_keys: Vec<String> = asks
-            .iter()
-            .map(|a| self.count_key(a.counter, a.subject))
-            .collect();
-        for (s, _) in &settles {
-            cmd.arg(&s.count_key);
-        }
-        for ck in &count_keys {
-            cmd.arg(ck);
-        }
-        cmd.arg(&**id)
-            .arg(self.hold_ms)
-            .arg(u8::from(force))
-            .arg(settles.len());
-        for (s, commit) in &settles {
-            cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
-        }
-        for a in asks {
-            cmd.arg(a.limit.limit).arg(window_ms(a.limit.window));
-        }
+        let cmd = self.reserve_cmd(&settles, std::iter::once(&group));
         // A settle this call carried is not sent again if it fails: an
         // unsettled slot lapses after `hold`, and a lost commit under-counts
         // one failure (counted in `poolgate_store_errors_total`).
         drop(settles);
         let reply: Vec<i64> = self.eval("reserve", &self.reserve, cmd).await?;
-        if reply.len() != asks.len() * 2 {
+        if reply.len() != 2 * group.counters.len() {
             return Err(StoreError::Reply);
         }
-        Ok(count_keys
+        Ok(self.answers(group, &reply))
+    }
+
+    /// The RESERVE call for `groups`, settling `settles` first: the one place
+    /// its arguments are laid out (see [`RESERVE`]).
+    fn reserve_cmd<'g>(
+        &self,
+        settles: &[(SlotId, bool)],
+        groups: impl Iterator<Item = &'g Group> + Clone,
+    ) -> Cmd {
+        let (mut keys, mut args) = (settles.len(), 2 + 3 * settles.len());
+        for g in groups.clone() {
+            keys += g.counters.len();
+            args += 3 + 2 * g.counters.len();
+        }
+        let mut cmd = self
+            .reserve
+            .cmd(keys, args, keys * (self.key_len() + 3 * 20));
+        for (s, _) in settles {
+            cmd.arg(&s.count_key);
+        }
+        for g in groups.clone() {
+            for (count_key, _, _) in &g.counters {
+                cmd.arg(count_key);
+            }
+        }
+        cmd.arg(self.hold_ms).arg(settles.len());
+        for (s, commit) in settles {
+            cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
+        }
+        for g in groups {
+            cmd.arg(&*g.id).arg(u8::from(g.force)).arg(g.counters.len());
+            for (_, limit, window_ms) in &g.counters {
+                cmd.arg(*limit).arg(*window_ms);
+            }
+        }
+        cmd
+    }
+
+    /// A group's reservations from its part of the reply (two numbers per
+    /// counter).
+    fn answers(&self, group: Group, reply: &[i64]) -> Vec<Reservation> {
+        let Group { id, counters, .. } = group;
+        counters
             .into_iter()
-            .zip(asks)
             .zip(reply.chunks_exact(2))
-            .map(|((count_key, ask), r)| {
+            .map(|((count_key, _, window_ms), r)| {
                 if r[0] == 1 {
                     Reservation::Held(Slot::redis(
                         self.settler.clone(),
                         SlotId {
                             count_key,
                             id: id.clone(),
-                            window_ms: window_ms(ask.limit.window),
+                            window_ms,
                         },
                     ))
                 } else {
@@ -927,7 +1183,7 @@ impl RedisStore {
                     Reservation::Denied(Duration::from_millis(ms.div_ceil(1000) * 1000))
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Starts (once) the task that sends the settles no reservation carried.
@@ -1145,6 +1401,20 @@ fn push_hex(out: &mut String, v: u128, width: usize) {
         .max(1);
     for i in (0..len).rev() {
         out.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    }
+}
+
+/// Answers every request of a failed call with an error of its kind: the
+/// first gets `e` itself.
+fn fail_all(pending: Vec<Pending>, e: StoreError) {
+    let (kind, message) = (e.kind(), e.to_string());
+    let mut e = Some(e);
+    for p in pending {
+        let e = e.take().unwrap_or_else(|| StoreError::Batched {
+            kind,
+            message: message.clone(),
+        });
+        let _ = p.tx.send(Err(e));
     }
 }
 
