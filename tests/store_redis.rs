@@ -675,3 +675,259 @@ async fn keys_of_the_previous_layout_are_never_read() {
         .expect("a counter");
     assert_eq!((shown.count, shown.inflight), (0, 1));
 }
+
+/// `calls` of `cmdstat_<command>` in `INFO commandstats` (0 if never called).
+async fn command_calls(c: &::redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = query(c, &["INFO", "commandstats"]).await;
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The reservations that one thread's requests make in one turn of its
+/// event loop go to Redis in one script call, and the limit still holds
+/// exactly: 32 concurrent asks for one client with a limit of 5, five granted.
+#[tokio::test(flavor = "current_thread")]
+async fn the_reservations_of_one_event_loop_turn_share_one_script_call() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let s = direct_store(&redis, "batch").await;
+    let c = redis.conn().await.expect("a connection");
+    let _: () = query(&c, &["CONFIG", "RESETSTAT"]).await;
+    let asks = (0..32).map(|_| {
+        let s = &s;
+        async move {
+            s.reserve(&[harness::redis::login_ip_ask(9, 5)], false)
+                .await
+        }
+    });
+    let answers = join_all(asks).await;
+    let held = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(r) if matches!(r[..], [poolgate::store::Reservation::Held(_)])))
+        .count();
+    let denied = answers
+        .iter()
+        .filter(
+            |a| matches!(a, Ok(r) if matches!(r[..], [poolgate::store::Reservation::Denied(_)])),
+        )
+        .count();
+    assert_eq!((held, denied), (5, 27), "{answers:?}");
+    let calls = command_calls(&c, "evalsha").await + command_calls(&c, "eval").await;
+    assert!(calls <= 2, "{calls} script calls for 32 reservations");
+    eprintln!("32 reservations in {calls} script call(s)");
+    // Five reservations in flight in the one hash, nothing counted yet.
+    let fields: std::collections::HashMap<String, String> =
+        query(&c, &["HGETALL", &login_ip_key("batch", 9)]).await;
+    assert_eq!(fields.len(), 3 + 5, "{fields:?}");
+}
+
+/// The same through a gateway: a parallel burst of 32 wrong logins from one
+/// client on one proxy worker takes fewer script calls than logins, and
+/// exactly the limit (5) is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_one_worker_is_reserved_in_fewer_calls_than_logins() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let s = Setup::new(json!({"loginFailCheck": check(5, 60)}))
+        .server("workers = 1")
+        .toml(&store_toml(&redis, "burst", ""))
+        .start()
+        .await;
+    let c = redis.conn().await.expect("a connection");
+    let _: () = query(&c, &["CONFIG", "RESETSTAT"]).await;
+    let answers = join_all((0..32).map(|_| wrong_login(s.gw(), "bob", None))).await;
+    let wrong = answers
+        .iter()
+        .filter(|r| r.json() == wrong_password_v2())
+        .count();
+    let gated = answers
+        .iter()
+        .filter(|r| r.json() == captcha_required_v2())
+        .count();
+    assert_eq!((wrong, gated), (5, 27));
+    assert_eq!(s.up.count(LOGIN), 5, "exactly the limit is forwarded");
+    let m = metrics(s.admin()).await;
+    let reserve_calls = metric_sum(
+        &m,
+        "poolgate_store_duration_seconds_count",
+        &[("op", "reserve")],
+    );
+    // Every script call, the settles' included (at most five).
+    let calls = command_calls(&c, "evalsha").await + command_calls(&c, "eval").await;
+    eprintln!("32 logins: {reserve_calls} reserve calls, {calls} script calls in all");
+    assert!(
+        reserve_calls < 32.0 && calls < 32,
+        "{reserve_calls} reserve calls, {calls} script calls for 32 logins"
+    );
+    s.shutdown().await;
+}
+
+/// A request dropped while its reservation is queued (its client hung up)
+/// leaks nothing: the slot the call granted it is released (not counted),
+/// and the limit's one slot is free again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_waiter_s_granted_slot_is_released() {
+    use futures_util::FutureExt;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let s = direct_store(&redis, "gone").await;
+    let c = redis.conn().await.expect("a connection");
+    let key = login_ip_key("gone", 4);
+    let _: () = query(&c, &["CONFIG", "RESETSTAT"]).await;
+    // Polled once: queued (its call not yet sent), then dropped.
+    let once = s
+        .reserve(&[harness::redis::login_ip_ask(4, 1)], false)
+        .now_or_never();
+    assert!(once.is_none(), "answered without a round trip: {once:?}");
+    // The call goes out anyway and grants the slot; the answer has nobody
+    // to go to, so its slot is released: the hash keeps c, e and m only.
+    wait_for_async(
+        "the granted slot is released",
+        Duration::from_secs(5),
+        || {
+            let c = c.clone();
+            let key = key.clone();
+            async move {
+                let f: std::collections::HashMap<String, String> =
+                    query(&c, &["HGETALL", &key]).await;
+                f.len() == 3 && f.get("c").map(String::as_str) == Some("0")
+            }
+        },
+    )
+    .await;
+    assert!(command_calls(&c, "evalsha").await >= 1, "the call was sent");
+    // Free: the limit's one slot is granted again.
+    let _slot = held(
+        s.reserve(&[harness::redis::login_ip_ask(4, 1)], false)
+            .await
+            .expect("answers"),
+    );
+}
+
+/// Redis down: every request of a batch gets an error promptly, all of one
+/// kind; behind the breaker every one is answered by the local fallback.
+#[tokio::test(flavor = "current_thread")]
+async fn with_redis_down_every_waiter_of_a_batch_gets_an_error_promptly() {
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
+    let cfg = poolgate::config::RedisConfig {
+        url: poolgate::config::Secret::new(redis.url()),
+        key_prefix: "down".into(),
+        timeout: Duration::from_millis(200),
+        connect_timeout: Duration::from_millis(200),
+        breaker_failures: 2,
+        ..poolgate::config::RedisConfig::default()
+    };
+    let s = std::sync::Arc::new(
+        poolgate::store::RedisStore::new(
+            &cfg,
+            Duration::from_secs(30),
+            poolgate::metrics::Metrics::new(),
+        )
+        .expect("a store"),
+    );
+    // Up: this thread's connection is open.
+    held(
+        s.reserve(&[harness::redis::login_ip_ask(5, 10)], false)
+            .await
+            .expect("answers"),
+    );
+    redis.kill();
+    let started = Instant::now();
+    let answers = join_all((0..16).map(|i| {
+        let s = &s;
+        async move {
+            s.reserve(&[harness::redis::login_ip_ask(i, 10)], false)
+                .await
+        }
+    }))
+    .await;
+    let took = started.elapsed();
+    let kinds: Vec<&str> = answers
+        .iter()
+        .map(|a| a.as_ref().err().map_or("ok", |e| e.kind()))
+        .collect();
+    // All of one kind, the connection's error (not a waiter's own bound).
+    assert!(kinds.iter().all(|k| *k == "io"), "{kinds:?}");
+    eprintln!("16 waiters, Redis down: {kinds:?} after {took:?}");
+    // Within a call's timeout, twice (EVALSHA, and EVAL on NOSCRIPT), and slack.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+
+    // Behind the breaker and the local fallback: each one is answered.
+    let (store, m) =
+        harness::redis::replica_store(cfg, &poolgate::config::RateLimitConfig::default());
+    let answers = join_all((0..16).map(|i| {
+        let store = &store;
+        async move {
+            store
+                .reserve(&[harness::redis::login_ip_ask(i, 10)], false)
+                .await
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(
+        m.render().contains("poolgate_store_breaker_open 1"),
+        "the breaker opened"
+    );
+}
+
+/// A waiter whose batch's task is dropped before it ran (its runtime shut
+/// down) gets an error, never waits; and the next request on the thread is
+/// sent (the queue was not left behind).
+#[test]
+fn a_waiter_whose_batch_task_is_dropped_gets_an_error() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(redis) = setup.block_on(RedisServer::start()) else {
+        return;
+    };
+    let s = setup.block_on(direct_store(&redis, "drop"));
+    drop(setup);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = s.clone();
+    let mut fut = Box::pin(async move {
+        store
+            .reserve(&[harness::redis::login_ip_ask(6, 1)], false)
+            .await
+    });
+    let mut cx = Context::from_waker(Waker::noop());
+    {
+        let _in = rt.enter();
+        // Queued; the task that would send it is spawned but never runs.
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+    }
+    drop(rt);
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(e)) => assert_eq!(e.kind(), "cancelled", "{e}"),
+        other => panic!("not an error at once: {other:?}"),
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.reserve(&[harness::redis::login_ip_ask(6, 1)], false),
+        )
+        .await
+        .expect("answered: the thread's queue was not left behind");
+        held(r.expect("answers"));
+    });
+}
