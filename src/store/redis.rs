@@ -21,17 +21,26 @@
 //! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL.
 //!
 //! On a single server, all the counters a request needs are reserved in one
-//! script call (one round trip). In a cluster their keys are in different
-//! slots, so each counter is reserved in its own call (sent together): each
-//! is atomic, the set is not (see docs/redis.md, "What is atomic, and what is
-//! bounded").
+//! script call (one round trip), and so are those of every request a thread
+//! (a proxy worker) makes in one turn of its event loop: the first request
+//! queues its reservations in the thread's [`Batch`] and spawns a task that,
+//! running after the other tasks ready in that turn, sends the whole batch
+//! in one call (the per-call cost, which dominates a login's, is paid once
+//! per batch) and answers each request through a channel. The call is one
+//! script, atomic as a whole; its requests are judged in order, each counter
+//! exactly as on its own. A request dropped meanwhile (its client hung up)
+//! gets no answer: the slots granted to it are released, never leaked. A
+//! failed call fails each request in it with an error of the same kind. In
+//! a cluster the keys are in different slots, so each counter is reserved
+//! in its own call (sent together): each is atomic, the set is not (see
+//! docs/redis.md, "What is atomic, and what is bounded").
 //!
 //! Subjects are the client key in hex, or the SHA-256 of the normalised
 //! account (no e-mail address or phone number is written to Redis).
 //!
-//! One round trip per guarded request: a slot's settle (release, or count
-//! the event) is queued, and the next reservation's script call carries it
-//! (settles first, then reserves); a settle no reservation picks up within
+//! One round trip per guarded request (or batch): a slot's settle (release,
+//! or count the event) is queued, and the next reservation's script call
+//! carries it (settles first, then reserves); a settle no reservation picks up within
 //! [`FLUSH_AFTER`] is sent by a background flusher, batched with the others.
 //! Scripts are called by `EVALSHA` only; they are loaded when connections
 //! are (re)opened, and a `NOSCRIPT` answer (a restarted or flushed server) is
