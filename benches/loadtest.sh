@@ -18,7 +18,8 @@
 # BASELINE (path to another poolgate binary, e.g. a build of main: run it as target
 # `pg-base` beside this build, interleaved, to compare two builds in one run),
 # POOLGATE_BIN (the binary under test; default: this tree's release build);
-# soak: SOAK_SECS (600), SOAK_THREADS (8 client connections), SOAK_PORT (18380).
+# soak: SOAK_SECS (600), SOAK_THREADS (8 client connections), SOAK_PORT (18380);
+# instructions: INSTR_SECS (6 s per run), INSTR_CONNECTIONS (4, wrk -c).
 # Targets are interleaved round by round so machine noise hits all alike.
 # Everything listens on 127.0.0.1 and is stopped on exit.
 set -euo pipefail
@@ -413,6 +414,9 @@ if [ "$MODE" = instructions ]; then
   # Zero the counters, send a fixed load, dump: instructions (Ir) per request
   # in poolgate's process (user space; syscalls count as one instruction).
   INSTR_SECS=${INSTR_SECS:-6}
+  # Client connections (wrk -c): more share an event-loop turn, and so a
+  # batched Redis call.
+  INSTR_CONNECTIONS=${INSTR_CONNECTIONS:-4}
   printf '%-8s %-12s %10s %14s\n' scenario target requests "instr/request"
   for r in $(seq "$ROUNDS"); do
     for scenario in get login mix; do
@@ -429,7 +433,7 @@ if [ "$MODE" = instructions ]; then
           pg-redis) counted=("$pgr_pid" "$redis_pid") names=(pg-redis redis-server) port=$PGR ;;
         esac
         for pid in "${counted[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1; done
-        out=$(wrk -t1 -c4 -d"${INSTR_SECS}s" "${script[@]}" "http://127.0.0.1:$port$path")
+        out=$(wrk -t1 -c"$INSTR_CONNECTIONS" -d"${INSTR_SECS}s" "${script[@]}" "http://127.0.0.1:$port$path")
         n=$(awk '/requests in/ {print $1}' <<<"$out")
         for i in "${!counted[@]}"; do
           pid=${counted[$i]}
