@@ -1054,9 +1054,10 @@ impl RedisStore {
     /// A queued request's answer. The task sending it answers within two
     /// calls' timeouts (`EVALSHA`, and `EVAL` on `NOSCRIPT`) or is dropped
     /// (an error at once); the bound is a last guard against waiting for ever
-    /// (a task on a runtime nobody drives).
+    /// (a task on a runtime nobody drives), on the worker's coarse timer:
+    /// one slab entry per request, not a timer-wheel registration.
     async fn wait(&self, rx: oneshot::Receiver<Answer>) -> Answer {
-        match tokio::time::timeout(3 * self.timeout, rx).await {
+        match crate::coarse_timer::timeout(3 * self.timeout, rx).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(StoreError::Cancelled),
             Err(_) => {
