@@ -424,21 +424,25 @@ async fn direct_store(
     redis: &RedisServer,
     prefix: &str,
 ) -> std::sync::Arc<poolgate::store::RedisStore> {
-    let cfg = poolgate::config::RedisConfig {
+    let s = store_of(&poolgate::config::RedisConfig {
         url: poolgate::config::Secret::new(redis.url()),
         key_prefix: prefix.into(),
         ..poolgate::config::RedisConfig::default()
-    };
-    let s = std::sync::Arc::new(
+    });
+    s.ping().await.expect("redis answers");
+    s
+}
+
+/// A store on `cfg`, holding a slot 30 s (not connected yet).
+fn store_of(cfg: &poolgate::config::RedisConfig) -> std::sync::Arc<poolgate::store::RedisStore> {
+    std::sync::Arc::new(
         poolgate::store::RedisStore::new(
-            &cfg,
+            cfg,
             Duration::from_secs(30),
             poolgate::metrics::Metrics::new(),
         )
         .expect("a store"),
-    );
-    s.ping().await.expect("redis answers");
-    s
+    )
 }
 
 /// Runs one command on `c`, its reply as `T`.
@@ -824,14 +828,7 @@ async fn with_redis_down_every_waiter_of_a_batch_gets_an_error_promptly() {
         breaker_failures: 2,
         ..poolgate::config::RedisConfig::default()
     };
-    let s = std::sync::Arc::new(
-        poolgate::store::RedisStore::new(
-            &cfg,
-            Duration::from_secs(30),
-            poolgate::metrics::Metrics::new(),
-        )
-        .expect("a store"),
-    );
+    let s = store_of(&cfg);
     // Up: this thread's connection is open.
     held(
         s.reserve(&[harness::redis::login_ip_ask(5, 10)], false)
