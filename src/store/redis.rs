@@ -1087,14 +1087,11 @@ impl RedisStore {
     /// are released like any unsettled slot. On an error every request gets
     /// one of the same kind.
     async fn send_groups(self: &Arc<Self>, pending: Vec<Pending>, settles: Vec<(SlotId, bool)>) {
-        let cmd = self.reserve_cmd(&settles, pending.iter().map(|p| &p.group));
-        // A settle this call carried is not sent again if it fails (see
-        // `reserve_in_one_call`).
-        drop(settles);
-        let keys: usize = pending.iter().map(|p| p.group.counters.len()).sum();
-        let reply = match self.eval::<Vec<i64>>("reserve", &self.reserve, cmd).await {
-            Ok(r) if r.len() == 2 * keys => r,
-            Ok(_) => return fail_all(pending, StoreError::Reply),
+        let reply = match self
+            .reserve_call(settles, pending.iter().map(|p| &p.group))
+            .await
+        {
+            Ok(r) => r,
             Err(e) => return fail_all(pending, e),
         };
         let mut at = 0;
@@ -1114,16 +1111,31 @@ impl RedisStore {
         group: Group,
         settles: Vec<(SlotId, bool)>,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let cmd = self.reserve_cmd(&settles, std::iter::once(&group));
+        let reply = self.reserve_call(settles, std::iter::once(&group)).await?;
+        Ok(self.answers(group, &reply))
+    }
+
+    /// Sends the RESERVE call for `groups`, settling `settles` first: its
+    /// reply, two numbers per reserved counter (checked), for both the
+    /// batched and the one-request path.
+    fn reserve_call<'g>(
+        &self,
+        settles: Vec<(SlotId, bool)>,
+        groups: impl Iterator<Item = &'g Group> + Clone,
+    ) -> impl std::future::Future<Output = Result<Vec<i64>, StoreError>> + Send + '_ {
+        let cmd = self.reserve_cmd(&settles, groups.clone());
+        let counters: usize = groups.map(|g| g.counters.len()).sum();
         // A settle this call carried is not sent again if it fails: an
         // unsettled slot lapses after `hold`, and a lost commit under-counts
         // one failure (counted in `poolgate_store_errors_total`).
         drop(settles);
-        let reply: Vec<i64> = self.eval("reserve", &self.reserve, cmd).await?;
-        if reply.len() != 2 * group.counters.len() {
-            return Err(StoreError::Reply);
+        async move {
+            let reply: Vec<i64> = self.eval("reserve", &self.reserve, cmd).await?;
+            if reply.len() != 2 * counters {
+                return Err(StoreError::Reply);
+            }
+            Ok(reply)
         }
-        Ok(self.answers(group, &reply))
     }
 
     /// The RESERVE call for `groups`, settling `settles` first: the one place
