@@ -22,11 +22,13 @@
 //!
 //! On a single server, all the counters a request needs are reserved in one
 //! script call (one round trip), and so are those of every request a thread
-//! (a proxy worker) makes in one turn of its event loop: the first request
-//! queues its reservations in the thread's [`Batch`] and spawns a task that,
-//! running after the other tasks ready in that turn, sends the whole batch
-//! in one call (the per-call cost, which dominates a login's, is paid once
-//! per batch) and answers each request through a channel. The call is one
+//! (a proxy worker) makes while its previous call is in flight or in the
+//! same turn of its event loop (group commit): the first request queues its
+//! reservations in the thread's [`Batch`] and spawns a task that, running
+//! after the other tasks ready in that turn, sends the whole batch in one
+//! call (the per-call cost, which dominates a login's, is paid once per
+//! batch), answers each request through a channel, and sends whatever
+//! queued meanwhile in the next call, until the queue is empty. The call is one
 //! script, atomic as a whole; its requests are judged in order, each counter
 //! exactly as on its own. A request dropped meanwhile (its client hung up)
 //! gets no answer: the slots granted to it are released, never leaked. A
@@ -617,48 +619,94 @@ struct Pending {
 }
 
 /// The reservations one thread's requests queued for one store (single
-/// server): the first queued spawns a [`Flush`] task, which runs after the
-/// tasks already ready in this turn of the thread's event loop (so they have
-/// queued theirs) and sends them all in one RESERVE call. Kept beside the
-/// thread's connection in [`THREAD_CONNS`]; shared (`Arc`), so a task that
-/// moved to another thread of a multi-thread runtime still finds it.
+/// server), sent one call at a time (group commit): the first request queued
+/// while no [`Flush`] task runs spawns one. It runs after the tasks already
+/// ready in this turn of the thread's event loop (so they have queued
+/// theirs), sends them all in one RESERVE call and, while that call is in
+/// flight, the thread's next requests queue behind it and go in the next
+/// call. So under load a call carries what arrived during one round trip,
+/// not one request, and Redis pays its per-call cost once for all of them;
+/// a request waits at most for the call in flight and then its own. Kept
+/// beside the thread's connection in [`THREAD_CONNS`]; shared (`Arc`), so a
+/// task that moved to another thread of a multi-thread runtime still finds
+/// it.
 #[derive(Default)]
 struct Batch {
-    queue: Mutex<Vec<Pending>>,
+    queue: Mutex<Queue>,
+}
+
+/// A [`Batch`]'s queued requests, and whether a [`Flush`] task is running
+/// for it (then it sends them; no other is spawned).
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Pending>,
+    flushing: bool,
 }
 
 impl Batch {
-    fn take(&self) -> Vec<Pending> {
-        self.queue
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+    /// Queues `p`; true if no [`Flush`] task runs, which the caller must
+    /// then spawn (marked running here, so exactly one caller does).
+    fn push(&self, p: Pending) -> Result<bool, Pending> {
+        let Ok(mut q) = self.queue.lock() else {
+            return Err(p);
+        };
+        q.pending.push(p);
+        Ok(!std::mem::replace(&mut q.flushing, true))
+    }
+
+    /// The queued requests, or `None` (and the task marked stopped) if none
+    /// are: the [`Flush`] task's next call, or its end.
+    fn next(&self) -> Option<Vec<Pending>> {
+        let Ok(mut q) = self.queue.lock() else {
+            return None;
+        };
+        if q.pending.is_empty() {
+            q.flushing = false;
+            return None;
+        }
+        Some(std::mem::take(&mut q.pending))
+    }
+
+    /// The [`Flush`] task is gone without emptying the queue: its requests
+    /// are dropped (their waiters get an error) and the next one queued
+    /// spawns a new task.
+    fn abandon(&self) {
+        let dropped = self.queue.lock().map(|mut q| {
+            q.flushing = false;
+            std::mem::take(&mut q.pending)
+        });
+        drop(dropped);
     }
 }
 
-/// The task that sends a [`Batch`]. Dropped before it ran (its runtime
-/// shutting down), it drops the queued requests' senders: each waiter gets
-/// an error ([`StoreError::Cancelled`]) rather than waiting for ever, and
-/// the next request queued on this thread spawns a new task. Dropped while
-/// its call is in flight, the same (the senders are in the call's future).
+/// The task that sends a [`Batch`], one call at a time, until it is empty.
+/// Dropped before it ran or between calls (its runtime shutting down, or a
+/// panic), it drops the queued requests' senders: each waiter gets an error
+/// ([`StoreError::Cancelled`]) rather than waiting for ever, and the next
+/// request queued on this thread spawns a new task. Dropped while a call is
+/// in flight, the same for that call's requests (their senders are in the
+/// call's future).
 struct Flush {
     store: Arc<RedisStore>,
     batch: Arc<Batch>,
-    taken: bool,
+    /// Set when [`Batch::next`] found the queue empty and marked the task
+    /// stopped: a new task may run by the time this one drops.
+    done: bool,
 }
 
 impl Flush {
     async fn run(mut self) {
-        let pending = self.batch.take();
-        self.taken = true;
-        self.store.send_batch(pending).await;
+        while let Some(pending) = self.batch.next() {
+            self.store.send_batch(pending).await;
+        }
+        self.done = true;
     }
 }
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        if !self.taken {
-            drop(self.batch.take());
+        if !self.done {
+            self.batch.abandon();
         }
     }
 }
@@ -1030,12 +1078,9 @@ impl RedisStore {
             return Err(group);
         };
         let (tx, rx) = oneshot::channel();
-        let first = {
-            let Ok(mut q) = batch.queue.lock() else {
-                return Err(group);
-            };
-            q.push(Pending { group, tx });
-            q.len() == 1
+        let first = match batch.push(Pending { group, tx }) {
+            Ok(first) => first,
+            Err(p) => return Err(p.group),
         };
         if first {
             // Behind the tasks already ready in this turn: they queue theirs first.
@@ -1043,7 +1088,7 @@ impl RedisStore {
                 Flush {
                     store: self.clone(),
                     batch,
-                    taken: false,
+                    done: false,
                 }
                 .run(),
             );
@@ -1051,8 +1096,9 @@ impl RedisStore {
         Ok(rx)
     }
 
-    /// A queued request's answer. The task sending it answers within two
-    /// calls' timeouts (`EVALSHA`, and `EVAL` on `NOSCRIPT`), or is dropped
+    /// A queued request's answer. The task sending it answers within the
+    /// timeouts of the call in flight and of the request's own (each up to
+    /// two: `EVALSHA`, and `EVAL` on `NOSCRIPT`), or is dropped
     /// (its runtime shut down, or it panicked) and so drops the sender: an
     /// error at once. It runs on the runtime this request runs on, so no
     /// timer of its own is needed here (one per request was ~500
