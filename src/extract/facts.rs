@@ -5,6 +5,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use super::identify::trim as fast_trim;
 use super::{identify_in, json, ExtractError, Identifier, Normalize};
 use crate::routes::Fields;
 
@@ -87,11 +88,11 @@ pub(super) fn facts_with<'a>(
         None => Ok(None),
     };
     let nonblank =
-        |s: Option<Cow<'a, str>>| s.filter(|s| !s.trim().is_empty()).map(Cow::into_owned);
+        |s: Option<Cow<'a, str>>| s.filter(|s| !fast_trim(s).is_empty()).map(Cow::into_owned);
     let country_code = nonblank(text(&fields.phone_country_code)?);
     let mut identifier: Option<Identifier> = None;
     for f in &fields.identifier {
-        let Some(v) = at(&f.pointer)?.filter(|v| !v.trim().is_empty()) else {
+        let Some(v) = at(&f.pointer)?.filter(|v| !fast_trim(v).is_empty()) else {
             continue;
         };
         let id = identify_in(&v, f.kind, country_code.as_deref(), norm);

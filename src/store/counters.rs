@@ -81,21 +81,21 @@ impl Vacant for Entry {
 
 /// A [`Table`] key: how it is hashed.
 pub(crate) trait TableKey: Copy + Default + Eq {
-    /// The key's hash under the table's `RandomState`.
-    fn hash_with(&self, s: &RandomState) -> u64;
+    /// The key's hash under the table's [`KeyHasher`].
+    fn hash_with(&self, s: &KeyHasher) -> u64;
 }
 
 impl TableKey for u64 {
     #[inline]
-    fn hash_with(&self, s: &RandomState) -> u64 {
-        s.hash_one(self)
+    fn hash_with(&self, s: &KeyHasher) -> u64 {
+        s.hash_u64(*self)
     }
 }
 
 impl TableKey for u128 {
     #[inline]
-    fn hash_with(&self, s: &RandomState) -> u64 {
-        s.hash_one(self)
+    fn hash_with(&self, s: &KeyHasher) -> u64 {
+        s.hash_u128(*self)
     }
 }
 
@@ -106,9 +106,84 @@ pub(crate) struct Prehashed(u64);
 
 impl TableKey for Prehashed {
     #[inline]
-    fn hash_with(&self, _: &RandomState) -> u64 {
+    fn hash_with(&self, _: &KeyHasher) -> u64 {
         self.0
     }
+}
+
+/// SipHash-1-3 under a random per-process key: what std's `RandomState`
+/// runs, so as hard for clients to aim keys at one entry, but written for
+/// one or two whole 64-bit words. `RandomState::hash_one` of a `u128`
+/// streams its bytes through `Hasher::write`'s buffer, ~150 instructions
+/// per key, and a login hashes three keys. The rounds are held to std's
+/// (deprecated but stable) SipHash-2-4 by a unit test.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyHasher {
+    /// A hasher with a fresh random key (drawn from a `RandomState`).
+    pub(crate) fn new() -> Self {
+        let s = RandomState::new();
+        KeyHasher {
+            k0: s.hash_one(0x5eed_u64),
+            k1: s.hash_one(0xc0de_u64),
+        }
+    }
+
+    /// The hash of a 128-bit key (its little-endian bytes).
+    #[inline]
+    pub(crate) fn hash_u128(&self, x: u128) -> u64 {
+        sip::<1, 3>(self.k0, self.k1, &[x as u64, (x >> 64) as u64])
+    }
+
+    /// The hash of a 64-bit key (its little-endian bytes).
+    #[inline]
+    pub(crate) fn hash_u64(&self, x: u64) -> u64 {
+        sip::<1, 3>(self.k0, self.k1, &[x])
+    }
+}
+
+/// SipHash-c-d of `words` (a message of whole little-endian 64-bit words).
+#[inline(always)]
+fn sip<const C: usize, const D: usize>(k0: u64, k1: u64, words: &[u64]) -> u64 {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let round = |v: &mut [u64; 4]| {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    };
+    let compress = |v: &mut [u64; 4], m: u64| {
+        v[3] ^= m;
+        for _ in 0..C {
+            round(v);
+        }
+        v[0] ^= m;
+    };
+    for &m in words {
+        compress(&mut v, m);
+    }
+    // The last block: no bytes left over, the length in its top byte.
+    compress(&mut v, ((words.len() as u64 * 8) & 0xff) << 56);
+    v[2] ^= 0xff;
+    for _ in 0..D {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 /// Entries per storage chunk: the storage grows by one chunk at a time,
@@ -200,7 +275,7 @@ impl<K: TableKey, V: Vacant> Shard<K, V> {
 pub(crate) struct Table<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     // SipHash with a random key: the keys are chosen by clients.
-    hasher: RandomState,
+    hasher: KeyHasher,
 }
 
 impl<K: TableKey, V: Vacant> Table<K, V> {
@@ -219,7 +294,7 @@ impl<K: TableKey, V: Vacant> Table<K, V> {
                     })
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: KeyHasher::new(),
         }
     }
 
@@ -466,7 +541,7 @@ enum Backing {
     /// aim two keys at one entry; a chance collision (about n²/2⁶⁵ for n
     /// keys: 3·10⁻⁸ at a million) merges two counts, which only ever makes
     /// counting stricter.
-    Hashed(Table<Prehashed, Entry>, RandomState),
+    Hashed(Table<Prehashed, Entry>, KeyHasher),
 }
 
 /// Counts events per key in windows, with a hard cap on tracked keys.
@@ -509,7 +584,7 @@ impl WindowCounter {
         Self::with(
             name,
             max_keys,
-            Backing::Hashed(Table::new(), RandomState::new()),
+            Backing::Hashed(Table::new(), KeyHasher::new()),
         )
     }
 
@@ -586,7 +661,7 @@ impl WindowCounter {
     fn hash(&self, key: Key) -> u64 {
         match &self.backing {
             Backing::Client(c, _) => c.hash(key),
-            Backing::Hashed(_, h) => h.hash_one(key),
+            Backing::Hashed(_, h) => h.hash_u128(key),
         }
     }
 
@@ -607,7 +682,7 @@ impl WindowCounter {
     fn get(&self, key: Key) -> Option<Entry> {
         match &self.backing {
             Backing::Client(c, lane) => c.get(key).map(|s| s.windows[*lane]),
-            Backing::Hashed(t, h) => t.get(Prehashed(h.hash_one(key))),
+            Backing::Hashed(t, h) => t.get(Prehashed(h.hash_u128(key))),
         }
         .filter(|e| !e.vacant())
     }
@@ -767,6 +842,34 @@ fn roll(e: &mut Entry, tick: u32, window: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written rounds are SipHash: at 2-4 rounds they give what
+    /// std's SipHasher gives for the same key and bytes (1-3 differs only
+    /// in the round counts).
+    #[test]
+    #[allow(deprecated)]
+    fn key_hasher_is_siphash() {
+        use std::hash::Hasher;
+        let mut x: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        for i in 0..200u64 {
+            let (k0, k1) = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), !i << 7);
+            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+            h.write(&x.to_le_bytes());
+            assert_eq!(
+                sip::<2, 4>(k0, k1, &[x as u64, (x >> 64) as u64]),
+                h.finish()
+            );
+            let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+            h.write(&(x as u64).to_le_bytes());
+            assert_eq!(sip::<2, 4>(k0, k1, &[x as u64]), h.finish());
+            x = x.rotate_left(13) ^ u128::from(i);
+        }
+        // Two hashers draw different keys; one hashes a key the same way.
+        let (a, b) = (KeyHasher::new(), KeyHasher::new());
+        assert_ne!(a.hash_u128(1), b.hash_u128(1));
+        assert_eq!(a.hash_u128(1), a.hash_u128(1));
+        assert_ne!(a.hash_u128(1), a.hash_u128(1 << 64));
+    }
 
     fn lim(limit: u32, secs: u64) -> WindowLimit {
         WindowLimit {
