@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
 /// `X-Forwarded-For`, as a constant: looking a header up by `&str` parses
@@ -113,12 +113,20 @@ impl ClientIpResolver {
         if !self.is_trusted(peer) {
             return peer;
         }
+        self.resolve_forwarded(peer, &Forwarding::scan(headers))
+    }
+
+    /// [`Self::resolve`] from a request's forwarding headers already found
+    /// (the gateway reads them once for this and the CORS scheme). `peer` is
+    /// canonical; an untrusted one is the client, whatever `fwd` holds.
+    pub fn resolve_forwarded(&self, peer: IpAddr, fwd: &Forwarding<'_>) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
         let mut current = peer;
-        // One lookup of the header, not a `contains_key` and then another.
-        let xff = headers.get_all(&X_FORWARDED_FOR);
-        if xff.iter().next().is_some() {
+        if fwd.xff.last.is_some() {
             // Several header lines form one list, in order: walk it from the right.
-            for line in xff.iter().rev() {
+            for line in fwd.xff.rev(fwd.headers, &X_FORWARDED_FOR) {
                 for entry in line.as_bytes().rsplit(|&b| b == b',') {
                     if !self.is_trusted(current) {
                         return current;
@@ -131,7 +139,7 @@ impl ClientIpResolver {
             }
             return current;
         }
-        for line in headers.get_all(http::header::FORWARDED).iter().rev() {
+        for line in fwd.forwarded.rev(fwd.headers, &http::header::FORWARDED) {
             for element in line.as_bytes().rsplit(|&b| b == b',') {
                 if !self.is_trusted(current) {
                     return current;
@@ -143,6 +151,88 @@ impl ClientIpResolver {
             }
         }
         current
+    }
+}
+
+/// `X-Forwarded-Proto`, which the CORS scheme is read from.
+pub const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+
+/// A request's forwarding headers (`X-Forwarded-For`, `Forwarded`,
+/// `X-Forwarded-Proto`), found in one pass over its header map: the client
+/// IP and the CORS scheme both read them, and four hashed lookups of these
+/// names were ~600 instructions per request from a trusted proxy
+/// (callgrind). A name sent on several lines is looked up again when walked.
+#[derive(Clone, Copy)]
+pub struct Forwarding<'a> {
+    headers: &'a HeaderMap,
+    xff: Lines<'a>,
+    forwarded: Lines<'a>,
+    proto: Lines<'a>,
+}
+
+/// The lines of one header name: the last, and whether there are others.
+#[derive(Clone, Copy, Default)]
+struct Lines<'a> {
+    last: Option<&'a HeaderValue>,
+    many: bool,
+}
+
+impl<'a> Lines<'a> {
+    fn push(&mut self, v: &'a HeaderValue) {
+        self.many |= self.last.is_some();
+        self.last = Some(v);
+    }
+
+    /// Its lines from the last to the first.
+    fn rev(
+        self,
+        headers: &'a HeaderMap,
+        name: &http::HeaderName,
+    ) -> impl Iterator<Item = &'a HeaderValue> + 'a {
+        let (one, all) = if self.many {
+            (None, Some(headers.get_all(name).iter().rev()))
+        } else {
+            (self.last, None)
+        };
+        one.into_iter().chain(all.into_iter().flatten())
+    }
+}
+
+impl<'a> Forwarding<'a> {
+    /// Finds the forwarding headers of `headers`.
+    pub fn scan(headers: &'a HeaderMap) -> Self {
+        let mut fwd = Forwarding::none(headers);
+        for (name, value) in headers {
+            if *name == http::header::FORWARDED {
+                fwd.forwarded.push(value);
+            } else if *name == X_FORWARDED_FOR {
+                fwd.xff.push(value);
+            } else if *name == X_FORWARDED_PROTO {
+                fwd.proto.push(value);
+            }
+        }
+        fwd
+    }
+
+    /// As if the request had none (its peer is not a trusted proxy, whose
+    /// headers are not to be read).
+    pub fn none(headers: &'a HeaderMap) -> Self {
+        Forwarding {
+            headers,
+            xff: Lines::default(),
+            forwarded: Lines::default(),
+            proto: Lines::default(),
+        }
+    }
+
+    /// The last `X-Forwarded-Proto` line.
+    pub fn last_proto(&self) -> Option<&'a HeaderValue> {
+        self.proto.last
+    }
+
+    /// The last `Forwarded` line.
+    pub fn last_forwarded(&self) -> Option<&'a HeaderValue> {
+        self.forwarded.last
     }
 }
 
@@ -285,6 +375,58 @@ mod tests {
         assert_eq!(r().resolve(ip("::1"), &h), ip("2001:db8::1"));
         let h = headers(&[("forwarded", "for=unknown")]);
         assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn one_pass_finds_what_lookups_find() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("x-forwarded-for", "5.5.5.5")],
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=7.7.7.7;proto=http"),
+                ("x-forwarded-for", "5.5.5.5, 10.2.2.2"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-proto", "https"),
+            ],
+            &[
+                ("forwarded", "for=6.6.6.6"),
+                ("forwarded", "for=10.3.3.3;proto=https"),
+                ("host", "gw.example"),
+            ],
+            &[("x-forwarded-proto", "https"), ("forwarded", "for=6.6.6.6")],
+        ];
+        for pairs in cases {
+            let h = headers(pairs);
+            let fwd = Forwarding::scan(&h);
+            let last = |n: &http::HeaderName| h.get_all(n).iter().next_back();
+            assert_eq!(fwd.last_proto(), last(&X_FORWARDED_PROTO), "{pairs:?}");
+            assert_eq!(
+                fwd.last_forwarded(),
+                last(&http::header::FORWARDED),
+                "{pairs:?}"
+            );
+            let mut walked: Vec<_> = fwd.xff.rev(&h, &X_FORWARDED_FOR).collect();
+            walked.reverse();
+            assert!(
+                walked
+                    .iter()
+                    .copied()
+                    .eq(h.get_all(&X_FORWARDED_FOR).iter()),
+                "{pairs:?}"
+            );
+            let ten = ip("10.0.0.1");
+            assert_eq!(
+                r().resolve_forwarded(ten, &fwd),
+                r().resolve(ten, &h),
+                "{pairs:?}"
+            );
+            assert_eq!(
+                r().resolve_forwarded(ten, &Forwarding::none(&h)),
+                ten,
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::client_ip::ClientIpResolver;
+use crate::client_ip::{ClientIpResolver, Forwarding};
 use crate::guards::{self, cors, rate_limit};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
@@ -145,6 +145,8 @@ struct Resolved {
     via_backend: bool,
     /// A trusted backend sent an `X-Real-IP` that is not one address.
     bad_real_ip: bool,
+    /// The scheme the page used, as far as a trusted proxy tells it.
+    proto: Option<cors::Scheme>,
 }
 
 /// What a request is about, for its phases, logs and answers.
@@ -286,7 +288,7 @@ impl Gateway {
             );
             phase!(self.enforce(rej, &ctx));
         }
-        phase!(self.cors(&req, &mut ctx));
+        phase!(self.cors(&req, who.proto, &mut ctx));
         phase!(self.request_checks(&req, &class, &ctx));
         let kind = match class {
             Class::Route(r) => r.kind,
@@ -317,7 +319,20 @@ impl Gateway {
     /// `X-Real-IP` (and in the body's `clientIp`, read with the body).
     fn resolve_client(&self, req: &Request<Incoming>, peer: SocketAddr, rt: &Runtime) -> Resolved {
         let peer_ip = crate::client_ip::canonical(peer.ip());
-        let mut ip = rt.client_ip.resolve(peer_ip, req.headers());
+        // The forwarding headers, read only from a trusted proxy, in one
+        // pass for the client IP and the CORS scheme.
+        let trusted = rt.client_ip.is_trusted(peer_ip);
+        let fwd = if trusted {
+            Forwarding::scan(req.headers())
+        } else {
+            Forwarding::none(req.headers())
+        };
+        let mut ip = rt.client_ip.resolve_forwarded(peer_ip, &fwd);
+        let proto = if trusted {
+            cors::forwarded_proto_of(fwd.last_proto(), fwd.last_forwarded())
+        } else {
+            None
+        };
         let via_backend = rt.client_ip.is_backend(ip);
         let mut bad_real_ip = false;
         if via_backend {
@@ -335,6 +350,7 @@ impl Gateway {
             peer_ip,
             via_backend,
             bad_real_ip,
+            proto,
         }
     }
 
@@ -359,14 +375,8 @@ impl Gateway {
     /// Phase "CORS": a refused `Origin` is answered (unless `cors` is in dry
     /// run, then nothing is echoed); an allowed one is echoed on the answer;
     /// a preflight is answered here and never reaches a limit or the upstream.
-    fn cors(&self, req: &Request<Incoming>, ctx: &mut Ctx) -> Phase {
-        // The scheme the page used, as far as a trusted proxy tells it.
-        let proto = ctx
-            .rt
-            .client_ip
-            .is_trusted(ctx.peer_ip)
-            .then(|| cors::forwarded_proto(req.headers()))
-            .flatten();
+    /// `proto` is the scheme a trusted proxy reported ([`Gateway::resolve_client`]).
+    fn cors(&self, req: &Request<Incoming>, proto: Option<cors::Scheme>, ctx: &mut Ctx) -> Phase {
         ctx.tls = proto == Some(cors::Scheme::Https);
         match cors::check(&ctx.policy, req.headers(), proto) {
             cors::Cors::Denied(rej) => self.enforce(rej, ctx)?,
