@@ -6,7 +6,7 @@
 //! left-most entries are whatever the client wrote, so they are never believed
 //! on their own. `X-Forwarded-For` is read when present, else `Forwarded`.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
@@ -131,7 +131,13 @@ impl ClientIpResolver {
                     if !self.is_trusted(current) {
                         return current;
                     }
-                    match std::str::from_utf8(entry).ok().and_then(parse_xff_entry) {
+                    // The usual entry is a bare IPv4 address: read it as
+                    // bytes; anything else takes the general path.
+                    let next = match plain_v4(entry.trim_ascii()) {
+                        Some(v4) => Some(IpAddr::V4(v4)),
+                        None => std::str::from_utf8(entry).ok().and_then(parse_xff_entry),
+                    };
+                    match next {
                         Some(ip) => current = ip,
                         None => return current,
                     }
@@ -251,6 +257,39 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// `clientIp`): one IPv4 or IPv6 address, IPv4-mapped read as IPv4.
 pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
     parse_node(s.trim().trim_matches('"'))
+}
+
+/// A bare dotted-quad IPv4 address as `Ipv4Addr`'s parser reads one (four
+/// octets of 1 to 3 digits, none over 255, no leading zero), else `None`, and
+/// the caller takes the general path, which gives the same answer for it.
+/// `from_utf8`, the Unicode trims and `IpAddr`'s parser were ~500
+/// instructions per `X-Forwarded-For` entry (callgrind).
+fn plain_v4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut at = 0;
+    let mut value: u16 = 0;
+    let mut digits = 0;
+    for &b in s {
+        if b.is_ascii_digit() {
+            if digits == 3 || (digits == 1 && value == 0) {
+                return None;
+            }
+            value = value * 10 + u16::from(b - b'0');
+            digits += 1;
+        } else if b == b'.' && digits > 0 && at < 3 {
+            octets[at] = u8::try_from(value).ok()?;
+            at += 1;
+            value = 0;
+            digits = 0;
+        } else {
+            return None;
+        }
+    }
+    if at != 3 || digits == 0 {
+        return None;
+    }
+    octets[3] = u8::try_from(value).ok()?;
+    Some(Ipv4Addr::from(octets))
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly `[v6]:port` or `v4:port`.
@@ -427,6 +466,64 @@ mod tests {
                 "{pairs:?}"
             );
         }
+    }
+
+    #[test]
+    fn plain_v4_reads_what_the_std_parser_reads() {
+        let fixed = [
+            "1.2.3.4",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            ".1.2.3",
+            "1.2.3.",
+            "1000.1.1.1",
+            "",
+            "1.2.3.4:80",
+        ];
+        let mut samples: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+        // Every string of up to 9 characters over "0", "1", "5", "9" and ".",
+        // more or less: a cheap generator, not exhaustive.
+        let alphabet = b"0159.";
+        let mut n: u64 = 0;
+        while samples.len() < 60_000 {
+            let mut s = String::new();
+            let mut k = n;
+            loop {
+                s.push(char::from(alphabet[(k % 5) as usize]));
+                k /= 5;
+                if k == 0 {
+                    break;
+                }
+            }
+            samples.push(s);
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 35;
+            n += samples.len() as u64;
+        }
+        for o in [
+            0u16, 7, 10, 99, 100, 199, 200, 249, 250, 255, 256, 299, 300, 999,
+        ] {
+            samples.push(format!("10.{o}.1.{o}"));
+        }
+        for s in &samples {
+            let fast = plain_v4(s.as_bytes());
+            if let Some(v4) = fast {
+                assert_eq!(s.parse::<Ipv4Addr>().ok(), Some(v4), "{s}");
+            }
+            if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                assert_eq!(fast, s.parse::<Ipv4Addr>().ok(), "{s}");
+            }
+        }
+        let h = headers(&[("x-forwarded-for", " 5.5.5.5 ,\t10.1.1.1")]);
+        assert_eq!(r().resolve(ip("10.0.0.1"), &h), ip("5.5.5.5"));
     }
 
     #[test]
