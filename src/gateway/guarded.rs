@@ -87,44 +87,50 @@ pub(super) struct Hold {
 impl Gateway {
     /// The guarded request path. Sets the request's route label to what its
     /// (first) call is, so a GraphQL login counts as `login`.
-    pub(super) async fn guarded(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        route: &Route,
-        ctx: &mut Ctx,
-        obs: &Observe<'_>,
-    ) -> Answer {
-        let (mut parts, body) = req.into_parts();
-        let bytes = phase!(self.read_body(body, ctx).await);
-        let calls = phase!(self.calls(route, &parts.headers, &bytes, ctx));
-        if let Some(first) = calls.first() {
-            ctx.label = first.kind.as_str();
-        }
-        let ctx = &*ctx;
-        // Rate limits the request could not pass before its calls were known
-        // (GraphQL, and end users named by a trusted backend): one token per
-        // call, so a batch pays for every attempt in it.
-        if rate_limit::per_call(route.kind, ctx.via_backend) {
-            if calls.is_empty() {
-                phase!(self.rate_limit(RouteKind::Other, ctx.client, ctx).await);
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    pub(super) fn guarded<'a>(
+        self: &'a Arc<Self>,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        route: &'a Route,
+        ctx: &'a mut Ctx,
+        obs: &'a Observe<'a>,
+    ) -> impl std::future::Future<Output = Answer> + Send + 'a {
+        // An `async` block taking the request's parts: see `Gateway::handle`.
+        async move {
+            let bytes = phase!(self.read_body(body, ctx).await);
+            let calls = phase!(self.calls(route, &parts.headers, &bytes, ctx));
+            if let Some(first) = calls.first() {
+                ctx.label = first.kind.as_str();
             }
-            for call in &calls {
-                phase!(self.rate_limit(call.kind, call.client, ctx).await);
+            let ctx = &*ctx;
+            // Rate limits the request could not pass before its calls were known
+            // (GraphQL, and end users named by a trusted backend): one token per
+            // call, so a batch pays for every attempt in it.
+            if rate_limit::per_call(route.kind, ctx.via_backend) {
+                if calls.is_empty() {
+                    phase!(self.rate_limit(RouteKind::Other, ctx.client, ctx).await);
+                }
+                for call in &calls {
+                    phase!(self.rate_limit(call.kind, call.client, ctx).await);
+                }
             }
-        }
-        let holds = phase!(self.guard_plan(&calls, &parts.headers, ctx).await);
+            let holds = phase!(self.guard_plan(&calls, &parts.headers, ctx).await);
 
-        // Forward the body we read. Outcomes are read from an uncompressed answer.
-        if holds.is_empty() {
+            // Forward the body we read. Outcomes are read from an uncompressed answer.
+            if holds.is_empty() {
+                let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
+                return match self.forward(req, ctx).await {
+                    Ok(resp) => {
+                        Answer::new(resp.map(|b| Either::Left(Replay::new(b))), "forwarded")
+                    }
+                    Err(a) => a,
+                };
+            }
+            parts.headers.remove(header::ACCEPT_ENCODING);
             let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-            return match self.forward(req, ctx).await {
-                Ok(resp) => Answer::new(resp.map(|b| Either::Left(Replay::new(b))), "forwarded"),
-                Err(a) => a,
-            };
+            self.forward_and_settle(req, &calls, holds, ctx, obs).await
         }
-        parts.headers.remove(header::ACCEPT_ENCODING);
-        let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-        self.forward_and_settle(req, &calls, holds, ctx, obs).await
     }
 
     /// Reads a guarded request's whole body (up to `inspect_body_bytes`, within

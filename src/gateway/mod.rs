@@ -42,7 +42,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::client_ip::ClientIpResolver;
+use crate::client_ip::{ClientIpResolver, Forwarding};
 use crate::guards::{self, cors, rate_limit};
 use crate::metrics::Metrics;
 use crate::policy::{CompiledPolicy, PolicyStore};
@@ -145,6 +145,8 @@ struct Resolved {
     via_backend: bool,
     /// A trusted backend sent an `X-Real-IP` that is not one address.
     bad_real_ip: bool,
+    /// The scheme the page used, as far as a trusted proxy tells it.
+    proto: Option<cors::Scheme>,
 }
 
 /// What a request is about, for its phases, logs and answers.
@@ -232,84 +234,96 @@ impl Drop for Observe<'_> {
 impl Gateway {
     /// Handles one request end to end (as the connection's service: it
     /// never fails, every failure is an answer).
-    pub async fn handle(
+    ///
+    /// An `async` block, not an `async fn`, here and in `phases` and
+    /// `guarded`: an `async fn` moves its arguments from the future's
+    /// captured state into locals, so the request (264 bytes) was held
+    /// twice in each of these futures and copied once more per level.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Result<Response<RespBody>, Infallible> {
-        let obs = Observe::start(&self.metrics);
-        let method = crate::server::method_label(req.method());
-        // One snapshot of the run-time settings for the whole request.
-        let rt = self.runtime.load_full();
-        let mut label = "other";
-        let answer = self.phases(req, peer, &rt, &mut label, &obs).await;
-        obs.answered(&answer.resp, method, label, answer.outcome, &rt);
-        Ok(answer.resp)
+    ) -> impl Future<Output = Result<Response<RespBody>, Infallible>> + Send {
+        async move {
+            let obs = Observe::start(&self.metrics);
+            let method = crate::server::method_label(req.method());
+            // One snapshot of the run-time settings for the whole request.
+            let rt = self.runtime.load_full();
+            let mut label = "other";
+            let answer = self.phases(req, peer, &rt, &mut label, &obs).await;
+            obs.answered(&answer.resp, method, label, answer.outcome, &rt);
+            Ok(answer.resp)
+        }
     }
 
     /// The phases of a request, in order; `label` is its route label as far
     /// as it is known when it is answered.
-    async fn phases(
-        self: &Arc<Self>,
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    fn phases<'a>(
+        self: &'a Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-        rt: &Arc<Runtime>,
-        label: &mut &'static str,
-        obs: &Observe<'_>,
-    ) -> Answer {
-        let who = self.resolve_client(&req, peer, rt);
-        let policy = phase!(self.load_policy(&req, who.client.ip));
-        let class = rt.routes.classify(req.method(), req.uri().path());
-        let (route, flavor) = match class {
-            Class::Route(r) | Class::WrongMethod(r) => (Some(r), r.flavor),
-            _ => (None, Flavor::V2),
-        };
-        *label = route.map_or("other", |r| r.kind.as_str());
-        let mut ctx = Ctx {
-            client: who.client,
-            peer_ip: who.peer_ip,
-            via_backend: who.via_backend,
-            tls: false,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            flavor,
-            label,
-            allow_origin: None,
-            policy,
-            // `class` borrows the route table from `rt`, so the context holds
-            // a second reference to the same snapshot.
-            rt: rt.clone(),
-        };
-        if who.bad_real_ip {
-            let rej = guards::body::bad_client_ip(
-                "X-Real-IP from a trusted backend is not one IP address",
-            );
-            phase!(self.enforce(rej, &ctx));
-        }
-        phase!(self.cors(&req, &mut ctx));
-        phase!(self.request_checks(&req, &class, &ctx));
-        let kind = match class {
-            Class::Route(r) => r.kind,
-            _ => RouteKind::Other,
-        };
-        if rate_limit::up_front(kind, ctx.via_backend) {
-            phase!(self.rate_limit(kind, ctx.client, &ctx).await);
-        }
-        let answer = match class {
-            Class::Route(_) if matches!(kind, RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
-                self.captcha(kind, &ctx).await
+        rt: &'a Arc<Runtime>,
+        label: &'a mut &'static str,
+        obs: &'a Observe<'a>,
+    ) -> impl Future<Output = Answer> + Send + 'a {
+        async move {
+            let who = self.resolve_client(&req, peer, rt);
+            let policy = phase!(self.load_policy(&req, who.client.ip));
+            let class = rt.routes.classify(req.method(), req.uri().path());
+            let (route, flavor) = match class {
+                Class::Route(r) | Class::WrongMethod(r) => (Some(r), r.flavor),
+                _ => (None, Flavor::V2),
+            };
+            *label = route.map_or("other", |r| r.kind.as_str());
+            let mut ctx = Ctx {
+                client: who.client,
+                peer_ip: who.peer_ip,
+                via_backend: who.via_backend,
+                tls: false,
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                flavor,
+                label,
+                allow_origin: None,
+                policy,
+                // `class` borrows the route table from `rt`, so the context holds
+                // a second reference to the same snapshot.
+                rt: rt.clone(),
+            };
+            if who.bad_real_ip {
+                let rej = guards::body::bad_client_ip(
+                    "X-Real-IP from a trusted backend is not one IP address",
+                );
+                phase!(self.enforce(rej, &ctx));
             }
-            Class::Route(r) if rate_limit::guarded(kind) => {
-                // Boxed: the guarded path's future is the largest by far
-                // (~2.4 KB); inline, every request's future would be that
-                // large, and is copied whole as it is built and boxed.
-                let answer = Box::pin(self.guarded(req, r, &mut ctx, obs)).await;
-                *label = ctx.label;
-                answer
+            phase!(self.cors(&req, who.proto, &mut ctx));
+            phase!(self.request_checks(&req, &class, &ctx));
+            let kind = match class {
+                Class::Route(r) => r.kind,
+                _ => RouteKind::Other,
+            };
+            if rate_limit::up_front(kind, ctx.via_backend) {
+                phase!(self.rate_limit(kind, ctx.client, &ctx).await);
             }
-            _ => self.forward_stream(req, &ctx).await,
-        };
-        Answer::new(self.with_cors(answer.resp, &ctx), answer.outcome)
+            let answer = match class {
+                Class::Route(_) if matches!(kind, RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
+                    self.captcha(kind, &ctx).await
+                }
+                Class::Route(r) if rate_limit::guarded(kind) => {
+                    // Boxed: the guarded path's future is the largest by far
+                    // (~2.4 KB); inline, every request's future would be that
+                    // large, and is copied whole as it is built and boxed.
+                    let (parts, body) = req.into_parts();
+                    let answer = Box::pin(self.guarded(parts, body, r, &mut ctx, obs)).await;
+                    *label = ctx.label;
+                    answer
+                }
+                _ => self.forward_stream(req, &ctx).await,
+            };
+            Answer::new(self.with_cors(answer.resp, &ctx), answer.outcome)
+        }
     }
 
     /// Phase "resolve client": the client IP (the socket peer, or what
@@ -317,7 +331,20 @@ impl Gateway {
     /// `X-Real-IP` (and in the body's `clientIp`, read with the body).
     fn resolve_client(&self, req: &Request<Incoming>, peer: SocketAddr, rt: &Runtime) -> Resolved {
         let peer_ip = crate::client_ip::canonical(peer.ip());
-        let mut ip = rt.client_ip.resolve(peer_ip, req.headers());
+        // The forwarding headers, read only from a trusted proxy, in one
+        // pass for the client IP and the CORS scheme.
+        let trusted = rt.client_ip.is_trusted(peer_ip);
+        let fwd = if trusted {
+            Forwarding::scan(req.headers())
+        } else {
+            Forwarding::none(req.headers())
+        };
+        let mut ip = rt.client_ip.resolve_forwarded(peer_ip, &fwd);
+        let proto = if trusted {
+            cors::forwarded_proto_of(fwd.last_proto(), fwd.last_forwarded())
+        } else {
+            None
+        };
         let via_backend = rt.client_ip.is_backend(ip);
         let mut bad_real_ip = false;
         if via_backend {
@@ -335,6 +362,7 @@ impl Gateway {
             peer_ip,
             via_backend,
             bad_real_ip,
+            proto,
         }
     }
 
@@ -359,14 +387,8 @@ impl Gateway {
     /// Phase "CORS": a refused `Origin` is answered (unless `cors` is in dry
     /// run, then nothing is echoed); an allowed one is echoed on the answer;
     /// a preflight is answered here and never reaches a limit or the upstream.
-    fn cors(&self, req: &Request<Incoming>, ctx: &mut Ctx) -> Phase {
-        // The scheme the page used, as far as a trusted proxy tells it.
-        let proto = ctx
-            .rt
-            .client_ip
-            .is_trusted(ctx.peer_ip)
-            .then(|| cors::forwarded_proto(req.headers()))
-            .flatten();
+    /// `proto` is the scheme a trusted proxy reported ([`Gateway::resolve_client`]).
+    fn cors(&self, req: &Request<Incoming>, proto: Option<cors::Scheme>, ctx: &mut Ctx) -> Phase {
         ctx.tls = proto == Some(cors::Scheme::Https);
         match cors::check(&ctx.policy, req.headers(), proto) {
             cors::Cors::Denied(rej) => self.enforce(rej, ctx)?,

@@ -117,15 +117,27 @@ fn same_origin(origin: &str, headers: &HeaderMap, scheme: Scheme) -> bool {
 /// them on. Only ask when the peer is a trusted proxy. Read in place: no
 /// copy of the header is made (this runs on every request from a proxy).
 pub fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
-    let last = |name: &http::HeaderName| -> Option<&str> {
-        let line = headers.get_all(name).iter().next_back()?.to_str().ok()?;
-        line.rsplit(',').next()
-    };
-    if let Some(v) = last(&X_FORWARDED_PROTO) {
+    forwarded_proto_of(
+        headers.get_all(&X_FORWARDED_PROTO).iter().next_back(),
+        headers.get_all(header::FORWARDED).iter().next_back(),
+    )
+}
+
+/// [`forwarded_proto`] from the last `X-Forwarded-Proto` and the last
+/// `Forwarded` line, found by the caller (the gateway finds them in the same
+/// pass as the client IP's headers: [`crate::client_ip::Forwarding`]).
+pub fn forwarded_proto_of(
+    last_proto: Option<&HeaderValue>,
+    last_forwarded: Option<&HeaderValue>,
+) -> Option<Scheme> {
+    fn last(line: Option<&HeaderValue>) -> Option<&str> {
+        line?.to_str().ok()?.rsplit(',').next()
+    }
+    if let Some(v) = last(last_proto) {
         // Present but blank: as before, the `Forwarded` header is not asked.
         return Scheme::parse(v);
     }
-    let element = last(&header::FORWARDED)?;
+    let element = last(last_forwarded)?;
     element.split(';').find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
         if k.trim().eq_ignore_ascii_case("proto") {
@@ -136,7 +148,7 @@ pub fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
     })?
 }
 
-const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+use crate::client_ip::X_FORWARDED_PROTO;
 
 /// Whether a request is a CORS preflight.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
