@@ -467,7 +467,7 @@ to_ms() { # wrk latency like 812.00us / 1.23ms / 1.01s -> ms
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
-declare -A RPS P50 P99 CPU RCPU
+declare -A RPS P50 P99 CPU USR RCPU
 targets=(direct nginx poolgate)
 [ -n "$BASELINE" ] && targets+=(pg-base)
 [ "$REDIS" = 1 ] && targets+=(pg-redis)
@@ -485,6 +485,9 @@ pids_of() {
 }
 # user+system clock ticks of the given processes, all threads.
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
+# user clock ticks alone: the kernel's share (socket calls, wake-ups) is about
+# the same for every proxy, so the user share shows what poolgate's own code costs.
+user_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14}' "/proc/$p/stat") )); done; echo "$t"; }
 # CPU µs per request: clock ticks (1/CLK_TCK s) over the run, requests.
 us_per_request() { awk -v d="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }'; }
 run() { # scenario target
@@ -495,20 +498,25 @@ run() { # scenario target
     login) url="$url/api/v2/login/account"; script=(-s "$work/login.lua") ;;
     mix) url="$url/api/v2/login/account"; script=(-s "$work/mix.lua") ;;
   esac
-  local out procs t0 t1 n apart="" r0=0
+  local out procs t0 t1 u0 u1 n apart="" r0=0
   procs=$(pids_of "$target")
   # pg-redis: redis-server's CPU is counted apart (RCPU), so the table shows
   # where a shared-store login spends its time.
   [ "$target" = pg-redis ] && apart=$redis_pid
   # shellcheck disable=SC2086 # a list of pids
   t0=$(cpu_ticks $procs)
+  # shellcheck disable=SC2086
+  u0=$(user_ticks $procs)
   [ -n "$apart" ] && r0=$(cpu_ticks "$apart")
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
   # shellcheck disable=SC2086
   t1=$(cpu_ticks $procs)
+  # shellcheck disable=SC2086
+  u1=$(user_ticks $procs)
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   [ -n "$apart" ] && RCPU[$scenario]+="$(us_per_request $(( $(cpu_ticks "$apart") - r0 )) "$n") "
   [ -n "$procs" ] && CPU[$scenario.$target]+="$(us_per_request $(( t1 - t0 )) "$n") "
+  [ -n "$procs" ] && USR[$scenario.$target]+="$(us_per_request $(( u1 - u0 )) "$n") "
   RPS[$scenario.$target]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
   P50[$scenario.$target]+="$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")") "
   P99[$scenario.$target]+="$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")") "
@@ -526,16 +534,18 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r done" >&2
 done
 
-printf '\n%-8s %-10s %12s %10s %10s %12s\n' scenario target "req/s" "p50 ms" "p99 ms" "CPU us/req"
+printf '\n%-8s %-10s %12s %10s %10s %12s %12s\n' scenario target "req/s" "p50 ms" "p99 ms" "CPU us/req" "user us/req"
 for scenario in get login mix; do
   for t in "${targets[@]}"; do
-    cpu=""
+    cpu="" usr=""
     [ -n "${CPU[$scenario.$t]:-}" ] && cpu=$(median "${CPU[$scenario.$t]}")
-    printf '%-8s %-10s %12.0f %10.3f %10.3f %12s\n' "$scenario" "$t" \
-      "$(median "${RPS[$scenario.$t]}")" "$(median "${P50[$scenario.$t]}")" "$(median "${P99[$scenario.$t]}")" "${cpu:--}"
+    [ -n "${USR[$scenario.$t]:-}" ] && usr=$(median "${USR[$scenario.$t]}")
+    printf '%-8s %-10s %12.0f %10.3f %10.3f %12s %12s\n' "$scenario" "$t" \
+      "$(median "${RPS[$scenario.$t]}")" "$(median "${P50[$scenario.$t]}")" "$(median "${P99[$scenario.$t]}")" "${cpu:--}" "${usr:--}"
   done
-  awk -v a="$(median "${CPU[$scenario.poolgate]}")" -v b="$(median "${CPU[$scenario.nginx]}")" -v s="$scenario" \
-    'BEGIN { printf "%-8s CPU per request: poolgate/nginx %.2f\n", s, a/b }'
+  awk -v a="$(median "${CPU[$scenario.poolgate]}")" -v b="$(median "${CPU[$scenario.nginx]}")" \
+    -v ua="$(median "${USR[$scenario.poolgate]}")" -v ub="$(median "${USR[$scenario.nginx]}")" -v s="$scenario" \
+    'BEGIN { printf "%-8s CPU per request: poolgate/nginx %.2f (user %.2f, system %.2f)\n", s, a/b, (ub > 0 ? ua/ub : 0), (b > ub ? (a-ua)/(b-ub) : 0) }'
   if [ -n "$BASELINE" ]; then
     awk -v r="$(median "${RPS[$scenario.pg-base]}")" -v ng="$(median "${RPS[$scenario.nginx]}")" \
       -v p99="$(median "${P99[$scenario.pg-base]}")" -v p99ng="$(median "${P99[$scenario.nginx]}")" \
