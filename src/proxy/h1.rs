@@ -527,10 +527,13 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Error> {
     // Names the answer's `Connection` lines list: hop-by-hop too (rare).
     let mut named: smallvec::SmallVec<[HeaderName; 2]> = smallvec::SmallVec::new();
     for &(na, nl, va, vl) in &spans {
-        let name = HeaderName::from_bytes(&raw[na..na + nl])
-            .map_err(|_| Error::BadAnswer("bad header name"))?;
+        let (name, role) = answer_name(&raw[na..na + nl])?;
         let value = HeaderValue::from_maybe_shared(raw.slice(va..va + vl))
             .map_err(|_| Error::BadAnswer("bad header value"))?;
+        if role == Role::Plain {
+            headers.append(name, value);
+            continue;
+        }
         if name == header::CONTENT_LENGTH {
             let v = parse_length(value.as_bytes()).ok_or(Error::BadAnswer("bad content-length"))?;
             if length.is_some_and(|l| l != v) {
@@ -590,6 +593,53 @@ fn parse_head(conn: &mut Conn, method: &Method) -> Result<Option<Head>, Error> {
         body,
         reusable,
     }))
+}
+
+/// What [`parse_head`] does with an answer header besides passing it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Nothing: an end-to-end header the framing does not read.
+    Plain,
+    /// Framing (`Content-Length`, `Transfer-Encoding`), `Connection`, or
+    /// another hop-by-hop header: looked at by name.
+    Special,
+}
+
+/// An answer header's name, and whether [`parse_head`] must look at it.
+/// The names nearly every answer carries are matched here first, as their
+/// constants: `HeaderName::from_bytes` lower-cases every name into a buffer
+/// and matches it again (~120 instructions a header, five or six a head),
+/// and `hop_index` compares the result as text. Any other name takes that
+/// general path, so what is accepted is exactly what `from_bytes` accepts
+/// (held to it by a unit test).
+fn answer_name(b: &[u8]) -> Result<(HeaderName, Role), Error> {
+    let usual = match b.len() {
+        4 if b.eq_ignore_ascii_case(b"date") => Some((header::DATE, Role::Plain)),
+        6 if b.eq_ignore_ascii_case(b"server") => Some((header::SERVER, Role::Plain)),
+        12 if b.eq_ignore_ascii_case(b"content-type") => Some((header::CONTENT_TYPE, Role::Plain)),
+        13 if b.eq_ignore_ascii_case(b"cache-control") => {
+            Some((header::CACHE_CONTROL, Role::Plain))
+        }
+        10 if b.eq_ignore_ascii_case(b"set-cookie") => Some((header::SET_COOKIE, Role::Plain)),
+        14 if b.eq_ignore_ascii_case(b"content-length") => {
+            Some((header::CONTENT_LENGTH, Role::Special))
+        }
+        10 if b.eq_ignore_ascii_case(b"connection") => Some((header::CONNECTION, Role::Special)),
+        17 if b.eq_ignore_ascii_case(b"transfer-encoding") => {
+            Some((header::TRANSFER_ENCODING, Role::Special))
+        }
+        _ => None,
+    };
+    if let Some(found) = usual {
+        return Ok(found);
+    }
+    let name = HeaderName::from_bytes(b).map_err(|_| Error::BadAnswer("bad header name"))?;
+    let role = if name == header::CONTENT_LENGTH || super::hop_index(&name).is_some() {
+        Role::Special
+    } else {
+        Role::Plain
+    };
+    Ok((name, role))
 }
 
 /// A `Content-Length` value: digits only (no sign, no space, no list).
@@ -780,6 +830,74 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    #[test]
+    fn answer_names_are_what_from_bytes_makes_of_them() {
+        let mut names: Vec<Vec<u8>> = [
+            "Date",
+            "date",
+            "DATE",
+            "Server",
+            "sErVeR",
+            "Content-Type",
+            "content-type",
+            "Cache-Control",
+            "Set-Cookie",
+            "set-cookiE",
+            "Content-Length",
+            "Connection",
+            "Keep-Alive",
+            "Transfer-Encoding",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Proxy-Connection",
+            "X-Request-Id",
+            "dat",
+            "datee",
+            "servers",
+            "content-typf",
+            "set_cookie",
+            "cache-contro1",
+            "",
+            "da te",
+            "date:",
+            "\u{e9}tag",
+        ]
+        .iter()
+        .map(|n| n.as_bytes().to_vec())
+        .collect();
+        // Every byte in each position of a usual name: a near miss must go
+        // the general way and come out as from_bytes says.
+        for base in [
+            "date",
+            "server",
+            "set-cookie",
+            "connection",
+            "content-length",
+        ] {
+            for i in 0..base.len() {
+                for b in 0..=255u8 {
+                    let mut n = base.as_bytes().to_vec();
+                    n[i] = b;
+                    names.push(n);
+                }
+            }
+        }
+        for n in &names {
+            let ours = answer_name(n);
+            match HeaderName::from_bytes(n) {
+                Ok(theirs) => {
+                    let (name, role) = ours.unwrap_or_else(|_| panic!("{n:?} refused"));
+                    assert_eq!(name, theirs, "{n:?}");
+                    let special = theirs == header::CONTENT_LENGTH
+                        || super::super::hop_index(&theirs).is_some();
+                    assert_eq!(role == Role::Special, special, "{n:?}");
+                }
+                Err(_) => assert!(ours.is_err(), "{n:?} accepted"),
+            }
         }
     }
 
