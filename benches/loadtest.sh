@@ -483,11 +483,20 @@ pids_of() {
     *) echo "" ;;
   esac
 }
-# user+system clock ticks of the given processes, all threads.
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
-# user clock ticks alone: the kernel's share (socket calls, wake-ups) is about
-# the same for every proxy, so the user share shows what poolgate's own code costs.
-user_ticks() { local t=0 p; for p in "$@"; do t=$(( t + $(awk '{print $14}' "/proc/$p/stat") )); done; echo "$t"; }
+# user+system and user clock ticks of the given processes, all threads, from
+# one read of each: "total user". The user share is kept apart because the
+# kernel's (socket calls, wake-ups) is about the same for every proxy, so the
+# user share shows what poolgate's own code costs.
+ticks() {
+  local t=0 u=0 p f
+  for p in "$@"; do
+    read -r -a f < <(awk '{print $14 + $15, $14}' "/proc/$p/stat")
+    t=$(( t + f[0] )) u=$(( u + f[1] ))
+  done
+  echo "$t $u"
+}
+# user+system clock ticks alone.
+cpu_ticks() { local t u; read -r t u < <(ticks "$@"); echo "$t"; }
 # CPU µs per request: clock ticks (1/CLK_TCK s) over the run, requests.
 us_per_request() { awk -v d="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN { printf "%.1f", d * 1e6 / hz / n }'; }
 run() { # scenario target
@@ -504,15 +513,11 @@ run() { # scenario target
   # where a shared-store login spends its time.
   [ "$target" = pg-redis ] && apart=$redis_pid
   # shellcheck disable=SC2086 # a list of pids
-  t0=$(cpu_ticks $procs)
-  # shellcheck disable=SC2086
-  u0=$(user_ticks $procs)
+  read -r t0 u0 < <(ticks $procs)
   [ -n "$apart" ] && r0=$(cpu_ticks "$apart")
   out=$(wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url")
   # shellcheck disable=SC2086
-  t1=$(cpu_ticks $procs)
-  # shellcheck disable=SC2086
-  u1=$(user_ticks $procs)
+  read -r t1 u1 < <(ticks $procs)
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   [ -n "$apart" ] && RCPU[$scenario]+="$(us_per_request $(( $(cpu_ticks "$apart") - r0 )) "$n") "
   [ -n "$procs" ] && CPU[$scenario.$target]+="$(us_per_request $(( t1 - t0 )) "$n") "
