@@ -259,3 +259,44 @@ async fn one_solved_captcha_lets_exactly_one_parallel_login_through() {
     assert_eq!(s.up.count(LOGIN), 2);
     s.shutdown().await;
 }
+
+/// A login a solved captcha lets past a limit is still an attempt: a wrong
+/// password sent with it counts on every counter the limit is made of (the
+/// slots are reserved over the limit, not skipped), so solving captchas buys
+/// an attacker no attempt the count does not see.
+#[tokio::test]
+async fn a_wrong_password_sent_with_a_solved_captcha_still_counts() {
+    let s = Setup::new(json!({
+        "loginFailCheck": check(1, 60),
+        "loginPasswordFailCheck": check(1, 60),
+    }))
+    .trusted()
+    .start()
+    .await;
+    let me = Some("203.0.113.30");
+    let xff = [("x-forwarded-for", "203.0.113.30")];
+    wrong_login(s.gw(), "carol", me).await;
+    assert_eq!(
+        wrong_login(s.gw(), "carol", me).await.json(),
+        captcha_required_v2()
+    );
+    let (cookie, token) = v2_captcha(&s, me).await;
+    let answer = answer_of(&s, &token);
+    let r = post_json(
+        s.gw(),
+        LOGIN,
+        &with_captcha("carol", "wrong", &answer),
+        &[xff[0], ("cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(r.json(), wrong_password_v2(), "forwarded, and wrong");
+    assert_eq!(s.up.count(LOGIN), 2);
+
+    let (_, c) = admin_get(s.admin(), "/counters?ip=203.0.113.30").await;
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["login_failures"]["count"], 2, "{c}");
+    let (_, c) = admin_get(s.admin(), "/counters?account=carol").await;
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["password_failures"]["count"], 2, "{c}");
+    s.shutdown().await;
+}
