@@ -23,6 +23,7 @@
 //!   Nothing else that may have been sent is.
 //! - At most `upstream.pool_max_idle` idle connections are kept.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -86,13 +87,20 @@ impl Pool {
 
     /// Sends a request on an idle connection or a new one: `head` holds its
     /// request line and headers (see [`h1::end_head`] for the rest).
-    pub(super) async fn send(
+    ///
+    /// A function returning an `async` block, not an `async fn`: an `async
+    /// fn` keeps its arguments twice in its future (as captured, then as
+    /// locals), and this future is inside every forwarded request's. The
+    /// head is finished before the future is built, so it holds only what
+    /// the exchange needs.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+    pub(super) fn send(
         self: &Arc<Self>,
         method: Method,
         mut head: Vec<u8>,
         client_length: bool,
         mut body: UpstreamBody,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    ) -> impl Future<Output = Result<Response<PooledBody>, PoolError>> + Send + '_ {
         // The head, and a buffered body with it: one write.
         let framing = h1::end_head(&method, client_length, &body, &mut head);
         if let Some(b) = h1::buffered_body(&body) {
@@ -105,35 +113,37 @@ impl Pool {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         ) && (body.is_end_stream()
             || matches!(body, http_body_util::Either::Right(_)));
-        loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(c) => (c, true),
-                // Boxed: the connector's future (TCP, TLS) is large and
-                // rare; inline, it would grow every request's future, which
-                // is moved a few times per request.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            match h1::send(&mut conn, &head, &mut body, framing).await {
-                Delivery::Done => {}
-                // Each retry used up an idle connection, so this ends.
-                Delivery::NotSent(_) if reused => continue,
-                Delivery::NotSent(e) | Delivery::Failed(e) => return Err(PoolError::Send(e)),
-            }
-            match h1::read_head(&mut conn, &method).await {
-                Ok(answer) => {
-                    let mut resp = Response::new(PooledBody {
-                        conn: Some(conn),
-                        framing: answer.body,
-                        reusable: answer.reusable,
-                        pool: Arc::downgrade(self),
-                    });
-                    *resp.status_mut() = answer.status;
-                    *resp.version_mut() = answer.version;
-                    *resp.headers_mut() = answer.headers;
-                    return Ok(resp);
+        async move {
+            loop {
+                let (mut conn, reused) = match self.checkout() {
+                    Some(c) => (c, true),
+                    // Boxed: the connector's future (TCP, TLS) is large and
+                    // rare; inline, it would grow every request's future, which
+                    // is moved a few times per request.
+                    None => (Box::pin(self.connect()).await?, false),
+                };
+                match h1::send(&mut conn, &head, &mut body, framing).await {
+                    Delivery::Done => {}
+                    // Each retry used up an idle connection, so this ends.
+                    Delivery::NotSent(_) if reused => continue,
+                    Delivery::NotSent(e) | Delivery::Failed(e) => return Err(PoolError::Send(e)),
                 }
-                Err(h1::Error::Closed) if reused && replayable => continue,
-                Err(e) => return Err(PoolError::Send(e)),
+                match h1::read_head(&mut conn, &method).await {
+                    Ok(answer) => {
+                        let mut resp = Response::new(PooledBody {
+                            conn: Some(conn),
+                            framing: answer.body,
+                            reusable: answer.reusable,
+                            pool: Arc::downgrade(self),
+                        });
+                        *resp.status_mut() = answer.status;
+                        *resp.version_mut() = answer.version;
+                        *resp.headers_mut() = answer.headers;
+                        return Ok(resp);
+                    }
+                    Err(h1::Error::Closed) if reused && replayable => continue,
+                    Err(e) => return Err(PoolError::Send(e)),
+                }
             }
         }
     }
