@@ -98,6 +98,17 @@ fn private_ca_config(path: &std::path::Path) -> anyhow::Result<rustls::ClientCon
         .with_no_client_auth())
 }
 
+/// A request ready for the upstream: its head written for the hop (request
+/// line and headers, without the framing [`Upstream::send`] adds), and its
+/// body.
+pub struct Prepared {
+    method: http::Method,
+    head: Vec<u8>,
+    /// Whether the client gave a length (see `h1::end_head`).
+    client_length: bool,
+    body: UpstreamBody,
+}
+
 impl Upstream {
     /// Pooled clients for the configured upstream, one per proxy worker.
     pub fn new(cfg: &UpstreamConfig, uri: &Uri, workers: usize) -> anyhow::Result<Upstream> {
@@ -158,6 +169,18 @@ impl Upstream {
         peer_trusted: bool,
     ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ForwardError>> + Send + '_
     {
+        self.send(self.prepare(req, peer, peer_trusted))
+    }
+
+    /// The first half of [`Upstream::forward`]: `req` with its head written
+    /// for the hop. A caller that sends it later holds this (~100 bytes)
+    /// rather than the request (~270).
+    pub fn prepare(
+        &self,
+        req: Request<UpstreamBody>,
+        peer: IpAddr,
+        peer_trusted: bool,
+    ) -> Prepared {
         let (parts, body) = req.into_parts();
         // Room for a buffered body too: it goes out in the head's write.
         let buffered = match &body {
@@ -166,8 +189,23 @@ impl Upstream {
         };
         let mut head = Vec::with_capacity(512 + buffered);
         let client_length = self.encode_head(&parts, peer, peer_trusted, &mut head);
+        Prepared {
+            method: parts.method,
+            head,
+            client_length,
+            body,
+        }
+    }
+
+    /// The second half of [`Upstream::forward`]: sends a prepared request
+    /// on this worker's pool, within `upstream.request_timeout`.
+    pub fn send(
+        &self,
+        req: Prepared,
+    ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ForwardError>> + Send + '_
+    {
         let pool = &self.pools[WORKER.with(|w| w.get()) % self.pools.len()];
-        let send = pool.send(parts.method, head, client_length, body);
+        let send = pool.send(req.method, req.head, req.client_length, req.body);
         // A combinator, not an `async` block: a block would hold the future
         // twice (captured, then awaited).
         futures_util::FutureExt::map(

@@ -18,7 +18,7 @@ use super::answer::UpstreamTime;
 use super::guarded::{Call, Hold};
 use super::{Answer, Ctx, Gateway, Observe};
 use crate::guards::outcome::{self, Outcome, Place, Verdicts};
-use crate::proxy::{ForwardError, PooledBody, UpstreamBody};
+use crate::proxy::{ForwardError, PooledBody, Prepared, UpstreamBody};
 use crate::response::{self, Replay, RespBody};
 use crate::routes::RouteKind;
 use crate::store::Slot;
@@ -50,13 +50,27 @@ impl Gateway {
         req: Request<UpstreamBody>,
         ctx: &'a Ctx,
     ) -> impl Future<Output = Result<Response<PooledBody>, Answer>> + Send + 'a {
-        let started = Instant::now();
+        self.send(self.prepare(req, ctx), ctx)
+    }
+
+    /// The request's head written for the hop, from this request's client.
+    fn prepare(&self, req: Request<UpstreamBody>, ctx: &Ctx) -> Prepared {
         let trusted = ctx.rt.client_ip.is_trusted(ctx.peer_ip);
+        self.upstream.prepare(req, ctx.peer_ip, trusted)
+    }
+
+    /// Sends a prepared request (see [`Gateway::forward`]).
+    fn send<'a>(
+        &'a self,
+        req: Prepared,
+        ctx: &'a Ctx,
+    ) -> impl Future<Output = Result<Response<PooledBody>, Answer>> + Send + 'a {
+        let started = Instant::now();
         // A combinator, not an `async` block: a block would hold the call
         // twice (captured, then awaited).
         #[allow(clippy::result_large_err)] // as in `answer_of`
         self.upstream
-            .forward(req, ctx.peer_ip, trusted)
+            .send(req)
             .map(move |result| self.answer_of(result, started, ctx))
     }
 
@@ -135,13 +149,16 @@ impl Gateway {
         obs: &Observe<'_>,
     ) -> Answer {
         let gw = self.clone();
+        // Prepared here, so the task holds the head and body, not the
+        // request: its future stays within glibc's per-thread cache limit.
+        let req = self.prepare(req, ctx);
         let task_ctx = ctx.clone();
         // Inline for the usual one or two calls: no allocation per login.
         let places: smallvec::SmallVec<[Place; 2]> =
             calls.iter().map(|c| c.place.clone()).collect();
         let kinds: smallvec::SmallVec<[RouteKind; 2]> = calls.iter().map(|c| c.kind).collect();
         let task = FinishOnDrop::new(async move {
-            let resp = match gw.forward(req, &task_ctx).await {
+            let resp = match gw.send(req, &task_ctx).await {
                 Ok(r) => r,
                 Err(a) => return a,
             };
