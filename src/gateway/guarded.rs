@@ -115,12 +115,16 @@ impl Gateway {
                     phase!(self.rate_limit(call.kind, call.client, ctx).await);
                 }
             }
-            let holds = phase!(self.guard_plan(&calls, &parts.headers, ctx).await);
+            // Boxed, as is the rare forward below: inline, either would
+            // take this future (which every guarded request holds) over
+            // glibc's per-thread cache limit (1,032 bytes), and one large
+            // allocation costs more than a small one more.
+            let holds = phase!(Box::pin(self.guard_plan(&calls, &parts.headers, ctx)).await);
 
             // Forward the body we read. Outcomes are read from an uncompressed answer.
             if holds.is_empty() {
                 let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
-                return match self.forward(req, ctx).await {
+                return match Box::pin(self.forward(req, ctx)).await {
                     Ok(resp) => {
                         Answer::new(resp.map(|b| Either::Left(Replay::new(b))), "forwarded")
                     }
@@ -245,7 +249,7 @@ impl Gateway {
             policy,
             &ctx.rt.settings.send_code,
         );
-        let asks: SmallVec<[Ask; 4]> = counted.iter().map(|c| ask(c, calls)).collect();
+        let mut asks: SmallVec<[Ask; 4]> = counted.iter().map(|c| ask(c, calls)).collect();
         let Ok(answers) = self.store.reserve(&asks, false).await else {
             return self.store_unavailable(ctx);
         };
@@ -321,8 +325,14 @@ impl Gateway {
 
         // What passed over a limit (a solved captcha, a dry run) still counts.
         if !denied.is_empty() {
-            let again: SmallVec<[Ask; 4]> = denied.iter().map(|&n| asks[n]).collect();
-            if let Ok(answers) = self.store.reserve(&again, true).await {
+            // The denied asks, moved to the front of `asks` (ascending, so
+            // none is overwritten before it is moved): a second list would
+            // add its size to this future, which every guarded request holds.
+            for (k, &n) in denied.iter().enumerate() {
+                asks[k] = asks[n];
+            }
+            asks.truncate(denied.len());
+            if let Ok(answers) = self.store.reserve(&asks, true).await {
                 for (&n, answer) in denied.iter().zip(answers) {
                     if let Reservation::Held(slot) = answer {
                         holds.push(Hold {
