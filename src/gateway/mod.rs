@@ -130,6 +130,16 @@ macro_rules! phase {
 }
 use phase;
 
+/// [`phase!`] inside a labeled block: a phase's answer breaks out of it.
+macro_rules! phase_in {
+    ($label:lifetime, $e:expr) => {
+        match $e {
+            ControlFlow::Continue(v) => v,
+            ControlFlow::Break(answer) => break $label answer,
+        }
+    };
+}
+
 /// Who a request (or one call of it) is about: an address and its counter key.
 #[derive(Debug, Clone, Copy)]
 struct Client {
@@ -233,12 +243,16 @@ impl Drop for Observe<'_> {
 
 impl Gateway {
     /// Handles one request end to end (as the connection's service: it
-    /// never fails, every failure is an answer).
+    /// never fails, every failure is an answer). The phases run in order,
+    /// inside one labeled block (`'phases`): a phase that answers breaks
+    /// out of it with its answer; `label` is the route label as far as it
+    /// is known when the request is answered.
     ///
-    /// An `async` block, not an `async fn`, here and in `phases` and
-    /// `guarded`: an `async fn` moves its arguments from the future's
-    /// captured state into locals, so the request (264 bytes) was held
-    /// twice in each of these futures and copied once more per level.
+    /// One `async` block, not an `async fn` nor a block awaiting another
+    /// that takes the request: a future keeps what it captures for its
+    /// whole life, so the request (264 bytes) was held twice, and every
+    /// request's future crossed glibc's per-thread cache limit (1,032
+    /// bytes), to the slower allocation path.
     #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
     pub fn handle(
         self: Arc<Self>,
@@ -251,78 +265,71 @@ impl Gateway {
             // One snapshot of the run-time settings for the whole request.
             let rt = self.runtime.load_full();
             let mut label = "other";
-            let answer = self.phases(req, peer, &rt, &mut label, &obs).await;
+            let answer = 'phases: {
+                let who = self.resolve_client(&req, peer, &rt);
+                let policy = phase_in!('phases, self.load_policy(&req, who.client.ip));
+                let class = rt.routes.classify(req.method(), req.uri().path());
+                let (route, flavor) = match class {
+                    Class::Route(r) | Class::WrongMethod(r) => (Some(r), r.flavor),
+                    _ => (None, Flavor::V2),
+                };
+                label = route.map_or("other", |r| r.kind.as_str());
+                let mut ctx = Ctx {
+                    client: who.client,
+                    peer_ip: who.peer_ip,
+                    via_backend: who.via_backend,
+                    tls: false,
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    flavor,
+                    label,
+                    allow_origin: None,
+                    policy,
+                    // `class` borrows the route table from `rt`, so the context holds
+                    // a second reference to the same snapshot.
+                    rt: rt.clone(),
+                };
+                if who.bad_real_ip {
+                    let rej = guards::body::bad_client_ip(
+                        "X-Real-IP from a trusted backend is not one IP address",
+                    );
+                    phase_in!('phases, self.enforce(rej, &ctx));
+                }
+                phase_in!('phases, self.cors(&req, who.proto, &mut ctx));
+                phase_in!('phases, self.request_checks(&req, &class, &ctx));
+                let kind = match class {
+                    Class::Route(r) => r.kind,
+                    _ => RouteKind::Other,
+                };
+                if rate_limit::up_front(kind, ctx.via_backend) {
+                    phase_in!('phases, self.rate_limit(kind, ctx.client, &ctx).await);
+                }
+                let answer = match class {
+                    Class::Route(_)
+                        if matches!(kind, RouteKind::CaptchaV2 | RouteKind::CaptchaV3) =>
+                    {
+                        self.captcha(kind, &ctx).await
+                    }
+                    Class::Route(r) if rate_limit::guarded(kind) => {
+                        // Boxed: the guarded path's future is the largest (~1
+                        // KB); inline, every request's future would be that
+                        // much larger, and is copied whole as it is built and
+                        // boxed.
+                        let (parts, body) = req.into_parts();
+                        let answer = Box::pin(self.guarded(parts, body, r, &mut ctx, &obs)).await;
+                        label = ctx.label;
+                        answer
+                    }
+                    // Boxed too: inline, the upstream call's future (~570
+                    // bytes) would take every request's over glibc's
+                    // per-thread cache limit; two small allocations from
+                    // the cache cost less than one large one.
+                    _ => Box::pin(self.forward_stream(req, &ctx)).await,
+                };
+                Answer::new(self.with_cors(answer.resp, &ctx), answer.outcome)
+            };
             obs.answered(&answer.resp, method, label, answer.outcome, &rt);
             Ok(answer.resp)
-        }
-    }
-
-    /// The phases of a request, in order; `label` is its route label as far
-    /// as it is known when it is answered.
-    #[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
-    fn phases<'a>(
-        self: &'a Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        rt: &'a Arc<Runtime>,
-        label: &'a mut &'static str,
-        obs: &'a Observe<'a>,
-    ) -> impl Future<Output = Answer> + Send + 'a {
-        async move {
-            let who = self.resolve_client(&req, peer, rt);
-            let policy = phase!(self.load_policy(&req, who.client.ip));
-            let class = rt.routes.classify(req.method(), req.uri().path());
-            let (route, flavor) = match class {
-                Class::Route(r) | Class::WrongMethod(r) => (Some(r), r.flavor),
-                _ => (None, Flavor::V2),
-            };
-            *label = route.map_or("other", |r| r.kind.as_str());
-            let mut ctx = Ctx {
-                client: who.client,
-                peer_ip: who.peer_ip,
-                via_backend: who.via_backend,
-                tls: false,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                flavor,
-                label,
-                allow_origin: None,
-                policy,
-                // `class` borrows the route table from `rt`, so the context holds
-                // a second reference to the same snapshot.
-                rt: rt.clone(),
-            };
-            if who.bad_real_ip {
-                let rej = guards::body::bad_client_ip(
-                    "X-Real-IP from a trusted backend is not one IP address",
-                );
-                phase!(self.enforce(rej, &ctx));
-            }
-            phase!(self.cors(&req, who.proto, &mut ctx));
-            phase!(self.request_checks(&req, &class, &ctx));
-            let kind = match class {
-                Class::Route(r) => r.kind,
-                _ => RouteKind::Other,
-            };
-            if rate_limit::up_front(kind, ctx.via_backend) {
-                phase!(self.rate_limit(kind, ctx.client, &ctx).await);
-            }
-            let answer = match class {
-                Class::Route(_) if matches!(kind, RouteKind::CaptchaV2 | RouteKind::CaptchaV3) => {
-                    self.captcha(kind, &ctx).await
-                }
-                Class::Route(r) if rate_limit::guarded(kind) => {
-                    // Boxed: the guarded path's future is the largest by far
-                    // (~2.4 KB); inline, every request's future would be that
-                    // large, and is copied whole as it is built and boxed.
-                    let (parts, body) = req.into_parts();
-                    let answer = Box::pin(self.guarded(parts, body, r, &mut ctx, obs)).await;
-                    *label = ctx.label;
-                    answer
-                }
-                _ => self.forward_stream(req, &ctx).await,
-            };
-            Answer::new(self.with_cors(answer.resp, &ctx), answer.outcome)
         }
     }
 
