@@ -148,49 +148,17 @@ impl Gateway {
         ctx: &Ctx,
         obs: &Observe<'_>,
     ) -> Answer {
-        let gw = self.clone();
-        // Prepared here, so the task holds the head and body, not the
-        // request: its future stays within glibc's per-thread cache limit.
-        let req = self.prepare(req, ctx);
-        let task_ctx = ctx.clone();
         // Inline for the usual one or two calls: no allocation per login.
-        let places: smallvec::SmallVec<[Place; 2]> =
-            calls.iter().map(|c| c.place.clone()).collect();
-        let kinds: smallvec::SmallVec<[RouteKind; 2]> = calls.iter().map(|c| c.kind).collect();
-        let task = FinishOnDrop::new(async move {
-            let resp = match gw.send(req, &task_ctx).await {
-                Ok(r) => r,
-                Err(a) => return a,
-            };
-            // The answer's body is timed too, so a task a client left behind
-            // cannot be held open by an upstream that trickles its answer.
-            let limit = gw.upstream.request_timeout();
-            let (resp, verdicts) = match crate::coarse_timer::timeout(
-                limit,
-                gw.read_outcome(resp, &places, &task_ctx),
-            )
-            .await
-            {
-                Ok(read) => read,
-                Err(_) => {
-                    tracing::warn!(target: "poolgate::gateway", path = task_ctx.uri.path(), "upstream answer not read within upstream.request_timeout");
-                    gw.metrics
-                        .rejections
-                        .with_label_values(&["upstream_timeout"])
-                        .inc();
-                    (
-                        response::envelope(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            504,
-                            "upstream answer too slow",
-                        ),
-                        smallvec::smallvec![Outcome::Unknown; places.len()],
-                    )
-                }
-            };
-            gw.settle(&kinds, &verdicts, holds);
-            Answer::new(resp, "forwarded")
-        });
+        let places: Places = calls.iter().map(|c| c.place.clone()).collect();
+        let kinds: Kinds = calls.iter().map(|c| c.kind).collect();
+        let task = FinishOnDrop::new(settling(
+            self.clone(),
+            self.prepare(req, ctx),
+            ctx.clone(),
+            places,
+            kinds,
+            holds,
+        ));
         obs.forwarded();
         task.await
     }
@@ -276,6 +244,62 @@ impl Gateway {
             Either::Left(Replay::with_prefix(bytes, Some(body)))
         };
         (Response::from_parts(parts, body), verdicts)
+    }
+}
+
+/// The places of a request's calls' verdicts in the answer.
+pub(super) type Places = smallvec::SmallVec<[Place; 2]>;
+/// The kinds of a request's calls.
+pub(super) type Kinds = smallvec::SmallVec<[RouteKind; 2]>;
+
+/// What a forwarded guarded request's task does: sends the prepared
+/// request, reads each call's outcome from the answer (timed too, so a task
+/// a client left behind cannot be held open by an upstream that trickles its
+/// answer) and settles the slots.
+///
+/// It is given the prepared head and body, not the request (~270 bytes, kept
+/// for the future's whole life), so the future stays within glibc's
+/// per-thread cache limit (a test in `gateway` holds it there).
+#[allow(clippy::manual_async_fn)] // an `async fn` would hold its arguments twice
+pub(super) fn settling(
+    gw: Arc<Gateway>,
+    req: Prepared,
+    ctx: Ctx,
+    places: Places,
+    kinds: Kinds,
+    holds: Vec<Hold>,
+) -> impl Future<Output = Answer> + Send + 'static {
+    async move {
+        let resp = match gw.send(req, &ctx).await {
+            Ok(r) => r,
+            Err(a) => return a,
+        };
+        let limit = gw.upstream.request_timeout();
+        let (resp, verdicts) = match crate::coarse_timer::timeout(
+            limit,
+            gw.read_outcome(resp, &places, &ctx),
+        )
+        .await
+        {
+            Ok(read) => read,
+            Err(_) => {
+                tracing::warn!(target: "poolgate::gateway", path = ctx.uri.path(), "upstream answer not read within upstream.request_timeout");
+                gw.metrics
+                    .rejections
+                    .with_label_values(&["upstream_timeout"])
+                    .inc();
+                (
+                    response::envelope(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        504,
+                        "upstream answer too slow",
+                    ),
+                    smallvec::smallvec![Outcome::Unknown; places.len()],
+                )
+            }
+        };
+        gw.settle(&kinds, &verdicts, holds);
+        Answer::new(resp, "forwarded")
     }
 }
 

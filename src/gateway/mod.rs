@@ -443,3 +443,54 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::guarded::Hold;
+    use super::*;
+    use crate::proxy::Prepared;
+    use crate::routes::Route;
+
+    /// glibc's largest request served from its per-thread cache (tcache): a
+    /// larger one takes malloc's slower path, and its free the slower path
+    /// too. Each request allocates these futures once.
+    const TCACHE_MAX: usize = 1032;
+
+    #[test]
+    fn a_requests_futures_fit_the_allocators_per_thread_cache() {
+        fn three<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        fn six<A, B, C, D, E, F, R>(_: fn(A, B, C, D, E, F) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        // Any lifetime will do for a size: 'static names one.
+        let guarded: fn(
+            &'static Arc<Gateway>,
+            http::request::Parts,
+            Incoming,
+            &'static Route,
+            &'static mut Ctx,
+            &'static Observe<'static>,
+        ) -> _ = Gateway::guarded;
+        let handle: fn(Arc<Gateway>, Request<Incoming>, SocketAddr) -> _ = Gateway::handle;
+        let settling: fn(
+            Arc<Gateway>,
+            Prepared,
+            Ctx,
+            forward::Places,
+            forward::Kinds,
+            Vec<Hold>,
+        ) -> _ = forward::settling;
+        for (name, size) in [
+            ("handle", three(handle)),
+            ("guarded", six(guarded)),
+            ("settling", six(settling)),
+        ] {
+            assert!(
+                size <= TCACHE_MAX,
+                "{name}'s future is {size} bytes, over {TCACHE_MAX}"
+            );
+        }
+    }
+}
