@@ -156,25 +156,12 @@ impl Upstream {
         self.request_timeout
     }
 
-    /// Forwards `req` from client `peer`, its head rewritten for the hop
-    /// (see `encode_head`); the answer comes without hop-by-hop headers.
-    ///
-    /// The head is written when this is called; the future only waits. (An
-    /// `async fn` would keep the request and its parts in its state beside
-    /// the send: ~600 bytes more copied with every request's future.)
-    pub fn forward(
-        &self,
-        req: Request<UpstreamBody>,
-        peer: IpAddr,
-        peer_trusted: bool,
-    ) -> impl std::future::Future<Output = Result<Response<PooledBody>, ForwardError>> + Send + '_
-    {
-        self.send(self.prepare(req, peer, peer_trusted))
-    }
-
-    /// The first half of [`Upstream::forward`]: `req` with its head written
-    /// for the hop. A caller that sends it later holds this (~100 bytes)
-    /// rather than the request (~270).
+    /// Forwarding, first half: `req` from client `peer` with its head
+    /// rewritten for the hop (see `encode_head`), synchronously. A caller
+    /// that sends it later holds this (~100 bytes) rather than the request
+    /// (~270); and since the head is written here, the send's future only
+    /// waits (an `async fn` doing both would keep the request and its parts
+    /// in its state beside the send).
     pub fn prepare(
         &self,
         req: Request<UpstreamBody>,
@@ -197,8 +184,9 @@ impl Upstream {
         }
     }
 
-    /// The second half of [`Upstream::forward`]: sends a prepared request
-    /// on this worker's pool, within `upstream.request_timeout`.
+    /// Forwarding, second half: sends a prepared request on this worker's
+    /// pool, within `upstream.request_timeout`; the answer comes without
+    /// hop-by-hop headers.
     pub fn send(
         &self,
         req: Prepared,

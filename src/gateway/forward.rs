@@ -44,7 +44,7 @@ impl Gateway {
     /// Phase "forward": the upstream call, timed; a failure is answered here.
     ///
     /// The request goes to the upstream's head writer when this is called
-    /// (see `proxy::Upstream::forward`), so the future does not hold it.
+    /// (`proxy::Upstream::prepare`), so the future does not hold it.
     pub(super) fn forward<'a>(
         &'a self,
         req: Request<UpstreamBody>,
