@@ -562,8 +562,15 @@ pub struct SlotId {
 /// to carry them to Redis.
 #[derive(Debug, Default)]
 pub struct Settler {
-    queue: Mutex<Vec<(SlotId, bool)>>,
+    queue: Mutex<Settles>,
     wake: tokio::sync::Notify,
+}
+
+/// The queued settles, and when the oldest of them was queued.
+#[derive(Debug, Default)]
+struct Settles {
+    items: Vec<(SlotId, bool)>,
+    since: Option<Instant>,
 }
 
 impl Settler {
@@ -573,8 +580,12 @@ impl Settler {
             let Ok(mut q) = self.queue.lock() else {
                 return;
             };
-            q.push((id, commit));
-            q.len() == 1
+            let first = q.items.is_empty();
+            if first {
+                q.since = Some(Instant::now());
+            }
+            q.items.push((id, commit));
+            first
         };
         if first {
             self.wake.notify_one();
@@ -583,20 +594,25 @@ impl Settler {
 
     fn take(&self) -> Vec<(SlotId, bool)> {
         match self.queue.lock() {
-            Ok(mut q) if !q.is_empty() => {
-                let n = q.len().min(SETTLE_BATCH);
-                if n == q.len() {
-                    std::mem::take(&mut *q)
+            Ok(mut q) if !q.items.is_empty() => {
+                let n = q.items.len().min(SETTLE_BATCH);
+                if n == q.items.len() {
+                    q.since = None;
+                    std::mem::take(&mut q.items)
                 } else {
-                    q.drain(..n).collect()
+                    // The rest keep the older time: flushed no later.
+                    q.items.drain(..n).collect()
                 }
             }
             _ => Vec::new(),
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.queue.lock().map_or(true, |q| q.is_empty())
+    /// When the flusher must send the queue (its oldest settle's time plus
+    /// [`FLUSH_AFTER`]); `None` when it is empty.
+    fn due(&self) -> Option<Instant> {
+        let q = self.queue.lock().ok()?;
+        q.since.map(|t| t + FLUSH_AFTER)
     }
 }
 
@@ -1259,9 +1275,16 @@ impl RedisStore {
         rt.spawn(async move {
             loop {
                 settler.wake.notified().await;
-                // Give a reservation the chance to carry them (single server).
-                tokio::time::sleep(FLUSH_AFTER).await;
-                loop {
+                // Only settles that waited FLUSH_AFTER are sent alone: one
+                // queued since a reservation took the queue waits for the
+                // next (under load, most do), not for this timer's first
+                // start. A settle-only call costs Redis as much as a
+                // reservation's (its per-call wake-up dominates).
+                while let Some(due) = settler.due() {
+                    if due > Instant::now() {
+                        tokio::time::sleep_until(due.into()).await;
+                        continue;
+                    }
                     let Some(store) = store.upgrade() else {
                         return;
                     };
@@ -1270,9 +1293,6 @@ impl RedisStore {
                         break;
                     }
                     store.send_settles(batch).await;
-                    if settler.is_empty() {
-                        break;
-                    }
                 }
             }
         });
@@ -1504,6 +1524,47 @@ mod tests {
                 assert_eq!(s, format!("{v:0width$x}"), "{v:#x} at {width}");
             }
         }
+    }
+
+    fn slot(n: u32) -> SlotId {
+        SlotId {
+            count_key: format!("k{n}"),
+            id: format!("0-{n}").into(),
+            window_ms: 60_000,
+        }
+    }
+
+    /// A settle queued after a reservation took the queue is due
+    /// [`FLUSH_AFTER`] after it arrived (the next reservation carries it
+    /// first), not when the flusher's timer, started by an earlier settle,
+    /// fires; the rest of a queue larger than one call keeps its older time.
+    #[test]
+    fn a_settle_is_due_a_flush_after_its_own_arrival() {
+        let s = Settler::default();
+        assert_eq!(s.due(), None, "nothing queued, nothing due");
+        let before = Instant::now();
+        s.settle(slot(0), false);
+        let first = s.due().expect("due once queued");
+        assert!(first >= before + FLUSH_AFTER, "{first:?}");
+        assert_eq!(s.take().len(), 1);
+        assert_eq!(s.due(), None, "taken by a reservation");
+
+        let later = Instant::now();
+        s.settle(slot(1), true);
+        s.settle(slot(2), false);
+        let due = s.due().expect("due once queued");
+        assert!(due >= later + FLUSH_AFTER, "its own arrival's: {due:?}");
+        assert!(due >= first);
+
+        // SETTLE_BATCH + 10 queued in all.
+        for n in 3..(SETTLE_BATCH as u32 + 11) {
+            s.settle(slot(n), false);
+        }
+        assert_eq!(s.due(), Some(due), "the oldest settle's time");
+        assert_eq!(s.take().len(), SETTLE_BATCH);
+        assert_eq!(s.due(), Some(due), "the rest: no later than before");
+        assert_eq!(s.take().len(), 10);
+        assert_eq!(s.due(), None);
     }
 
     #[test]
