@@ -16,7 +16,8 @@
 # REDIS (1: also run a second poolgate whose counters live in a local redis-server; 0: skip),
 # CLUSTER (1: also run a third poolgate on a local three-master Redis Cluster; 0: skip),
 # BASELINE (path to another poolgate binary, e.g. a build of main: run it as target
-# `pg-base` beside this build, interleaved, to compare two builds in one run),
+# `pg-base` beside this build, interleaved, to compare two builds in one run; with
+# REDIS=1 also as `pg-rbase` on the same redis-server, its keys under another prefix),
 # POOLGATE_BIN (the binary under test; default: this tree's release build);
 # soak: SOAK_SECS (600), SOAK_THREADS (8 client connections), SOAK_PORT (18380);
 # instructions: INSTR_SECS (6 s per run), INSTR_CONNECTIONS (4, wrk -c).
@@ -36,7 +37,7 @@ REDIS=${REDIS:-1}
 CLUSTER=${CLUSTER:-1}
 # PORT_BASE (18180) moves every port, so two runs on one machine do not collide.
 B=${PORT_BASE:-18180}
-UP=$((B + 1)) NGX=$((B + 2)) PG=$B ADMIN=$((B + 10)) RDS=$((B + 3)) PGR=$((B + 4)) ADMINR=$((B + 14)) PGB=$((B + 9)) ADMINB=$((B + 19))
+UP=$((B + 1)) NGX=$((B + 2)) PG=$B ADMIN=$((B + 10)) RDS=$((B + 3)) PGR=$((B + 4)) ADMINR=$((B + 14)) PGB=$((B + 9)) ADMINB=$((B + 19)) PGRB=$((B + 11)) ADMINRB=$((B + 21))
 # The binary cargo builds (CARGO_TARGET_DIR is honoured), or POOLGATE_BIN.
 BIN=${POOLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/poolgate}
 BASELINE=${BASELINE:-}
@@ -303,6 +304,15 @@ if [ "$REDIS" = 1 ] && [ "$MODE" != memory ]; then
   pgr_pid=$!
   pids+=("$pgr_pid")
   wait_ready "$ADMINR" "$work/poolgate-redis.log"
+  if [ -n "$BASELINE" ] && [ "$MODE" = throughput ]; then
+    # The baseline on the same Redis, counting apart (its own key prefix).
+    sed -e "s/127.0.0.1:$PGR/127.0.0.1:$PGRB/; s/127.0.0.1:$ADMINR/127.0.0.1:$ADMINRB/" "$work/poolgate-redis.toml" >"$work/poolgate-rbase.toml"
+    printf 'key_prefix = "pgbase"\n' >>"$work/poolgate-rbase.toml"
+    "$BASELINE" --config "$work/poolgate-rbase.toml" >"$work/poolgate-rbase.log" 2>&1 &
+    pgrb_pid=$!
+    pids+=("$pgrb_pid")
+    wait_ready "$ADMINRB" "$work/poolgate-rbase.log"
+  fi
 fi
 
 if [ "$CLUSTER" = 1 ] && [ "$MODE" != memory ]; then
@@ -403,7 +413,7 @@ function request()
 end
 EOF
 # Gate 203.0.113.66: four wrong passwords (the pool allows 3).
-for port in $PG $([ -n "$BASELINE" ] && echo $PGB) $([ "$REDIS" = 1 ] && echo $PGR) $([ "$CLUSTER" = 1 ] && echo $PGC); do
+for port in $PG $([ -n "$BASELINE" ] && echo $PGB) $([ "$REDIS" = 1 ] && echo $PGR) $([ -n "${pgrb_pid:-}" ] && echo $PGRB) $([ "$CLUSTER" = 1 ] && echo $PGC); do
   for _ in 1 2 3 4; do
     curl -s -o /dev/null -X POST "http://127.0.0.1:$port/api/v2/login/account" -H 'content-type: application/json' \
       -H 'x-forwarded-for: 203.0.113.66' -H 'x-wrong: 1' -d '{"account":"gated@example.com","password":"x"}'
@@ -471,8 +481,9 @@ declare -A RPS P50 P99 CPU USR RCPU
 targets=(direct nginx poolgate)
 [ -n "$BASELINE" ] && targets+=(pg-base)
 [ "$REDIS" = 1 ] && targets+=(pg-redis)
+[ -n "${pgrb_pid:-}" ] && targets+=(pg-rbase)
 [ "$CLUSTER" = 1 ] && targets+=(pg-cluster)
-port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-base) echo $PGB ;; pg-redis) echo $PGR ;; pg-cluster) echo $PGC ;; esac; }
+port_of() { case $1 in direct) echo $UP ;; nginx) echo $NGX ;; poolgate) echo $PG ;; pg-base) echo $PGB ;; pg-redis) echo $PGR ;; pg-rbase) echo $PGRB ;; pg-cluster) echo $PGC ;; esac; }
 # The processes serving a target, for its CPU time: nginx's master and workers.
 pids_of() {
   case $1 in
@@ -480,6 +491,7 @@ pids_of() {
     poolgate) echo "$pg_pid" ;;
     pg-base) echo "$pgb_pid" ;;
     pg-redis) echo "$pgr_pid" ;;
+    pg-rbase) echo "$pgrb_pid" ;;
     *) echo "" ;;
   esac
 }
@@ -511,7 +523,7 @@ run() { # scenario target
   procs=$(pids_of "$target")
   # pg-redis: redis-server's CPU is counted apart (RCPU), so the table shows
   # where a shared-store login spends its time.
-  [ "$target" = pg-redis ] && apart=$redis_pid
+  [ "$target" = pg-redis ] || [ "$target" = pg-rbase ] && apart=$redis_pid
   # shellcheck disable=SC2086 # a list of pids
   read -r t0 u0 < <(ticks $procs)
   [ -n "$apart" ] && r0=$(cpu_ticks "$apart")
@@ -519,7 +531,7 @@ run() { # scenario target
   # shellcheck disable=SC2086
   read -r t1 u1 < <(ticks $procs)
   n=$(awk '/requests in/ {print $1}' <<<"$out")
-  [ -n "$apart" ] && RCPU[$scenario]+="$(us_per_request $(( $(cpu_ticks "$apart") - r0 )) "$n") "
+  [ -n "$apart" ] && RCPU[$scenario.$target]+="$(us_per_request $(( $(cpu_ticks "$apart") - r0 )) "$n") "
   [ -n "$procs" ] && CPU[$scenario.$target]+="$(us_per_request $(( t1 - t0 )) "$n") "
   [ -n "$procs" ] && USR[$scenario.$target]+="$(us_per_request $(( u1 - u0 )) "$n") "
   RPS[$scenario.$target]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
@@ -564,8 +576,15 @@ for scenario in get login mix; do
     awk -v r="$(median "${RPS[$scenario.pg-redis]}")" -v pg="$pg" -v ng="$ng" \
       -v p99r="$(median "${P99[$scenario.pg-redis]}")" -v p99pg="$(median "${P99[$scenario.poolgate]}")" -v s="$scenario" \
       'BEGIN { printf "%-8s redis store: req/s %.2f of the memory store, p99 %.2f of it; pg-redis/nginx req/s %.2f\n", s, r/pg, p99r/p99pg, r/ng }'
-    awk -v c="$(median "${CPU[$scenario.pg-redis]}")" -v rc="$(median "${RCPU[$scenario]}")" -v m="$(median "${CPU[$scenario.poolgate]}")" -v s="$scenario" \
+    awk -v c="$(median "${CPU[$scenario.pg-redis]}")" -v rc="$(median "${RCPU[$scenario.pg-redis]}")" -v m="$(median "${CPU[$scenario.poolgate]}")" -v s="$scenario" \
       'BEGIN { printf "%-8s redis store CPU us/req: poolgate %.1f + redis-server %.1f = %.2f of the memory store'"'"'s poolgate\n", s, c, rc, (c+rc)/m }'
+    if [ -n "${pgrb_pid:-}" ]; then
+      # The baseline on Redis against the baseline in memory: the before of the ratio above.
+      awk -v r="$(median "${RPS[$scenario.pg-rbase]}")" -v b="$(median "${RPS[$scenario.pg-base]}")" \
+        -v p99r="$(median "${P99[$scenario.pg-rbase]}")" -v p99b="$(median "${P99[$scenario.pg-base]}")" \
+        -v c="$(median "${CPU[$scenario.pg-rbase]}")" -v rc="$(median "${RCPU[$scenario.pg-rbase]}")" -v s="$scenario" \
+        'BEGIN { printf "%-8s baseline redis store: req/s %.2f of its memory store, p99 %.2f of it; CPU us/req poolgate %.1f + redis-server %.1f\n", s, r/b, p99r/p99b, c, rc }'
+    fi
   fi
   if [ "$CLUSTER" = 1 ]; then
     awk -v r="$(median "${RPS[$scenario.pg-cluster]}")" -v pg="$pg" -v ng="$ng" \
@@ -581,6 +600,7 @@ store_health() { # label admin-port
     END { printf "%s: store errors %d, fallbacks %d", l, e, f }'
 }
 if [ "$REDIS" = 1 ]; then echo; store_health pg-redis "$ADMINR"; echo; fi
+if [ -n "${pgrb_pid:-}" ]; then store_health pg-rbase "$ADMINRB"; echo; fi
 if [ "$CLUSTER" = 1 ]; then
   store_health pg-cluster "$ADMINC"
   printf '; keys per master:'
