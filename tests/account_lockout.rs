@@ -64,11 +64,11 @@ async fn password_fail_check_counts_accounts_case_insensitively_across_clients()
     // With a solved captcha the account may try again.
     let (cookie, token) = v2_captcha(&s, Some("203.0.113.44")).await;
     let answer = answer_of(&s, &token);
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob@example.com", "right", &answer),
-        &[("x-forwarded-for", "203.0.113.44"), ("cookie", &cookie)],
+    let r = v2_login_with_captcha(
+        &s,
+        "203.0.113.44",
+        &cookie,
+        ("bob@example.com", "right", &answer),
     )
     .await;
     assert_eq!(r.json(), login_ok_v2());
@@ -164,11 +164,11 @@ async fn block_account_strategy_locks_with_retry_after() {
     // A captcha does not unlock a locked account.
     let (cookie, token) = v2_captcha(&s, Some("203.0.113.62")).await;
     let answer = answer_of(&s, &token);
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob@example.com", "right", &answer),
-        &[("x-forwarded-for", "203.0.113.62"), ("cookie", &cookie)],
+    let r = v2_login_with_captcha(
+        &s,
+        "203.0.113.62",
+        &cookie,
+        ("bob@example.com", "right", &answer),
     )
     .await;
     assert_eq!(r.json(), locked);

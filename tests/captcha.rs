@@ -36,22 +36,10 @@ async fn v2_captcha_required_wrong_single_use_and_bound_to_the_client() {
     let (cookie, token) = v2_captcha(&s, me).await;
     let answer = answer_of(&s, &token);
     let wrong_answer = if answer == "2222" { "3333" } else { "2222" };
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob", "right", wrong_answer),
-        &[xff[0], ("cookie", &cookie)],
-    )
-    .await;
+    let r = v2_login_with_captcha(&s, xff[0].1, &cookie, ("bob", "right", wrong_answer)).await;
     assert_eq!(r.json(), captcha_failed_v2());
     // (c) Any check burns it: the right answer afterwards is refused too.
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob", "right", &answer),
-        &[xff[0], ("cookie", &cookie)],
-    )
-    .await;
+    let r = v2_login_with_captcha(&s, xff[0].1, &cookie, ("bob", "right", &answer)).await;
     assert_eq!(r.json(), captcha_failed_v2(), "a captcha is single use");
     assert_eq!(s.up.count(LOGIN), 1);
 
@@ -59,13 +47,7 @@ async fn v2_captcha_required_wrong_single_use_and_bound_to_the_client() {
     let (cookie, token) = v2_captcha(&s, me).await;
     let answer = answer_of(&s, &token).to_lowercase();
     let cookies = format!("session=abc; {cookie}; theme=dark");
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob", "right", &answer),
-        &[xff[0], ("cookie", &cookies)],
-    )
-    .await;
+    let r = v2_login_with_captcha(&s, xff[0].1, &cookies, ("bob", "right", &answer)).await;
     assert_eq!(
         r.json(),
         login_ok_v2(),
@@ -73,26 +55,14 @@ async fn v2_captcha_required_wrong_single_use_and_bound_to_the_client() {
     );
     assert_eq!(s.up.count(LOGIN), 2);
     // (c) Reusing the solved token: 2001.
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob", "right", &answer),
-        &[xff[0], ("cookie", &cookies)],
-    )
-    .await;
+    let r = v2_login_with_captcha(&s, xff[0].1, &cookies, ("bob", "right", &answer)).await;
     assert_eq!(r.json(), captcha_failed_v2());
     assert_eq!(s.up.count(LOGIN), 2);
 
     // (d) A token fetched by another client is refused, even with the right answer.
     let (cookie, token) = v2_captcha(&s, Some("203.0.113.21")).await;
     let answer = answer_of(&s, &token);
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("bob", "right", &answer),
-        &[xff[0], ("cookie", &cookie)],
-    )
-    .await;
+    let r = v2_login_with_captcha(&s, xff[0].1, &cookie, ("bob", "right", &answer)).await;
     assert_eq!(r.json(), captcha_failed_v2());
     assert_eq!(s.up.count(LOGIN), 2);
 
@@ -282,13 +252,7 @@ async fn a_wrong_password_sent_with_a_solved_captcha_still_counts() {
     );
     let (cookie, token) = v2_captcha(&s, me).await;
     let answer = answer_of(&s, &token);
-    let r = post_json(
-        s.gw(),
-        LOGIN,
-        &with_captcha("carol", "wrong", &answer),
-        &[xff[0], ("cookie", &cookie)],
-    )
-    .await;
+    let r = v2_login_with_captcha(&s, xff[0].1, &cookie, ("carol", "wrong", &answer)).await;
     assert_eq!(r.json(), wrong_password_v2(), "forwarded, and wrong");
     assert_eq!(s.up.count(LOGIN), 2);
 

@@ -466,3 +466,20 @@ pub fn answer_of(stack: &Stack, token: &str) -> String {
 pub fn with_captcha(account: &str, password: &str, code: &str) -> Value {
     json!({"account": account, "password": password, "captchaCode": code})
 }
+
+/// A v2 password login by client `ip` with a captcha answer `code`, its
+/// `cookie` header (the captcha's pair, maybe among others) sent.
+pub async fn v2_login_with_captcha(
+    stack: &Stack,
+    ip: &str,
+    cookie: &str,
+    (account, password, code): (&str, &str, &str),
+) -> super::client::Reply {
+    fresh::post_json(
+        stack.gw(),
+        "/api/v2/login/account",
+        &with_captcha(account, password, code),
+        &[("x-forwarded-for", ip), ("cookie", cookie)],
+    )
+    .await
+}
