@@ -521,8 +521,8 @@ run() { # scenario target
   esac
   local out procs t0 t1 u0 u1 n apart="" r0=0
   procs=$(pids_of "$target")
-  # pg-redis: redis-server's CPU is counted apart (RCPU), so the table shows
-  # where a shared-store login spends its time.
+  # pg-redis and pg-rbase: redis-server's CPU is counted apart (RCPU), so the
+  # table shows where a shared-store login spends its time.
   [ "$target" = pg-redis ] || [ "$target" = pg-rbase ] && apart=$redis_pid
   # shellcheck disable=SC2086 # a list of pids
   read -r t0 u0 < <(ticks $procs)

@@ -1278,8 +1278,8 @@ impl RedisStore {
                 // Only settles that waited FLUSH_AFTER are sent alone: one
                 // queued since a reservation took the queue waits for the
                 // next (under load, most do), not for this timer's first
-                // start. A settle-only call costs Redis as much as a
-                // reservation's (its per-call wake-up dominates).
+                // start. Each settle-only call is one more script call for
+                // Redis to wake up for and run.
                 while let Some(due) = settler.due() {
                     if due > Instant::now() {
                         tokio::time::sleep_until(due.into()).await;

@@ -477,7 +477,7 @@ pub async fn v2_login_with_captcha(
 ) -> super::client::Reply {
     fresh::post_json(
         stack.gw(),
-        "/api/v2/login/account",
+        super::LOGIN,
         &with_captcha(account, password, code),
         &[("x-forwarded-for", ip), ("cookie", cookie)],
     )
