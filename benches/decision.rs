@@ -15,7 +15,7 @@ use poolgate::guards::{self, cors};
 use poolgate::policy::origins::OriginMatcher;
 use poolgate::policy::{CompiledPolicy, PoolDetail, WhitelistEntries};
 use poolgate::routes::RouteTable;
-use poolgate::store::{AccountKey, Ask, Counter, MemoryStore, Reservation, Subject};
+use poolgate::store::{AccountKey, AccountKeyer, Ask, Counter, MemoryStore, Reservation, Subject};
 
 const POOL: &str = r#"{"code":200,"message":"ok","data":{
   "loginFailCheck":{"enabled":true,"limit":1000000000,"timeInterval":3600},
@@ -40,6 +40,8 @@ struct Env {
     table: RouteTable,
     resolver: ClientIpResolver,
     state: MemoryStore,
+    /// The memory store's: keyed, with a random key.
+    keyer: AccountKeyer,
     headers: HeaderMap,
     body: &'static [u8],
     peer: IpAddr,
@@ -64,6 +66,7 @@ impl Env {
             table: RouteTable::default_table(),
             resolver: ClientIpResolver::new(vec!["10.0.0.0/8".parse().unwrap()]),
             state: MemoryStore::new(&GuardsConfig::default(), &rate),
+            keyer: AccountKeyer::random(),
             headers,
             body: br#"{"account":"bob@example.com","password":"hunter2!x","captchaCode":""}"#,
             peer: "10.1.2.3".parse().unwrap(),
@@ -98,7 +101,13 @@ impl Env {
             extract::Normalize::default(),
         )
         .unwrap();
-        let acct = facts.identifier.as_ref().unwrap().account_key().get() ^ salt;
+        let acct = facts
+            .identifier
+            .as_ref()
+            .unwrap()
+            .account_key(&self.keyer)
+            .get()
+            ^ salt;
         // As the gateway asks the memory store: both counters in one call.
         let asks = [
             Ask {
@@ -140,6 +149,7 @@ fn decision(c: &mut Criterion) {
         table,
         resolver,
         state,
+        keyer,
         headers,
         body,
         peer,
@@ -196,7 +206,12 @@ fn decision(c: &mut Criterion) {
         })
     });
     g.bench_function("account_key", |b| {
-        b.iter(|| poolgate::store::AccountKey::of(black_box("bob@example.com")))
+        b.iter(|| keyer.key(black_box("bob@example.com")))
+    });
+    // Redis without `account_key_secret_env`: unkeyed SHA-256.
+    g.bench_function("account_key_unkeyed", |b| {
+        let unkeyed = AccountKeyer::unkeyed();
+        b.iter(|| unkeyed.key(black_box("bob@example.com")))
     });
     // Reserved and settled as the decision does: one call for both asks.
     let asks = [
@@ -207,7 +222,7 @@ fn decision(c: &mut Criterion) {
         },
         Ask {
             counter: Counter::Account,
-            subject: Subject::Account(AccountKey::of("bob@example.com")),
+            subject: Subject::Account(keyer.key("bob@example.com")),
             limit: p.password_fail.unwrap(),
         },
     ];

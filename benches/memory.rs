@@ -20,7 +20,7 @@ use poolgate::config::{GuardsConfig, Rate, RateLimitConfig};
 use poolgate::policy::WindowLimit;
 use poolgate::routes::RouteKind;
 use poolgate::store::counters::{ClientState, Entry, WindowCounter};
-use poolgate::store::{AccountKey, MemoryStore, Reservation};
+use poolgate::store::{AccountKeyer, MemoryStore, Reservation};
 
 /// Heap bytes live now.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -83,6 +83,8 @@ fn main() {
         ..RateLimitConfig::default()
     };
     let state = MemoryStore::new(&guards, &rate);
+    // As the memory store keys accounts: keyed, with a random key.
+    let keyer = AccountKeyer::random();
     let limit = WindowLimit {
         limit: 5,
         window: Duration::from_secs(1),
@@ -147,7 +149,7 @@ fn main() {
     for i in 0..keys {
         count(
             &state.account,
-            AccountKey::of(&format!("user{i}@example.com")).get(),
+            keyer.key(&format!("user{i}@example.com")).get(),
         );
     }
     let accounts = live() - accounts_before;

@@ -276,7 +276,7 @@ impl Admin {
                 None,
                 self.normalize,
             );
-            let who = Subject::Account(id.account_key());
+            let who = Subject::Account(id.account_key(store.account_keyer()));
             if unblock {
                 for c in [Counter::Account, Counter::SendRecipient] {
                     if let Err(e) = store.clear(c, who).await {

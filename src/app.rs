@@ -229,6 +229,19 @@ impl App {
                 Err(e) => tracing::error!(%url, error = %e,
                     "shared store (redis) unreachable at start; the fallback applies until it answers"),
             }
+            if let Some(r) = cfg
+                .store
+                .redis()
+                .filter(|_| !store.account_keyer().is_keyed())
+            {
+                tracing::warn!(
+                    variable = %r.account_key_secret_env,
+                    "account counters in redis are keyed by the identifier's unkeyed SHA-256: \
+                     whoever reads redis can test phone numbers and addresses against them; \
+                     set the same secret (at least 16 bytes) in this variable on every replica \
+                     (see docs/redis.md)"
+                );
+            }
         }
         let state = store.memory().clone();
         metrics.register_collector(state.rate.collector());

@@ -673,6 +673,27 @@ pub struct RedisConfig {
     /// How long the breaker stays open before Redis is tried again.
     #[serde(default = "default_breaker_cooldown", with = "humantime_serde")]
     pub breaker_cooldown: Duration,
+    /// Name of the environment variable holding the secret that keys account
+    /// counters in Redis (the same on every replica; at least 16 bytes).
+    /// Without it an account's key is its identifier's unkeyed SHA-256, which
+    /// anyone reading Redis can test phone numbers and addresses against.
+    #[serde(default = "default_account_key_secret_env")]
+    pub account_key_secret_env: String,
+    /// The secret, filled from `account_key_secret_env` at load time; never
+    /// read from the TOML.
+    #[serde(skip)]
+    pub account_key_secret: Option<Secret>,
+}
+
+/// The environment variable of `store.redis.account_key_secret_env` by default.
+pub const DEFAULT_ACCOUNT_KEY_SECRET_ENV: &str = "POOLGATE_ACCOUNT_KEY_SECRET";
+
+/// The shortest account key secret accepted (bytes): a short one could be
+/// found by trying, from one account whose key is known.
+pub const MIN_ACCOUNT_KEY_SECRET: usize = 16;
+
+fn default_account_key_secret_env() -> String {
+    DEFAULT_ACCOUNT_KEY_SECRET_ENV.to_string()
 }
 
 /// The guards' behaviour while the shared store is unusable.
@@ -715,6 +736,8 @@ impl Default for RedisConfig {
             fallback: StoreFallback::default(),
             breaker_failures: default_breaker_failures(),
             breaker_cooldown: default_breaker_cooldown(),
+            account_key_secret_env: default_account_key_secret_env(),
+            account_key_secret: None,
         }
     }
 }
@@ -790,6 +813,16 @@ impl RedisConfig {
                 .any(|c| c.is_whitespace() || c == '{' || c == '}')
         {
             bail!("store.redis.key_prefix must be non-empty, without spaces, {{ or }}");
+        }
+        if let Some(secret) = &self.account_key_secret {
+            if secret.expose().len() < MIN_ACCOUNT_KEY_SECRET {
+                bail!(
+                    "the account key secret in {} is {} bytes: it must be at least {MIN_ACCOUNT_KEY_SECRET} \
+                     (e.g. `openssl rand -hex 32`), the same on every replica",
+                    self.account_key_secret_env,
+                    secret.expose().len()
+                );
+            }
         }
         Ok(())
     }
@@ -978,6 +1011,11 @@ impl Config {
             if let StoreConfig::Redis(r) = &mut self.store {
                 r.url = Secret(v);
             }
+        }
+        if let StoreConfig::Redis(r) = &mut self.store {
+            r.account_key_secret = env(&r.account_key_secret_env)
+                .filter(|s| !s.is_empty())
+                .map(Secret);
         }
         if let Some(a) = self.policy.authing_mut() {
             if let Some(v) = env("POOLGATE_AUTHING_API_BASE") {
@@ -1368,9 +1406,13 @@ impl StoreConfig {
     /// The store keys (all need a restart: the connections and the state
     /// are made once).
     fn reload_keys(&self) -> Vec<(&'static str, Reload, String)> {
-        let redis = self
-            .redis()
-            .map(|r| (format!("{r:?}"), r.url.expose().to_string()));
+        let redis = self.redis().map(|r| {
+            (
+                format!("{r:?}"),
+                r.url.expose().to_string(),
+                r.account_key_secret.as_ref().map(Secret::expose),
+            )
+        });
         vec![
             ("store.kind", Reload::Restart, format!("{:?}", self.kind())),
             ("store.redis", Reload::Restart, format!("{redis:?}")),
@@ -1643,6 +1685,41 @@ mod tests {
             ..RedisConfig::default()
         });
         assert_eq!(a.reload_plan(&b).restart, vec!["store.redis"]);
+        b.store = StoreConfig::Redis(RedisConfig {
+            account_key_secret: Some(Secret::new("a new secret of 32 bytes........")),
+            ..RedisConfig::default()
+        });
+        assert_eq!(a.reload_plan(&b).restart, vec!["store.redis"]);
+    }
+
+    /// The account key secret comes from the environment (its variable is
+    /// configurable), is never printed, and a short one is refused.
+    #[test]
+    fn the_account_key_secret() {
+        let text = format!("{MIN}\n[store]\nkind = \"redis\"\n");
+        let mut cfg = Config::parse(&text).unwrap();
+        cfg.apply_env(|_| None).unwrap();
+        assert!(cfg.store.redis().unwrap().account_key_secret.is_none());
+        let long = "0123456789abcdef0123456789abcdef";
+        cfg.apply_env(|k| (k == DEFAULT_ACCOUNT_KEY_SECRET_ENV).then(|| long.into()))
+            .unwrap();
+        cfg.validate().unwrap();
+        let r = cfg.store.redis().unwrap();
+        assert_eq!(r.account_key_secret.as_ref().unwrap().expose(), long);
+        assert!(!format!("{cfg:?}").contains(long), "never printed");
+
+        let text = format!("{text}[store.redis]\naccount_key_secret_env = \"MY_KEY\"\n");
+        let mut cfg = Config::parse(&text).unwrap();
+        cfg.apply_env(|k| (k == "MY_KEY").then(|| "short".into()))
+            .unwrap();
+        let err = format!("{:#}", cfg.validate().unwrap_err());
+        assert!(
+            err.contains("MY_KEY") && err.contains("at least 16") && !err.contains("short"),
+            "{err}"
+        );
+        // A secret in the file is an unknown key, not a silent one.
+        let err = Config::parse(&format!("{text}account_key_secret = \"x\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("account_key_secret"), "{err:#}");
     }
 
     #[test]

@@ -190,6 +190,53 @@ async fn check_fetches_through_the_authing_api() {
     .await;
 }
 
+/// With a Redis store, the account key secret: `check` refuses a short one
+/// by its variable's name, without printing it; a start without one warns
+/// that account counters are keyed by an unkeyed hash, a start with one
+/// does not, and the secret is never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_key_secret_is_checked_and_its_absence_warned() {
+    bounded("test", LIMIT, async {
+        const VAR: &str = "POOLGATE_ACCOUNT_KEY_SECRET";
+        let dir = tempdir();
+        let up = FakeUpstream::start().await;
+        // Nothing listens there: the local fallback counts meanwhile.
+        let store = format!(
+            "\n[store]\nkind = \"redis\"\n[store.redis]\nurl = \"redis://{}/0\"\n",
+            unused_addr()
+        );
+        let cfg = file_setup(
+            dir.path(),
+            Some(fixture_text().as_bytes()),
+            &up.addr.to_string(),
+            &store,
+        );
+        let out = run_binary(&["check", "--config", &s(&cfg)], &[(VAR, "too-short")]).await;
+        assert_failed(&out, 2, &[VAR, "at least 16 (e.g. `openssl rand -hex 32`)"]);
+        assert!(!out.2.contains("too-short"), "{}", out.2);
+
+        let secret = "0123456789abcdef0123456789abcdef";
+        for (env, warned) in [(vec![], true), (vec![(VAR, secret)], false)] {
+            let mut proc = Proc::spawn(&["--config", &s(&cfg)], &env);
+            proc.listening().await;
+            proc.signal("TERM");
+            let status = proc.wait_exit(Duration::from_secs(20)).await;
+            let logs = proc.stderr();
+            assert_eq!(status.code(), Some(0), "{logs}");
+            assert_eq!(
+                logs.contains(
+                    "account counters in redis are keyed by the identifier's unkeyed SHA-256"
+                ),
+                warned,
+                "{env:?}:\n{logs}"
+            );
+            assert_eq!(logs.contains(VAR), warned, "the warning names the variable");
+            assert!(!logs.contains(secret), "{logs}");
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_malformed_pool_file_stops_the_start() {
     bounded("test", LIMIT, async {

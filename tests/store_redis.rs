@@ -152,6 +152,65 @@ async fn one_account_attacked_from_many_ips_over_many_replicas_gets_the_limit_on
     shutdown_all(stacks).await;
 }
 
+/// With `POOLGATE_ACCOUNT_KEY_SECRET`, an account's counter key in Redis is
+/// keyed: replicas given the same secret share its count, the key is not the
+/// identifier's SHA-256 (which anyone reading Redis could test phone numbers
+/// against), and a replica given another secret counts apart (which is why
+/// every replica must get the same one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_keys_in_redis_are_keyed_by_the_replicas_shared_secret() {
+    use poolgate::config::DEFAULT_ACCOUNT_KEY_SECRET_ENV as VAR;
+    use poolgate::store::AccountKeyer;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let pool =
+        json!({"loginPasswordFailCheck": check(3, 60), "loginFailStrategy": "block-account"});
+    let toml = store_toml(&redis, "tk", "");
+    let secret = "one secret, every replica: 32 b.";
+    let other = "another secret, some other pool.";
+    let mut stacks = Vec::new();
+    for s in [secret, secret, other] {
+        let setup = Setup::new(pool.clone()).toml(&toml).trusted().env(VAR, s);
+        stacks.push(setup.start().await);
+    }
+    let account = "+8613800000000";
+    for i in 0..3 {
+        let ip = format!("198.51.100.{i}");
+        let r = wrong_login(stacks[i % 2].gw(), account, Some(&ip)).await;
+        assert_eq!(r.json(), wrong_password_v2(), "attempt {i}");
+    }
+    // The fourth, on either replica with the secret, finds the account
+    // locked once the third's outcome is in Redis (written off the response
+    // path, so it may lag the answer).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = wrong_login(stacks[1].gw(), account, Some("198.51.100.9")).await;
+        if r.json()["code"] == json!(2057) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never locked: {}", r.json());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(forwarded(&stacks[..2], LOGIN), 3, "the limit, exactly");
+    // The replica keyed otherwise does not see that count.
+    let r = wrong_login(stacks[2].gw(), account, Some("198.51.100.10")).await;
+    assert_eq!(r.json(), wrong_password_v2());
+    // Redis holds the keyed key, never the unkeyed one nor the number.
+    let hex = |k: poolgate::store::AccountKey| format!("{:032x}", k.get());
+    let keys = redis.keys("tk:*").await.join(" ");
+    assert!(
+        keys.contains(&hex(AccountKeyer::from_secret(secret).key(account))),
+        "{keys}"
+    );
+    assert!(
+        !keys.contains(&hex(AccountKeyer::unkeyed().key(account))),
+        "{keys}"
+    );
+    assert!(!keys.contains("8613800000000"), "{keys}");
+    shutdown_all(stacks).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_per_ip_are_limited_across_replicas() {
     let Some(redis) = RedisServer::start().await else {

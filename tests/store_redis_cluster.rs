@@ -17,7 +17,7 @@ use harness::*;
 use poolgate::config::{RateLimitConfig, RedisConfig, Secret};
 use poolgate::metrics::Metrics;
 use poolgate::policy::WindowLimit;
-use poolgate::store::{AccountKey, Ask, Counter, Reservation, Slot, Store, Subject};
+use poolgate::store::{Ask, Counter, Reservation, Slot, Store, Subject};
 use serde_json::json;
 
 /// Three masters, no replicas, killed on drop.
@@ -227,6 +227,8 @@ fn store(cluster: &Cluster, prefix: &str) -> (Arc<Store>, Metrics) {
         connect_timeout: Duration::from_millis(300),
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(200),
+        // Keyed account keys: the replicas agree on them through the secret.
+        account_key_secret: Some(Secret::new("every replica of the cluster test")),
         ..RedisConfig::default()
     };
     replica_store(cfg, &RateLimitConfig::default())
@@ -251,7 +253,7 @@ async fn attempt(s: &Store, client: u128, account: &str, client_limit: u32) -> b
         },
         Ask {
             counter: Counter::Account,
-            subject: Subject::Account(AccountKey::of(account)),
+            subject: Subject::Account(s.account_keyer().key(account)),
             limit: window(1000),
         },
     ];
@@ -291,7 +293,7 @@ async fn a_pair_of_counters_in_two_slots_holds_the_limit_and_releases_what_was_r
             let shown = replicas[0]
                 .show(
                     Counter::Account,
-                    Subject::Account(AccountKey::of(a)),
+                    Subject::Account(replicas[0].account_keyer().key(a)),
                     Duration::from_secs(60),
                 )
                 .await;

@@ -15,9 +15,10 @@ pub struct Identifier {
 }
 
 impl Identifier {
-    /// Its counter key (made here, once per request, not in the store).
-    pub fn account_key(&self) -> crate::store::AccountKey {
-        crate::store::AccountKey::of(&self.value)
+    /// Its counter key, by the store's keyer (made once per request, not
+    /// in the store).
+    pub fn account_key(&self, keyer: &crate::store::AccountKeyer) -> crate::store::AccountKey {
+        keyer.key(&self.value)
     }
 }
 

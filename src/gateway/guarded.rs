@@ -19,7 +19,7 @@ use crate::guards::plan::{self, CommitOn, Counted, Role};
 use crate::guards::{self, body, rate_limit, CaptchaCheck, Over, Rejection};
 use crate::response::Replay;
 use crate::routes::{Route, RouteKind};
-use crate::store::{Ask, Counter, Reservation, Slot, Subject};
+use crate::store::{AccountKeyer, Ask, Counter, Reservation, Slot, Subject};
 
 /// One guarded operation of a request: the request itself (REST), or one
 /// guarded field of a GraphQL request or batch.
@@ -238,7 +238,8 @@ impl Gateway {
             policy,
             &ctx.rt.settings.send_code,
         );
-        let mut asks: SmallVec<[Ask; 4]> = counted.iter().map(|c| ask(c, calls)).collect();
+        let keyer = self.store.account_keyer();
+        let mut asks: SmallVec<[Ask; 4]> = counted.iter().map(|c| ask(c, calls, keyer)).collect();
         let Ok(answers) = self.store.reserve(&asks, false).await else {
             return self.store_unavailable(ctx);
         };
@@ -424,14 +425,14 @@ fn read_calls(
 }
 
 /// The store's question for one counter of the plan.
-fn ask(c: &Counted, calls: &[Call]) -> Ask {
+fn ask(c: &Counted, calls: &[Call], keyer: &AccountKeyer) -> Ask {
     let call = &calls[c.call];
     let account = || {
         Subject::Account(
             call.facts
                 .identifier
                 .as_ref()
-                .map_or_else(|| crate::store::AccountKey::of(""), |id| id.account_key()),
+                .map_or_else(|| keyer.key(""), |id| id.account_key(keyer)),
         )
     };
     let (counter, subject) = match c.role {

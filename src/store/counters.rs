@@ -1035,7 +1035,9 @@ mod tests {
         let accounts = WindowCounter::new("a", 100);
         let v4 = crate::client_ip::client_key("10.1.2.3".parse().unwrap(), 64);
         let wide = crate::client_ip::client_key("2001:db8::1:0:0:1".parse().unwrap(), 128);
-        let acct = crate::store::AccountKey::of("bob@example.com").get();
+        let acct = crate::store::AccountKeyer::unkeyed()
+            .key("bob@example.com")
+            .get();
         let l = lim(10, 60);
         for (c, k) in [(&login, v4), (&login, wide), (&accounts, acct)] {
             for commit in [true, false, true] {

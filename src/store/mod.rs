@@ -13,9 +13,10 @@
 //! A request asks for slots ([`Ask`]) and gets a [`Reservation`] per ask; a
 //! held [`Slot`] counts against its limit until it is settled (the event
 //! happened, or not). Keys are made by the caller, once per request: a
-//! client's by [`crate::client_ip::client_key`], an account's by
-//! [`AccountKey::of`] (beside body extraction).
+//! client's by [`crate::client_ip::client_key`], an account's by the
+//! store's [`AccountKeyer`] (beside body extraction).
 
+pub mod account_key;
 pub mod breaker;
 pub mod counters;
 pub mod fallback;
@@ -29,13 +30,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use sha2::{Digest, Sha256};
 
 use crate::captcha::Rejected;
 use crate::config::{GuardsConfig, RateLimitConfig, StoreConfig};
 use crate::metrics::Metrics;
 use crate::policy::WindowLimit;
 use crate::routes::RouteKind;
+pub use account_key::{AccountKey, AccountKeyer};
 pub use counters::Shown;
 pub use fallback::Fallback;
 pub use memory::MemoryStore;
@@ -69,84 +70,6 @@ impl Counter {
     }
 }
 
-/// The counter key of an account: the first 128 bits of the SHA-256 of its
-/// normalised identifier, lowercased (accounts count case-insensitively, so
-/// `Bob` and `bob` share their tries). The same on every replica, so it is
-/// also the Redis key part; no e-mail address or phone number is stored; and
-/// nobody can aim two accounts at one counter without a SHA-256 collision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AccountKey(u128);
-
-impl AccountKey {
-    /// The key of a normalised identifier (made once per request, beside
-    /// body extraction: [`crate::extract::Identifier::account_key`]).
-    pub fn of(normalised: &str) -> AccountKey {
-        let mut h = Sha256::new();
-        if normalised.is_ascii() {
-            let b = normalised.as_bytes();
-            // The common case: one block, no streaming hasher.
-            if b.len() <= ONE_BLOCK {
-                return AccountKey(sha256_one_block_lowercased(b));
-            }
-            // A longer one, still without an allocation.
-            let mut buf = [0u8; 64];
-            for chunk in b.chunks(buf.len()) {
-                let b = &mut buf[..chunk.len()];
-                b.copy_from_slice(chunk);
-                b.make_ascii_lowercase();
-                h.update(&*b);
-            }
-        } else {
-            h.update(normalised.to_lowercase().as_bytes());
-        }
-        let d = h.finalize();
-        let mut first = [0u8; 16];
-        first.copy_from_slice(&d[..16]);
-        AccountKey(u128::from_be_bytes(first))
-    }
-
-    /// A key from its number, as [`Self::get`] gives it (benches spread
-    /// keys with it; the gateway always makes keys with [`Self::of`]).
-    pub fn from_raw(key: u128) -> AccountKey {
-        AccountKey(key)
-    }
-
-    /// The key as a number.
-    pub fn get(self) -> u128 {
-        self.0
-    }
-}
-
-/// The longest message SHA-256 pads into one 64-byte block (then a 0x80
-/// byte and the 8-byte bit length).
-const ONE_BLOCK: usize = 55;
-
-/// SHA-256's initial state (FIPS 180-4, 5.3.3).
-const SHA256_INIT: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
-
-/// The first 128 bits of the SHA-256 of `msg` lowercased (ASCII, at most
-/// [`ONE_BLOCK`] bytes): the usual account, padded by hand and compressed
-/// once, without the streaming hasher's buffering and finalisation (about
-/// a third of [`AccountKey::of`]'s time). The digest is the same: tested
-/// against [`Sha256`] on every length.
-fn sha256_one_block_lowercased(msg: &[u8]) -> u128 {
-    let n = msg.len().min(ONE_BLOCK);
-    let mut block = [0u8; 64];
-    block[..n].copy_from_slice(&msg[..n]);
-    block[..n].make_ascii_lowercase();
-    block[n] = 0x80;
-    block[56..].copy_from_slice(&((n as u64) * 8).to_be_bytes());
-    let mut state = SHA256_INIT;
-    sha2::compress256(&mut state, &[block.into()]);
-    // The digest is the state's words, big-endian: its first 16 bytes are
-    // the first four words.
-    state[..4]
-        .iter()
-        .fold(0u128, |k, &w| (k << 32) | u128::from(w))
-}
-
 /// Whom a counter counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject {
@@ -162,7 +85,7 @@ impl Subject {
     pub fn key(self) -> u128 {
         match self {
             Subject::Client(k) => k,
-            Subject::Account(a) => a.0,
+            Subject::Account(a) => a.get(),
         }
     }
 }
@@ -361,9 +284,14 @@ fn ready<'a, T>(v: T) -> StoreFuture<'a, T> {
 }
 
 /// The store the gateway and the admin API use: memory, or Redis with a
-/// fallback. Its methods never fail but for [`Unavailable`] (the `closed`
-/// fallback).
-pub enum Store {
+/// fallback, and how accounts are keyed in it. Its methods never fail but
+/// for [`Unavailable`] (the `closed` fallback).
+pub struct Store {
+    backend: Backend,
+    keyer: AccountKeyer,
+}
+
+enum Backend {
     /// `store.kind = "memory"`.
     Memory(Arc<MemoryStore>),
     /// `store.kind = "redis"`: Redis behind the breaker and the fallback.
@@ -373,6 +301,10 @@ pub enum Store {
 impl Store {
     /// Builds the configured store. Redis is connected lazily: it need not be
     /// up at start, the fallback covers until it is.
+    ///
+    /// Accounts are keyed with a random key in memory (no other process reads
+    /// those keys), with `store.redis.account_key_secret_env`'s secret in
+    /// Redis, and unkeyed in Redis without one (see [`account_key`]).
     pub fn new(
         cfg: &StoreConfig,
         guards: &GuardsConfig,
@@ -384,18 +316,34 @@ impl Store {
         Ok(match cfg {
             StoreConfig::Redis(r) => {
                 let redis = RedisStore::new(r, hold, metrics.clone())?.with_rates(rate);
-                Store::Shared(Fallback::new(redis, local, r, metrics))
+                Store {
+                    backend: Backend::Shared(Fallback::new(redis, local, r, metrics)),
+                    keyer: r
+                        .account_key_secret
+                        .as_ref()
+                        .map_or_else(AccountKeyer::unkeyed, |s| {
+                            AccountKeyer::from_secret(s.expose())
+                        }),
+                }
             }
-            StoreConfig::Memory => Store::Memory(local),
+            StoreConfig::Memory => Store {
+                backend: Backend::Memory(local),
+                keyer: AccountKeyer::random(),
+            },
         })
+    }
+
+    /// How account identifiers become counter keys in this store.
+    pub fn account_keyer(&self) -> &AccountKeyer {
+        &self.keyer
     }
 
     /// This replica's memory store (the whole store, or the fallback's), for
     /// the sweeper and the metrics collector.
     pub fn memory(&self) -> &Arc<MemoryStore> {
-        match self {
-            Store::Memory(m) => m,
-            Store::Shared(f) => f.local(),
+        match &self.backend {
+            Backend::Memory(m) => m,
+            Backend::Shared(f) => f.local(),
         }
     }
 
@@ -412,9 +360,9 @@ impl Store {
 
     /// The shared store, if configured.
     pub fn shared(&self) -> Option<&Arc<RedisStore>> {
-        match self {
-            Store::Memory(_) => None,
-            Store::Shared(f) => Some(f.redis()),
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Shared(f) => Some(f.redis()),
         }
     }
 
@@ -427,9 +375,9 @@ impl Store {
         if asks.is_empty() {
             return ready(Ok(Vec::new()));
         }
-        match self {
-            Store::Memory(m) => ready(Ok(m.reserve_now(asks, force))),
-            Store::Shared(f) => Either::Right(Box::pin(f.reserve(asks, force))),
+        match &self.backend {
+            Backend::Memory(m) => ready(Ok(m.reserve_now(asks, force))),
+            Backend::Shared(f) => Either::Right(Box::pin(f.reserve(asks, force))),
         }
     }
 
@@ -440,9 +388,9 @@ impl Store {
     /// `store.redis.fallback` says: a rate limit is no reason to refuse
     /// everything or nothing.
     pub fn check_rate(&self, kind: RouteKind, key: u128) -> StoreFuture<'_, Result<(), Duration>> {
-        match self {
-            Store::Memory(m) => ready(m.rate.check(kind, key)),
-            Store::Shared(f) => Either::Right(Box::pin(async move {
+        match &self.backend {
+            Backend::Memory(m) => ready(m.rate.check(kind, key)),
+            Backend::Shared(f) => Either::Right(Box::pin(async move {
                 f.check_rate(kind, key).await.unwrap_or(Ok(()))
             })),
         }
@@ -453,18 +401,18 @@ impl Store {
         &self,
         client: u128,
     ) -> Result<Option<(crate::captcha::Token, String)>, Unavailable> {
-        let room = match self {
-            Store::Memory(m) => m.captcha_room(),
-            Store::Shared(f) => f.captcha_room(),
+        let room = match &self.backend {
+            Backend::Memory(m) => m.captcha_room(),
+            Backend::Shared(f) => f.captcha_room(),
         };
         if !room {
             return Ok(None);
         }
         let fresh = crate::captcha::Fresh::new();
         let ttl = self.memory().captcha_ttl();
-        let stored = match self {
-            Store::Memory(m) => m.put_now(&fresh.token, client, &fresh.answer, ttl),
-            Store::Shared(f) => {
+        let stored = match &self.backend {
+            Backend::Memory(m) => m.put_now(&fresh.token, client, &fresh.answer, ttl),
+            Backend::Shared(f) => {
                 Box::pin(f.put_captcha(&fresh.token, client, &fresh.answer, ttl)).await?
             }
         };
@@ -482,11 +430,11 @@ impl Store {
         if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(Err(Rejected::Unknown));
         }
-        let issued = match self {
-            Store::Memory(m) => m.take_now(token),
+        let issued = match &self.backend {
+            Backend::Memory(m) => m.take_now(token),
             // Boxed, as in `reserve`: Redis's future is large and this one
             // is part of every guarded request's.
-            Store::Shared(f) => Box::pin(f.take_captcha(token)).await?,
+            Backend::Shared(f) => Box::pin(f.take_captcha(token)).await?,
         };
         Ok(Issued::check(issued, client, answer))
     }
@@ -498,20 +446,20 @@ impl Store {
         subject: Subject,
         window: Duration,
     ) -> Option<Shown> {
-        match self {
-            Store::Memory(m) => m.inspect_now(counter, subject, window),
-            Store::Shared(f) => f.inspect(counter, subject, window).await.unwrap_or(None),
+        match &self.backend {
+            Backend::Memory(m) => m.inspect_now(counter, subject, window),
+            Backend::Shared(f) => f.inspect(counter, subject, window).await.unwrap_or(None),
         }
     }
 
     /// Clears a counter (unblock) in the shared store and in memory.
     pub async fn clear(&self, counter: Counter, subject: Subject) -> anyhow::Result<()> {
-        match self {
-            Store::Memory(m) => {
+        match &self.backend {
+            Backend::Memory(m) => {
                 m.clear_now(counter, subject);
                 Ok(())
             }
-            Store::Shared(f) => f
+            Backend::Shared(f) => f
                 .clear(counter, subject)
                 .await
                 .map(|_| ())
@@ -523,45 +471,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn account_keys_ignore_case_and_match_the_digest() {
-        assert_eq!(AccountKey::of("Bob"), AccountKey::of("bob"));
-        assert_ne!(AccountKey::of("bob"), AccountKey::of("alice"));
-        assert_eq!(AccountKey::of("ÉLODIE"), AccountKey::of("élodie"));
-        let long = "X".repeat(200);
-        assert_eq!(AccountKey::of(&long), AccountKey::of(&long.to_lowercase()));
-        // The Redis key part it replaces: the first 16 bytes of the SHA-256, in hex.
-        let d = Sha256::digest(b"bob@example.com");
-        let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            format!("{:032x}", AccountKey::of("Bob@Example.com").get()),
-            hex
-        );
-    }
-
-    #[test]
-    fn the_one_block_path_is_sha256() {
-        let streamed = |s: &str| {
-            let d = Sha256::digest(s.to_lowercase().as_bytes());
-            let mut first = [0u8; 16];
-            first.copy_from_slice(&d[..16]);
-            u128::from_be_bytes(first)
-        };
-        // Every length around the one-block limit, mixed case and the bytes
-        // the padding writes.
-        let alphabet = "aB@.0_-+~\x7f\u{1}Zz";
-        for n in 0..=ONE_BLOCK + 10 {
-            let s: String = alphabet.chars().cycle().skip(n).take(n).collect();
-            assert_eq!(AccountKey::of(&s).get(), streamed(&s), "length {n}");
-            if s.len() <= ONE_BLOCK {
-                assert_eq!(sha256_one_block_lowercased(s.as_bytes()), streamed(&s));
-            }
-        }
-        for s in ["", "Bob@Example.com", "ÉLODIE", "+8613800000000", "x"] {
-            assert_eq!(AccountKey::of(s).get(), streamed(s), "{s:?}");
-        }
-    }
 
     #[test]
     fn the_captcha_check_burns_and_names_the_reason() {

@@ -225,6 +225,9 @@ pub struct Setup {
     /// `[rate_limit] login` when `extra_toml` does not set a `[rate_limit]`:
     /// generous, so that only the tests about rate limits meet them.
     pub generous_rate_limits: bool,
+    /// Environment variables the configuration reads, as this replica sees
+    /// them (the process's own environment is left alone).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -236,6 +239,7 @@ impl Setup {
             extra_toml: String::new(),
             server_extra: String::new(),
             generous_rate_limits: true,
+            env: Vec::new(),
         }
     }
 
@@ -255,6 +259,12 @@ impl Setup {
         self.extra_toml.push('\n');
         self.extra_toml.push_str(extra);
         self.extra_toml.push('\n');
+        self
+    }
+
+    /// Sets an environment variable for this replica's configuration.
+    pub fn env(mut self, name: &str, value: &str) -> Setup {
+        self.env.push((name.into(), value.into()));
         self
     }
 
@@ -307,8 +317,17 @@ impl Setup {
             policy = file_source_toml(&pool_path, "100ms"),
             extra = self.extra_toml,
         );
-        let cfg = poolgate::Config::parse(&text)
+        let mut cfg = poolgate::Config::parse(&text)
             .unwrap_or_else(|e| panic!("test config does not parse: {e:#}\n{text}"));
+        if !self.env.is_empty() {
+            cfg.apply_env(|k| {
+                self.env
+                    .iter()
+                    .find(|(name, _)| name == k)
+                    .map(|(_, v)| v.clone())
+            })
+            .expect("test environment applies");
+        }
         cfg.validate()
             .unwrap_or_else(|e| panic!("test config is invalid: {e:#}\n{text}"));
         let app = tokio::time::timeout(Duration::from_secs(20), poolgate::App::start(cfg))
