@@ -134,7 +134,8 @@ macro_rules! settle_lua {
 /// reservations one worker's requests made in one turn of its event loop:
 /// see [`Batch`]), atomically: the whole call is one script.
 ///
-/// A counter is one hash (see [`KEY_VERSION`]): `c` the count, `e` the
+/// A counter is one hash (see [`KEY_VERSION`]): `c` the count (absent until
+/// an event is counted in the window: most logins never fail), `e` the
 /// window's end (ms, Redis's clock), `m` no later than the earliest lapse of
 /// the reservations in it, and one field per reservation in flight (its id:
 /// when it lapses if never settled). The script's cost is the server's cost
@@ -233,8 +234,12 @@ while a < #ARGV do
       end
     end
     if force or count + n < limit then
-      if fresh then
+      if fresh and c then
+        -- The lapsed window's count is still here: the new one starts at 0.
         redis.call('HSET', k, id, lapse_s, 'c', '0', 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
+      elseif fresh then
+        -- No count is written until an event is (an absent `c` is 0).
+        redis.call('HSET', k, id, lapse_s, 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
       elseif not m or lapse < m then
         redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
       else
@@ -248,7 +253,11 @@ while a < #ARGV do
       out[#out + 1] = 0
     else
       if fresh then
-        redis.call('HSET', k, 'c', '0', 'e', e_s)
+        if c then
+          redis.call('HSET', k, 'c', '0', 'e', e_s)
+        else
+          redis.call('HSET', k, 'e', e_s)
+        end
         if redis.call('PTTL', k) < tonumber(window) then
           redis.call('PEXPIRE', k, window)
         end
