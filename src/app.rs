@@ -243,6 +243,9 @@ impl App {
                 );
             }
         }
+        metrics
+            .account_keys_keyed
+            .set(i64::from(store.account_keyer().is_keyed()));
         let state = store.memory().clone();
         metrics.register_collector(state.rate.collector());
         precreate(&metrics, &cfg);

@@ -221,6 +221,9 @@ pub struct Metrics {
     pub store_fallbacks: IntCounterVec,
     /// `poolgate_store_breaker_open`: 1 while the circuit breaker keeps Redis out of the path.
     pub store_breaker_open: IntGauge,
+    /// `poolgate_account_keys_keyed`: 1 when account counter keys are a keyed
+    /// hash, 0 when Redis holds unkeyed ones (no account key secret).
+    pub account_keys_keyed: IntGauge,
     /// The series every request updates, looked up once ([`Hot`]).
     hot: Arc<Hot>,
 }
@@ -460,6 +463,14 @@ impl Metrics {
                 IntGauge::new(
                     "poolgate_store_breaker_open",
                     "1 while the circuit breaker keeps the shared store out of the request path.",
+                )
+                .expect("valid metric"),
+            ),
+            account_keys_keyed: register(
+                r,
+                IntGauge::new(
+                    "poolgate_account_keys_keyed",
+                    "1 when account counter keys are a keyed hash (memory store, or Redis with an account key secret); 0 when Redis holds unkeyed ones.",
                 )
                 .expect("valid metric"),
             ),

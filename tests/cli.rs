@@ -193,7 +193,8 @@ async fn check_fetches_through_the_authing_api() {
 /// With a Redis store, the account key secret: `check` refuses a short one
 /// by its variable's name, without printing it; a start without one warns
 /// that account counters are keyed by an unkeyed hash, a start with one
-/// does not, and the secret is never logged.
+/// does not (`poolgate_account_keys_keyed` says the same), and the secret
+/// is never logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_account_key_secret_is_checked_and_its_absence_warned() {
     bounded("test", LIMIT, async {
@@ -218,7 +219,10 @@ async fn the_account_key_secret_is_checked_and_its_absence_warned() {
         let secret = "0123456789abcdef0123456789abcdef";
         for (env, warned) in [(vec![], true), (vec![(VAR, secret)], false)] {
             let mut proc = Proc::spawn(&["--config", &s(&cfg)], &env);
-            proc.listening().await;
+            let (_, admin) = proc.listening().await;
+            // The posture is a metric too, for the alert.
+            let keyed = metric_sum(&metrics(admin).await, "poolgate_account_keys_keyed", &[]);
+            assert_eq!(keyed, if warned { 0.0 } else { 1.0 }, "{env:?}");
             proc.signal("TERM");
             let status = proc.wait_exit(Duration::from_secs(20)).await;
             let logs = proc.stderr();
