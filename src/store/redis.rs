@@ -217,9 +217,14 @@ while a < #ARGV do
     local count = 0
     local fresh = not e or e <= now
     if fresh then
-      -- No window open: it opens now.
+      -- No window open: it opens now. A lapsed window's count still here
+      -- starts again at 0; otherwise none is written until an event is
+      -- counted (an absent `c` is 0: most counters never count one).
       e = now + num(window)
       e_s = string.format('%d', e)
+      if c then
+        redis.call('HSET', k, 'c', '0')
+      end
     else
       count = tonumber(c) or 0
     end
@@ -246,11 +251,7 @@ while a < #ARGV do
       end
     end
     if force or count + n < limit then
-      if fresh and c then
-        -- The lapsed window's count is still here: the new one starts at 0.
-        redis.call('HSET', k, id, lapse_s, 'c', '0', 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
-      elseif fresh then
-        -- No count is written until an event is (an absent `c` is 0).
+      if fresh then
         redis.call('HSET', k, id, lapse_s, 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
       elseif not m or lapse < m then
         redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
@@ -265,11 +266,7 @@ while a < #ARGV do
       out[#out + 1] = 0
     else
       if fresh then
-        if c then
-          redis.call('HSET', k, 'c', '0', 'e', e_s)
-        else
-          redis.call('HSET', k, 'e', e_s)
-        end
+        redis.call('HSET', k, 'e', e_s)
         if redis.call('PTTL', k) < num(window) then
           redis.call('PEXPIRE', k, window)
         end
