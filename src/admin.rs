@@ -254,8 +254,12 @@ impl Admin {
             };
             let who = Subject::Client(crate::client_ip::client_key(ip, self.ipv6_prefix));
             if unblock {
-                for c in [Counter::LoginIp, Counter::RegisterIp, Counter::SendClient] {
-                    if let Err(e) = store.clear(c, who).await {
+                for (c, w) in [
+                    (Counter::LoginIp, window(|p| p.login_fail)),
+                    (Counter::RegisterIp, window(|p| p.register_limit)),
+                    (Counter::SendClient, self.send_code_window),
+                ] {
+                    if let Err(e) = store.clear(c, who, w).await {
                         return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
                     }
                 }
@@ -278,8 +282,11 @@ impl Admin {
             );
             let who = Subject::Account(id.account_key(store.account_keyer()));
             if unblock {
-                for c in [Counter::Account, Counter::SendRecipient] {
-                    if let Err(e) = store.clear(c, who).await {
+                for (c, w) in [
+                    (Counter::Account, window(|p| p.password_fail)),
+                    (Counter::SendRecipient, self.send_code_window),
+                ] {
+                    if let Err(e) = store.clear(c, who, w).await {
                         return text(StatusCode::SERVICE_UNAVAILABLE, &format!("{e}\n"));
                     }
                 }

@@ -211,8 +211,9 @@ impl App {
             n => n,
         };
         let upstream = Upstream::new(&cfg.upstream, &cfg.upstream_uri()?, workers)?;
-        // A reservation nobody settles (a replica that died mid-request) lapses
-        // after the longest a forwarded request can take, and then some.
+        // Longer than a forwarded request can take, and then some: how long
+        // a Redis counter's key outlives its window, so a request's refund
+        // always finds it.
         let hold = cfg.upstream.request_timeout + std::time::Duration::from_secs(10);
         let store = Arc::new(Store::new(
             &cfg.store,

@@ -275,7 +275,7 @@ async fn a_client_that_goes_away_does_not_leak_its_reservation() {
             .guard_state
             .login_ip
             .show(key, Duration::from_secs(600))
-            .is_none_or(|e| e.inflight == 0)
+            .is_none_or(|e| e.inflight == Some(0))
     })
     .await;
     assert!(settled, "the abandoned request's reservation is settled");

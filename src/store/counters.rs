@@ -56,8 +56,9 @@ pub struct Entry {
 pub struct Shown {
     /// Events in the current window.
     pub count: u32,
-    /// Reservations in flight.
-    pub inflight: u32,
+    /// Reservations in flight; `None` where the count includes them
+    /// (Redis counts attempts up front).
+    pub inflight: Option<u32>,
     /// Seconds left in the window.
     pub window_remaining_secs: u64,
 }
@@ -777,7 +778,7 @@ impl WindowCounter {
             let live = tick < end;
             (live || e.inflight > 0).then(|| Shown {
                 count: if live { u32::from(e.count) } else { 0 },
-                inflight: u32::from(e.inflight),
+                inflight: Some(u32::from(e.inflight)),
                 window_remaining_secs: u64::from(end.saturating_sub(tick)),
             })
         })
@@ -1048,10 +1049,10 @@ mod tests {
             }
             let held = c.try_reserve_at(k, l, false, 0);
             let shown = c.show(k, Duration::from_secs(60)).unwrap();
-            assert_eq!((shown.count, shown.inflight), (2, 1), "key {k:x}");
+            assert_eq!((shown.count, shown.inflight), (2, Some(1)), "key {k:x}");
             drop(held);
             let shown = c.show(k, Duration::from_secs(60)).unwrap();
-            assert_eq!((shown.count, shown.inflight), (2, 0), "key {k:x}");
+            assert_eq!((shown.count, shown.inflight), (2, Some(0)), "key {k:x}");
             assert!(c.clear(k));
         }
         assert!(clients.is_empty() && accounts.is_empty());
@@ -1099,7 +1100,7 @@ mod tests {
         drop(held);
         assert_eq!(
             c.show(1, Duration::from_secs(60)).map(|s| s.inflight),
-            Some(0)
+            Some(Some(0))
         );
     }
 }

@@ -184,11 +184,16 @@ impl CounterStore for Fallback {
         }
     }
 
-    async fn clear(&self, counter: Counter, subject: Subject) -> Result<bool, Unavailable> {
+    async fn clear(
+        &self,
+        counter: Counter,
+        subject: Subject,
+        window: Duration,
+    ) -> Result<bool, Unavailable> {
         let s = &self.inner;
         let local = s.local.clear_now(counter, subject);
         // Unblocking must reach Redis, whatever the fallback: its count is the one in force.
-        match s.redis.clear(counter, subject).await {
+        match s.redis.clear(counter, subject, window).await {
             Ok(shared) => Ok(local || shared),
             Err(e) => {
                 tracing::warn!(error = %e, "the shared store (redis) did not clear a counter");
@@ -204,7 +209,10 @@ impl CounterStore for Fallback {
         window: Duration,
     ) -> Result<Option<Shown>, Unavailable> {
         let s = &self.inner;
-        if let Ok(shown) = s.guarded("show", s.redis.show(counter, subject)).await {
+        if let Ok(shown) = s
+            .guarded("show", s.redis.show(counter, subject, window))
+            .await
+        {
             return Ok(shown);
         }
         Ok(s.local.inspect_now(counter, subject, window))

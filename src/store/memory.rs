@@ -177,7 +177,12 @@ impl CounterStore for MemoryStore {
         Ok(self.reserve_now(asks, force))
     }
 
-    async fn clear(&self, counter: Counter, subject: Subject) -> Result<bool, Infallible> {
+    async fn clear(
+        &self,
+        counter: Counter,
+        subject: Subject,
+        _window: Duration,
+    ) -> Result<bool, Infallible> {
         Ok(self.clear_now(counter, subject))
     }
 

@@ -226,11 +226,15 @@ pub trait CounterStore: Send + Sync {
         Slot::settle_all(slots);
     }
 
-    /// Forgets a counter's count (unblock); reservations in flight stay.
+    /// Forgets a counter's count (unblock); `window` is the policy's, for a
+    /// store that keeps a count per window. The memory store keeps the
+    /// reservations in flight; Redis, which counts them up front, forgets
+    /// them with the count.
     fn clear(
         &self,
         counter: Counter,
         subject: Subject,
+        window: Duration,
     ) -> impl Future<Output = Result<bool, Self::Error>> + Send;
 
     /// The state of a counter (admin API); `window` is the policy's, for a
@@ -452,15 +456,21 @@ impl Store {
         }
     }
 
-    /// Clears a counter (unblock) in the shared store and in memory.
-    pub async fn clear(&self, counter: Counter, subject: Subject) -> anyhow::Result<()> {
+    /// Clears a counter (unblock) in the shared store and in memory; the
+    /// shared store keeps a count per `window`, so it is named.
+    pub async fn clear(
+        &self,
+        counter: Counter,
+        subject: Subject,
+        window: Duration,
+    ) -> anyhow::Result<()> {
         match &self.backend {
             Backend::Memory(m) => {
                 m.clear_now(counter, subject);
                 Ok(())
             }
             Backend::Shared(f) => f
-                .clear(counter, subject)
+                .clear(counter, subject, window)
                 .await
                 .map(|_| ())
                 .map_err(|_| anyhow::anyhow!("the shared store (redis) did not clear it")),

@@ -1,52 +1,61 @@
-//! The shared counter store: window counters, in-flight reservations,
-//! captcha answers and (optionally) rate-limit state in Redis, so several
-//! replicas enforce one limit. A single server (`redis://`, `rediss://` with
-//! TLS, `unix://`) or a Redis Cluster (`cluster = true`).
+//! The shared counter store: window counters, captcha answers and
+//! (optionally) rate-limit state in Redis, so several replicas enforce one
+//! limit. A single server (`redis://`, `rediss://` with TLS, `unix://`) or a
+//! Redis Cluster (`cluster = true`).
 //!
-//! Every check-and-reserve is a Lua script (atomic on the server); time is
-//! Redis's own (`TIME`), so replicas with skewed clocks agree. Layout, under
-//! `key_prefix` `<p>` (the braces are the cluster hash tag: counters and
-//! subjects spread over the slots):
+//! **Counters are counted up front** (layout [`KEY_VERSION`] `v3`): an
+//! attempt is counted when it is let through (`INCR`), as if it were going to
+//! fail, and refunded (`DECR`) when its outcome says it does not count (a
+//! successful login, a refused request). `INCR` is atomic, so replicas
+//! holding one limit under a parallel burst let exactly `limit` attempts
+//! through; what is in flight is in the count. A reservation is granted
+//! when the count after the `INCR` is within the limit (or forced: a solved
+//! captcha); a denied one is refunded at once. A replica that dies with an
+//! attempt in flight leaves it counted as a failure until its window ends
+//! (fail closed). Only Redis's native commands run: no script for a login,
+//! whose server cost is a third of the Lua layout's (docs/redis.md).
 //!
-//! - `<p>:v2:{<counter>:<subject>}`: one hash per counter and subject: the
-//!   count (`c`), the window's end on Redis's clock (`e`: the window opens
-//!   when the key is first seen, as the in-memory counter opens its window),
-//!   and one field per reservation in flight, holding when it lapses if never
-//!   settled (a replica that dies mid-request cannot leak a slot for longer
-//!   than `hold`); `m` is no later than the earliest such lapse. The key's
-//!   TTL covers the window's end and every lapse. `v2` is [`KEY_VERSION`]:
-//!   the layout before it (a count key and an in-flight sorted set) is never
-//!   read;
+//! Windows are fixed and aligned to the wall clock: a counter's window of
+//! `w` ms is `[n·w, (n+1)·w)` in Unix time, read on the replica's clock, and
+//! its key names the window's start, so a new window is a new key (nothing
+//! to reset) and a refund can only reach the window it was counted in. A
+//! replica's clock skew moves the boundaries it sees (docs/redis.md).
+//! Layout, under `key_prefix` `<p>` (the braces are the cluster hash tag:
+//! counters and subjects spread over the slots, and every window of one
+//! counter and subject is in one slot):
+//!
+//! - `<p>:v3:{<counter>:<subject>}:<window start, Unix ms>`: the count (a
+//!   string, `INCR`ed). It is created with its TTL (`SET .. PX .. NX`, then
+//!   `INCR`): the window's end plus `hold`, so a refund sent before the
+//!   window ends always finds it, and Redis forgets it soon after;
 //! - `<p>:{rl:<class>:<client>}`: a client's GCRA state (`rate_limit.shared`);
 //! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL.
 //!
 //! On a single server, all the counters a request needs are reserved in one
-//! script call (one round trip), and so are those of every request a thread
-//! (a proxy worker) makes while its previous call is in flight or in the
-//! same turn of its event loop (group commit): the first request queues its
-//! reservations in the thread's [`Batch`] and spawns a task that, running
+//! pipelined write (one round trip), and so are those of every request a
+//! thread (a proxy worker) makes while its previous call is in flight or in
+//! the same turn of its event loop (group commit): the first request queues
+//! its counters in the thread's [`Batch`] and spawns a task that, running
 //! after the other tasks ready in that turn, sends the whole batch in one
-//! call (the per-call cost, which dominates a login's, is paid once per
-//! batch), answers each request through a channel, and sends whatever
-//! queued meanwhile in the next call, until the queue is empty. The call is one
-//! script, atomic as a whole; its requests are judged in order, each counter
-//! exactly as on its own. A request dropped meanwhile (its client hung up)
-//! gets no answer: the slots granted to it are released, never leaked. A
-//! failed call fails each request in it with an error of the same kind. In
-//! a cluster the keys are in different slots, so each counter is reserved
-//! in its own call (sent together): each is atomic, the set is not (see
-//! docs/redis.md, "What is atomic, and what is bounded").
+//! pipeline, answers each request through a channel, and sends whatever
+//! queued meanwhile in the next, until the queue is empty. A request dropped
+//! meanwhile (its client hung up) gets no answer: what was counted for it
+//! is refunded, never leaked. A failed call fails each request in it with an
+//! error of the same kind (what it counted stays counted: fail closed). In a
+//! cluster each counter is reserved in a pipeline of its own (its slot's),
+//! sent together.
 //!
-//! Subjects are the client key in hex, or the SHA-256 of the normalised
-//! account (no e-mail address or phone number is written to Redis).
+//! Subjects are the client key in hex, or the account's keyed hash
+//! ([`super::AccountKeyer`]: no e-mail address or phone number is written
+//! to Redis).
 //!
-//! One round trip per guarded request (or batch): a slot's settle (release,
-//! or count the event) is queued, and the next reservation's script call
-//! carries it (settles first, then reserves); a settle no reservation picks up within
-//! [`FLUSH_AFTER`] is sent by a background flusher, batched with the others.
-//! Scripts are called by `EVALSHA` only; they are loaded when connections
-//! are (re)opened, and a `NOSCRIPT` answer (a restarted or flushed server) is
-//! met with one `EVAL`, which loads the script again.
+//! One round trip per guarded request (or batch): a refund is queued, and
+//! the next reservation's pipeline carries it (refunds first); one no
+//! reservation picks up within [`FLUSH_AFTER`] is sent by a background
+//! flusher, batched with the others. A failed attempt needs no second call
+//! at all. The rate limit's script is called by `EVALSHA`; it is loaded when
+//! connections are (re)opened, and a `NOSCRIPT` answer (a restarted or
+//! flushed server) is met with one `EVAL`, which loads it again.
 //!
 //! On a single server each calling thread (a proxy worker) has a connection
 //! of its own, driven on its own runtime: no call wakes another thread, and
@@ -74,258 +83,21 @@ use crate::config::{RateLimitConfig, RedisConfig};
 use crate::metrics::Metrics;
 use crate::routes::RouteKind;
 
-/// How long a queued settle waits for a reservation to carry it before the
-/// flusher sends it on its own: short, since the slot counts against the
+/// How long a queued refund waits for a reservation to carry it before the
+/// flusher sends it on its own: short, since the attempt counts against the
 /// limit on every replica until then (never too lenient, but a freed slot
 /// should be free again soon).
 pub const FLUSH_AFTER: Duration = Duration::from_millis(1);
 
-/// Most settles one call carries.
-const SETTLE_BATCH: usize = 256;
-
-/// Most requests (groups) one RESERVE call carries; a larger batch is sent
-/// as several calls, together.
-const MAX_GROUPS: usize = 64;
+/// Most refunds one call carries.
+const REFUND_BATCH: usize = 256;
 
 /// The version of the counters' key layout, in their names
-/// (`<prefix>:v2:{<counter>:<subject>}`): a replica never reads a key another
-/// layout wrote (during a rolling upgrade the two versions count apart, each
-/// for itself, until the old keys' TTLs end).
-pub const KEY_VERSION: &str = "v2";
-
-/// `now`: Redis's clock in ms (`TIME`), so replicas with skewed clocks
-/// agree; one text for every counter script.
-macro_rules! now_ms_lua {
-    () => {
-        r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"
-    };
-}
-
-/// The settle of one slot, in both [`RESERVE`] and [`SETTLE`] (one text, so
-/// the two cannot drift). In scope: `k` (the counter's hash), `sid`
-/// (reservation id), `commit` ('1' to count the event), `window` (ms), `now`.
-/// Frees the slot; on commit counts the event: in the open window, or, if it
-/// lapsed meanwhile, in a new one (whose end the key's TTL then covers).
-macro_rules! settle_lua {
-    () => {
-        r"
-  redis.call('HDEL', k, sid)
-  if commit == '1' then
-    local e = tonumber(redis.call('HGET', k, 'e'))
-    if e and e > now then
-      redis.call('HINCRBY', k, 'c', 1)
-    else
-      -- Numbers go to redis.call as text made with '%d' (see RESERVE).
-      redis.call('HSET', k, 'c', '1', 'e', string.format('%d', now + tonumber(window)))
-      if redis.call('PTTL', k) < tonumber(window) then
-        redis.call('PEXPIRE', k, window)
-      end
-    end
-  end
-"
-    };
-}
-
-/// Settles the queued slots, then checks and reserves a slot in each counter
-/// named by the remaining KEYS, for one request (a group) or several (the
-/// reservations one worker's requests made in one turn of its event loop:
-/// see [`Batch`]), atomically: the whole call is one script.
-///
-/// A counter is one hash (see [`KEY_VERSION`]): `c` the count (absent until
-/// an event is counted in the window: most logins never fail), `e` the
-/// window's end (ms, Redis's clock), `m` no later than the earliest lapse of
-/// the reservations in it, and one field per reservation in flight (its id:
-/// when it lapses if never settled). The script's cost is the server's cost
-/// per login (measured with callgrind in docs/redis.md), so it is written
-/// for few `redis.call`s, each touching the one key: one `HGETALL` reads the
-/// counter (the reservations in flight are bounded by the limit, and forced
-/// ones by the captchas solved), one `HSET` writes the reservation, and the
-/// key's expiry is set (`PEXPIREAT`) only when a window opens or the
-/// reservation outlives it. No number is handed to `redis.call`: Redis 7.0
-/// formats one with `%.17g` (libc's float printing, thousands of
-/// instructions); the timestamps go as the text they came in, or made once
-/// with `%d`. Lapsed reservations are looked for only once `m` has passed.
-/// The key's TTL always covers the window's end and every reservation's
-/// lapse, so Redis forgets a counter nobody uses. One `TIME` serves the
-/// whole call (its groups are judged at one instant, in their order: a
-/// later group sees the earlier ones' reservations).
-const RESERVE: &str = concat!(
-    r"
--- KEYS: counter hashes: first the settled ones, then the reserved ones of
--- every group, in the groups' order.
--- ARGV[1]: how long (ms) an unsettled reservation holds its slot, ARGV[2]:
--- how many keys are settled; then per settled key: its reservation id, '1'
--- to count, window (ms); then per group (one request): its reservation id,
--- '1' to reserve over the limit (a solved captcha), how many keys it
--- reserves, then per reserved key: limit, window (ms).
--- Returns per reserved counter, in order: 1 (granted) or 0 (denied), then
--- (denied) the window's ms left.",
-    now_ms_lua!(),
-    r"local hold, ns = tonumber(ARGV[1]), tonumber(ARGV[2])
--- Every group sends the same few limits, windows and key counts: each text
--- is made a number once per call (`tonumber` is libc's `strtod`, about a
--- thousand instructions even for '3').
-local nums = {}
-local function num(s)
-  local v = nums[s]
-  if v == nil then
-    v = tonumber(s)
-    nums[s] = v
-  end
-  return v
-end
-local lapse = now + hold
-local lapse_s = string.format('%d', lapse)
-for i = 1, ns do
-  local k = KEYS[i]
-  local sid, commit, window = ARGV[3 * i], ARGV[1 + 3 * i], ARGV[2 + 3 * i]
-",
-    settle_lua!(),
-    r"end
-local a = 2 + 3 * ns
-local last = ns
-local out = {}
-while a < #ARGV do
-  local id, force, nk = ARGV[a + 1], ARGV[a + 2] == '1', num(ARGV[a + 3])
-  a = a + 3
-  local first = last + 1
-  last = last + nk
-  for i = first, last do
-    local k = KEYS[i]
-    local limit, window = num(ARGV[a + 1]), ARGV[a + 2]
-    a = a + 2
-    -- c, e, m, and the reservations in flight: every other field.
-    local all = redis.call('HGETALL', k)
-    local c, e_s, m_s
-    local n = 0
-    for j = 1, #all, 2 do
-      local f = all[j]
-      if f == 'c' then
-        c = all[j + 1]
-      elseif f == 'e' then
-        e_s = all[j + 1]
-      elseif f == 'm' then
-        m_s = all[j + 1]
-      else
-        n = n + 1
-      end
-    end
-    local e, m = tonumber(e_s), tonumber(m_s)
-    local count = 0
-    local fresh = not e or e <= now
-    if fresh then
-      -- No window open: it opens now. A lapsed window's count still here
-      -- starts again at 0; otherwise none is written until an event is
-      -- counted (an absent `c` is 0: most counters never count one).
-      e = now + num(window)
-      e_s = string.format('%d', e)
-      if c then
-        redis.call('HSET', k, 'c', '0')
-      end
-    else
-      count = tonumber(c) or 0
-    end
-    if m and m <= now then
-      -- A reservation may have lapsed unsettled (its replica died): drop
-      -- those, and find the earliest lapse of the others.
-      m, m_s = nil, nil
-      for j = 1, #all, 2 do
-        local f = all[j]
-        if f ~= 'c' and f ~= 'e' and f ~= 'm' then
-          local l = tonumber(all[j + 1]) or 0
-          if l <= now then
-            redis.call('HDEL', k, f)
-            n = n - 1
-          elseif not m or l < m then
-            m, m_s = l, all[j + 1]
-          end
-        end
-      end
-      if m then
-        redis.call('HSET', k, 'm', m_s)
-      else
-        redis.call('HDEL', k, 'm')
-      end
-    end
-    if force or count + n < limit then
-      if fresh then
-        redis.call('HSET', k, id, lapse_s, 'e', e_s, 'm', (m and m < lapse) and m_s or lapse_s)
-      elseif not m or lapse < m then
-        redis.call('HSET', k, id, lapse_s, 'm', lapse_s)
-      else
-        redis.call('HSET', k, id, lapse_s)
-      end
-      if fresh or e < lapse then
-        -- Until the later of the window's end and the lapse, on Redis's clock.
-        redis.call('PEXPIREAT', k, e < lapse and lapse_s or e_s)
-      end
-      out[#out + 1] = 1
-      out[#out + 1] = 0
-    else
-      if fresh then
-        redis.call('HSET', k, 'e', e_s)
-        if redis.call('PTTL', k) < num(window) then
-          redis.call('PEXPIRE', k, window)
-        end
-      end
-      out[#out + 1] = 0
-      out[#out + 1] = e - now
-    end
-  end
-end
-return out
-"
-);
-
-/// Settles reservations: frees each slot and, on commit, counts the event.
-const SETTLE: &str = concat!(
-    r"
--- KEYS: counter hashes. ARGV: per key: reservation id, '1' to count,
--- window (ms).",
-    now_ms_lua!(),
-    r"for i = 1, #KEYS do
-  local k = KEYS[i]
-  local sid, commit, window = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
-",
-    settle_lua!(),
-    r"end
-return #KEYS
-"
-);
-
-/// Reads a counter for the admin API without changing it: the count and
-/// the window's ms left (-1 and -2 when no window is open), and the
-/// reservations in flight.
-const SHOW: &str = concat!(
-    now_ms_lua!(),
-    r"local all = redis.call('HGETALL', KEYS[1])
-local count, left, inflight = -1, -2, 0
-local c, e = 0, nil
-for j = 1, #all, 2 do
-  local f, v = all[j], tonumber(all[j + 1]) or 0
-  if f == 'c' then
-    c = v
-  elseif f == 'e' then
-    e = v
-  elseif f ~= 'm' and v > now then
-    inflight = inflight + 1
-  end
-end
-if e and e > now then
-  count, left = c, e - now
-end
-return {count, left, inflight}
-"
-);
-
-/// Forgets a counter's count and window (unblock); reservations in flight
-/// stay. Returns 1 if there was a count.
-const CLEAR: &str = r"
-return redis.call('HDEL', KEYS[1], 'c', 'e') > 0 and 1 or 0
-";
+/// (`<prefix>:v3:{<counter>:<subject>}:<window start>`): a replica never
+/// reads a key another layout wrote (during a rolling upgrade the two
+/// versions count apart, each for itself, until the old keys' TTLs end).
+/// `v2` kept a hash per counter with its reservations, changed by a script.
+pub const KEY_VERSION: &str = "v3";
 
 /// The shared per-client rate limit: GCRA, as the local limiter (governor)
 /// applies it, on Redis's clock.
@@ -391,6 +163,14 @@ impl StoreError {
             StoreError::Cancelled => "cancelled",
         }
     }
+}
+
+/// What [`RedisStore::call`] sends: one command, or a pipeline (one write,
+/// its replies in order).
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    Cmd(&'a Cmd),
+    Pipe(&'a Pipeline),
 }
 
 /// One connection to the shared store: a single server (reconnecting
@@ -568,41 +348,51 @@ impl Lua {
     }
 }
 
-/// A reserved slot's identity in Redis, for its settle.
+/// A counted attempt's identity in Redis, for its refund: its window's
+/// key, and when the window ends on this replica's clock (a refund after
+/// that is not sent: the window it was counted in is over).
 #[derive(Debug)]
 pub struct SlotId {
     count_key: String,
-    id: Arc<str>,
-    window_ms: u64,
+    window_end: Instant,
 }
 
-/// The queue of settled slots, waiting for a reservation (or the flusher)
-/// to carry them to Redis.
+/// The queue of refunds, waiting for a reservation (or the flusher) to
+/// carry them to Redis.
 #[derive(Debug, Default)]
 pub struct Settler {
-    queue: Mutex<Settles>,
+    queue: Mutex<Refunds>,
     wake: tokio::sync::Notify,
 }
 
-/// The queued settles, and when the oldest of them was queued.
+/// The queued refunds, and when the oldest of them was queued.
 #[derive(Debug, Default)]
-struct Settles {
-    items: Vec<(SlotId, bool)>,
+struct Refunds {
+    items: Vec<SlotId>,
     since: Option<Instant>,
 }
 
 impl Settler {
-    /// Queues a settle.
+    /// Settles a counted attempt: an event (`commit`) is already counted,
+    /// so nothing is sent; otherwise a refund is queued while its window
+    /// lasts.
     pub(crate) fn settle(&self, id: SlotId, commit: bool) {
+        if commit {
+            return;
+        }
+        let now = Instant::now();
+        if now >= id.window_end {
+            return;
+        }
         let first = {
             let Ok(mut q) = self.queue.lock() else {
                 return;
             };
             let first = q.items.is_empty();
             if first {
-                q.since = Some(Instant::now());
+                q.since = Some(now);
             }
-            q.items.push((id, commit));
+            q.items.push(id);
             first
         };
         if first {
@@ -610,10 +400,10 @@ impl Settler {
         }
     }
 
-    fn take(&self) -> Vec<(SlotId, bool)> {
+    fn take(&self) -> Vec<SlotId> {
         match self.queue.lock() {
             Ok(mut q) if !q.items.is_empty() => {
-                let n = q.items.len().min(SETTLE_BATCH);
+                let n = q.items.len().min(REFUND_BATCH);
                 if n == q.items.len() {
                     q.since = None;
                     std::mem::take(&mut q.items)
@@ -626,7 +416,7 @@ impl Settler {
         }
     }
 
-    /// When the flusher must send the queue (its oldest settle's time plus
+    /// When the flusher must send the queue (its oldest refund's time plus
     /// [`FLUSH_AFTER`]); `None` when it is empty.
     fn due(&self) -> Option<Instant> {
         let q = self.queue.lock().ok()?;
@@ -634,13 +424,22 @@ impl Settler {
     }
 }
 
-/// One request's reservations in a RESERVE call (a group): its reservation
-/// id, whether over the limit, and per counter its key, limit and window
-/// (ms), in the order of its asks.
+/// One counter of a request: its window's key, limit, the key's TTL (ms:
+/// the window's end plus `hold`), and the window's end (on this replica's
+/// clock, and as ms left).
+struct Counted {
+    key: String,
+    limit: u32,
+    ttl_ms: u64,
+    left_ms: u64,
+    window_end: Instant,
+}
+
+/// One request's counters (a group): whether over the limit (a solved
+/// captcha, a dry run), and its counters in the order of its asks.
 struct Group {
-    id: Arc<str>,
     force: bool,
-    counters: Vec<(String, u32, u64)>,
+    counters: Vec<Counted>,
 }
 
 /// What a request waits for: its reservations, in the order of its asks.
@@ -656,7 +455,7 @@ struct Pending {
 /// server), sent one call at a time (group commit): the first request queued
 /// while no [`Flush`] task runs spawns one. It runs after the tasks already
 /// ready in this turn of the thread's event loop (so they have queued
-/// theirs), sends them all in one RESERVE call and, while that call is in
+/// theirs), sends them all in one pipeline and, while that call is in
 /// flight, the thread's next requests queue behind it and go in the next
 /// call. So under load a call carries what arrived during one round trip,
 /// not one request, and Redis pays its per-call cost once for all of them;
@@ -780,13 +579,9 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     connect_timeout: Duration,
+    /// How long a counter's key outlives its window (ms): longer than any
+    /// request may be in flight, so its refund finds the key.
     hold_ms: u64,
-    replica: u64,
-    seq: AtomicU64,
-    reserve: Lua,
-    settle: Lua,
-    show: Lua,
-    clear: Lua,
     rate: Lua,
     metrics: Metrics,
     /// `poolgate_store_duration_seconds` of the calls made per request,
@@ -817,8 +612,8 @@ pub fn redacted_url(url: &str) -> String {
 
 impl RedisStore {
     /// Prepares the connections (lazily: Redis need not be up at start).
-    /// `hold` is how long an unsettled reservation holds its slot: longer
-    /// than any upstream request may take.
+    /// `hold` is how long a counter's key outlives its window: longer than
+    /// any upstream request may take.
     pub fn new(cfg: &RedisConfig, hold: Duration, metrics: Metrics) -> anyhow::Result<Self> {
         let opener = Opener::new(cfg)?;
         let named = |e: redis::RedisError| {
@@ -841,12 +636,6 @@ impl RedisStore {
             hold_ms: u64::try_from(hold.as_millis())
                 .unwrap_or(u64::MAX)
                 .max(1000),
-            replica: rand::random(),
-            seq: AtomicU64::new(0),
-            reserve: Lua::new(RESERVE),
-            settle: Lua::new(SETTLE),
-            show: Lua::new(SHOW),
-            clear: Lua::new(CLEAR),
             rate: Lua::new(RATE),
             reserve_duration: metrics.store_duration.with_label_values(&["reserve"]),
             settle_duration: metrics.store_duration.with_label_values(&["settle"]),
@@ -953,11 +742,21 @@ impl RedisStore {
         }
     }
 
-    /// Runs one call with the timeout and the metrics.
-    async fn call<T: FromRedisValue>(&self, op: &'static str, cmd: &Cmd) -> Result<T, StoreError> {
+    /// Runs one call (a command or a pipeline) with the timeout and the metrics.
+    async fn call<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        query: Query<'_>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let mut conn = self.conn();
-        let r = match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+        let sent = async {
+            match query {
+                Query::Cmd(cmd) => cmd.query_async::<T>(&mut conn).await,
+                Query::Pipe(pipe) => pipe.query_async::<T>(&mut conn).await,
+            }
+        };
+        let r = match tokio::time::timeout(self.timeout, sent).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError::Redis(e)),
             Err(_) => Err(StoreError::Timeout),
@@ -995,7 +794,7 @@ impl RedisStore {
         lua: &Lua,
         cmd: Cmd,
     ) -> Result<T, StoreError> {
-        match self.call(op, &cmd).await {
+        match self.call(op, Query::Cmd(&cmd)).await {
             Err(StoreError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
@@ -1006,16 +805,17 @@ impl RedisStore {
                         eval.arg(b);
                     }
                 }
-                self.call(op, &eval).await
+                self.call(op, Query::Cmd(&eval)).await
             }
             r => r,
         }
     }
 
-    /// The key of a counter's hash (count, window end, reservations):
-    /// `<prefix>:v2:{<counter>:<subject>}`. The braces are the key's hash
-    /// tag, so counters and subjects spread over a cluster's slots.
-    fn count_key(&self, counter: Counter, subject: Subject) -> String {
+    /// The key of a counter's window (its count):
+    /// `<prefix>:v3:{<counter>:<subject>}:<start>`, `start` the window's
+    /// start in Unix ms. The braces are the key's hash tag, so counters and
+    /// subjects spread over a cluster's slots, and a counter's windows share one.
+    fn count_key(&self, counter: Counter, subject: Subject, start_ms: u64) -> String {
         let mut k = String::with_capacity(self.key_len());
         k.push_str(&self.prefix);
         k.push(':');
@@ -1024,79 +824,93 @@ impl RedisStore {
         k.push_str(counter.as_str());
         k.push(':');
         push_hex(&mut k, subject.key(), 32);
-        k.push('}');
+        k.push_str("}:");
+        k.push_str(itoa::Buffer::new().format(start_ms));
         k
     }
 
-    /// Room for a counter's key: the prefix, `:v2:{`, the longest counter
-    /// name (14), `:`, 32 hex digits, `}`.
+    /// Room for a counter's key: the prefix, `:v3:{`, the longest counter
+    /// name (14), `:`, 32 hex digits, `}:`, 20 digits.
     fn key_len(&self) -> usize {
-        self.prefix.len() + 4 + KEY_VERSION.len() + 48
+        self.prefix.len() + 4 + KEY_VERSION.len() + 69
     }
 
-    /// Reserves a slot in each counter of `asks`. On a single server, in one
-    /// script call with the reservations of the other requests this thread
-    /// makes in this turn of its event loop (see [`Batch`]), which also
-    /// carries the settles queued since the last call; in a cluster, one
-    /// script call per counter (their keys live in different slots), sent
-    /// together. Each counter's check-and-reserve is atomic either way. If
-    /// any call fails, the slots the others granted are released (dropped)
-    /// and the whole fails.
+    /// The key of `counter` and `subject` in the window of `window` that
+    /// holds `now_ms` (Unix ms), and that window's end (Unix ms).
+    fn window_key(
+        &self,
+        counter: Counter,
+        subject: Subject,
+        window: Duration,
+        now_ms: u64,
+    ) -> (String, u64) {
+        let (start, end) = aligned_window(now_ms, window_ms(window));
+        (self.count_key(counter, subject, start), end)
+    }
+
+    /// Reserves a slot in each counter of `asks`: counts the attempt in
+    /// each (`INCR`), granted where the count is within the limit (or
+    /// `force`). On a single server, in one pipeline with the counters of
+    /// the other requests this thread makes in this turn of its event loop
+    /// (see [`Batch`]), which also carries the refunds queued since the
+    /// last call; in a cluster, one pipeline per counter (their keys live in
+    /// different slots), sent together. Each counter's count is atomic
+    /// either way. If any call fails, what the others counted is refunded
+    /// (their slots dropped) and the whole fails.
     pub async fn reserve(
         self: &Arc<Self>,
         asks: &[Ask],
         force: bool,
     ) -> Result<Vec<Reservation>, StoreError> {
         self.start_flusher();
-        let mut id = String::with_capacity(33);
-        push_hex(&mut id, u128::from(self.replica), 1);
-        id.push('-');
-        push_hex(
-            &mut id,
-            u128::from(self.seq.fetch_add(1, Ordering::Relaxed)),
-            1,
-        );
-        let id: Arc<str> = id.into();
+        let group = self.group(asks, force);
         if !self.cluster {
-            let group = self.group(id, asks, force);
             return match self.enqueue(group) {
                 Ok(rx) => Self::wait(rx).await,
                 // No runtime to batch on: on its own.
                 Err(group) => {
-                    let settles = self.settler.take();
-                    self.reserve_in_one_call(group, settles).await
+                    let refunds = self.settler.take();
+                    self.reserve_in_one_call(group, refunds).await
                 }
             };
         }
-        if asks.len() < 2 {
-            let group = self.group(id, asks, force);
+        if group.counters.len() < 2 {
             return self.reserve_in_one_call(group, Vec::new()).await;
         }
-        let calls = asks.iter().map(|one| {
-            let group = self.group(id.clone(), std::slice::from_ref(one), force);
+        let calls = group.counters.into_iter().map(|one| {
+            let group = Group {
+                force,
+                counters: vec![one],
+            };
             self.reserve_in_one_call(group, Vec::new())
         });
         let mut out = Vec::with_capacity(asks.len());
         for r in futures_util::future::join_all(calls).await {
-            // On an error, `out` and the other results drop: their slots are released.
+            // On an error, `out` and the other results drop: their counts are refunded.
             out.extend(r?);
         }
         Ok(out)
     }
 
-    /// The group of one request: its counters' keys, limits and windows.
-    fn group(&self, id: Arc<str>, asks: &[Ask], force: bool) -> Group {
+    /// The group of one request: its counters' keys (in their windows as of
+    /// now, on this replica's clock), limits and windows' ends.
+    fn group(&self, asks: &[Ask], force: bool) -> Group {
+        let (now_ms, now) = (unix_ms(), Instant::now());
         Group {
-            id,
             force,
             counters: asks
                 .iter()
                 .map(|a| {
-                    (
-                        self.count_key(a.counter, a.subject),
-                        a.limit.limit,
-                        window_ms(a.limit.window),
-                    )
+                    let (key, end_ms) =
+                        self.window_key(a.counter, a.subject, a.limit.window, now_ms);
+                    let left_ms = end_ms.saturating_sub(now_ms);
+                    Counted {
+                        key,
+                        limit: a.limit.limit,
+                        ttl_ms: left_ms.saturating_add(self.hold_ms),
+                        left_ms,
+                        window_end: now + Duration::from_millis(left_ms),
+                    }
                 })
                 .collect(),
         }
@@ -1131,44 +945,27 @@ impl RedisStore {
     }
 
     /// A queued request's answer. The task sending it answers within the
-    /// timeouts of the call in flight and of the request's own (each up to
-    /// two: `EVALSHA`, and `EVAL` on `NOSCRIPT`), or is dropped
-    /// (its runtime shut down, or it panicked) and so drops the sender: an
-    /// error at once. It runs on the runtime this request runs on, so no
-    /// timer of its own is needed here (one per request was ~500
+    /// timeout of the call in flight and of the request's own, or is
+    /// dropped (its runtime shut down, or it panicked) and so drops the
+    /// sender: an error at once. It runs on the runtime this request runs
+    /// on, so no timer of its own is needed here (one per request was ~500
     /// instructions of a login's, under callgrind).
     async fn wait(rx: oneshot::Receiver<Answer>) -> Answer {
         rx.await.unwrap_or(Err(StoreError::Cancelled))
     }
 
-    /// Sends a thread's batch: one RESERVE call per [`MAX_GROUPS`] requests
-    /// (together), the first carrying the settles queued since the last call.
-    async fn send_batch(self: &Arc<Self>, mut pending: Vec<Pending>) {
+    /// Sends a thread's batch in one pipeline, with the refunds queued since
+    /// the last call; each request gets its answer through its channel. A
+    /// request gone meanwhile (its client hung up) gets none: its granted
+    /// slots come back from the channel and, dropped, are refunded. On an
+    /// error every request gets one of the same kind.
+    async fn send_batch(self: &Arc<Self>, pending: Vec<Pending>) {
         if pending.is_empty() {
             return;
         }
-        let settles = self.settler.take();
-        if pending.len() <= MAX_GROUPS {
-            return self.send_groups(pending, settles).await;
-        }
-        let mut calls = Vec::with_capacity(pending.len().div_ceil(MAX_GROUPS));
-        let mut settles = Some(settles);
-        while !pending.is_empty() {
-            let rest = pending.split_off(pending.len().min(MAX_GROUPS));
-            let these = std::mem::replace(&mut pending, rest);
-            calls.push(self.send_groups(these, settles.take().unwrap_or_default()));
-        }
-        futures_util::future::join_all(calls).await;
-    }
-
-    /// One RESERVE call for the requests of `pending`; each gets its answer
-    /// through its channel. A request gone meanwhile (its client hung up)
-    /// gets none: its granted slots come back from the channel and, dropped,
-    /// are released like any unsettled slot. On an error every request gets
-    /// one of the same kind.
-    async fn send_groups(self: &Arc<Self>, pending: Vec<Pending>, settles: Vec<(SlotId, bool)>) {
+        let refunds = self.settler.take();
         let reply = match self
-            .reserve_call(settles, pending.iter().map(|p| &p.group))
+            .reserve_call(refunds, pending.iter().map(|p| &p.group))
             .await
         {
             Ok(r) => r,
@@ -1176,110 +973,102 @@ impl RedisStore {
         };
         let mut at = 0;
         for p in pending {
-            let n = 2 * p.group.counters.len();
+            let n = p.group.counters.len();
             let answer = self.answers(p.group, &reply[at..at + n]);
             at += n;
-            // Err: the request is gone; its slots drop here, released.
+            // Err: the request is gone; its slots drop here, refunded.
             let _ = p.tx.send(Ok(answer));
         }
     }
 
-    /// One RESERVE script call for one request (whose keys must share a slot
-    /// in a cluster), settling `settles` first.
+    /// One pipeline for one request (whose keys must share a slot in a
+    /// cluster), refunding `refunds` first.
     async fn reserve_in_one_call(
         self: &Arc<Self>,
         group: Group,
-        settles: Vec<(SlotId, bool)>,
+        refunds: Vec<SlotId>,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let reply = self.reserve_call(settles, std::iter::once(&group)).await?;
+        let reply = self.reserve_call(refunds, std::iter::once(&group)).await?;
         Ok(self.answers(group, &reply))
     }
 
-    /// Sends the RESERVE call for `groups`, settling `settles` first: its
-    /// reply, two numbers per reserved counter (checked), for both the
+    /// Sends the pipeline for `groups`, refunding `refunds` first: its
+    /// reply, each counter's count after its `INCR` (checked), for both the
     /// batched and the one-request path.
     fn reserve_call<'g>(
         &self,
-        settles: Vec<(SlotId, bool)>,
+        refunds: Vec<SlotId>,
         groups: impl Iterator<Item = &'g Group> + Clone,
     ) -> impl std::future::Future<Output = Result<Vec<i64>, StoreError>> + Send + '_ {
-        let cmd = self.reserve_cmd(&settles, groups.clone());
+        let pipe = self.reserve_pipe(&refunds, groups.clone());
         let counters: usize = groups.map(|g| g.counters.len()).sum();
-        // A settle this call carried is not sent again if it fails: an
-        // unsettled slot lapses after `hold`, and a lost commit under-counts
-        // one failure (counted in `poolgate_store_errors_total`).
-        drop(settles);
+        // A refund this call carried is not sent again if it fails: the
+        // attempt then stays counted until its window ends (strict, never
+        // lenient; counted in `poolgate_store_errors_total`).
+        drop(refunds);
         async move {
-            let reply: Vec<i64> = self.eval("reserve", &self.reserve, cmd).await?;
-            if reply.len() != 2 * counters {
+            let reply: Vec<i64> = self.call("reserve", Query::Pipe(&pipe)).await?;
+            if reply.len() != counters {
                 return Err(StoreError::Reply);
             }
             Ok(reply)
         }
     }
 
-    /// The RESERVE call for `groups`, settling `settles` first: the one place
-    /// its arguments are laid out (see [`RESERVE`]).
-    fn reserve_cmd<'g>(
+    /// The pipeline for `groups`, refunding `refunds` first: the one place
+    /// its commands are laid out. Per counter, `SET key 0 PX ttl NX` (the
+    /// key exists, with its TTL, before it is counted: never a count without
+    /// one) and `INCR key`, whose reply is the only one kept.
+    fn reserve_pipe<'g>(
         &self,
-        settles: &[(SlotId, bool)],
-        groups: impl Iterator<Item = &'g Group> + Clone,
-    ) -> Cmd {
-        let (mut keys, mut args) = (settles.len(), 2 + 3 * settles.len());
-        for g in groups.clone() {
-            keys += g.counters.len();
-            args += 3 + 2 * g.counters.len();
-        }
-        let mut cmd = self
-            .reserve
-            .cmd(keys, args, keys * (self.key_len() + 3 * 20));
-        for (s, _) in settles {
-            cmd.arg(&s.count_key);
-        }
-        for g in groups.clone() {
-            for (count_key, _, _) in &g.counters {
-                cmd.arg(count_key);
-            }
-        }
-        cmd.arg(self.hold_ms).arg(settles.len());
-        for (s, commit) in settles {
-            cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
+        refunds: &[SlotId],
+        groups: impl Iterator<Item = &'g Group>,
+    ) -> Pipeline {
+        let mut pipe = Pipeline::with_capacity(refunds.len() + 8);
+        for r in refunds {
+            pipe.cmd("DECR").arg(&r.count_key).ignore();
         }
         for g in groups {
-            cmd.arg(&*g.id).arg(u8::from(g.force)).arg(g.counters.len());
-            for (_, limit, window_ms) in &g.counters {
-                cmd.arg(*limit).arg(*window_ms);
+            for c in &g.counters {
+                pipe.cmd("SET")
+                    .arg(&c.key)
+                    .arg("0")
+                    .arg("PX")
+                    .arg(c.ttl_ms)
+                    .arg("NX")
+                    .ignore();
+                pipe.cmd("INCR").arg(&c.key);
             }
         }
-        cmd
+        pipe
     }
 
-    /// A group's reservations from its part of the reply (two numbers per
-    /// counter).
+    /// A group's reservations from its counts (one per counter). A denied
+    /// attempt was counted too: its refund is queued at once.
     fn answers(&self, group: Group, reply: &[i64]) -> Vec<Reservation> {
-        let Group { id, counters, .. } = group;
+        let Group { force, counters } = group;
         counters
             .into_iter()
-            .zip(reply.chunks_exact(2))
-            .map(|((count_key, _, window_ms), r)| {
-                if r[0] == 1 {
-                    Reservation::Held(Slot::redis(
-                        self.settler.clone(),
-                        SlotId {
-                            count_key,
-                            id: id.clone(),
-                            window_ms,
-                        },
-                    ))
+            .zip(reply)
+            .map(|(c, &count)| {
+                let id = SlotId {
+                    count_key: c.key,
+                    window_end: c.window_end,
+                };
+                // The count includes this attempt: within the limit, it was
+                // below it before.
+                if force || count <= i64::from(c.limit) {
+                    Reservation::Held(Slot::redis(self.settler.clone(), id))
                 } else {
-                    let ms = u64::try_from(r[1]).unwrap_or(1000).max(1000);
+                    self.settler.settle(id, false);
+                    let ms = c.left_ms.max(1000);
                     Reservation::Denied(Duration::from_millis(ms.div_ceil(1000) * 1000))
                 }
             })
             .collect()
     }
 
-    /// Starts (once) the task that sends the settles no reservation carried.
+    /// Starts (once) the task that sends the refunds no reservation carried.
     fn start_flusher(self: &Arc<Self>) {
         if self.flusher.load(Ordering::Relaxed) || self.flusher.swap(true, Ordering::AcqRel) {
             return;
@@ -1293,11 +1082,11 @@ impl RedisStore {
         rt.spawn(async move {
             loop {
                 settler.wake.notified().await;
-                // Only settles that waited FLUSH_AFTER are sent alone: one
+                // Only refunds that waited FLUSH_AFTER are sent alone: one
                 // queued since a reservation took the queue waits for the
                 // next (under load, most do), not for this timer's first
-                // start. Each settle-only call is one more script call for
-                // Redis to wake up for and run.
+                // start. Each refund-only call is one more call for Redis
+                // to wake up for.
                 while let Some(due) = settler.due() {
                     if due > Instant::now() {
                         tokio::time::sleep_until(due.into()).await;
@@ -1310,39 +1099,31 @@ impl RedisStore {
                     if batch.is_empty() {
                         break;
                     }
-                    store.send_settles(batch).await;
+                    store.send_refunds(batch).await;
                 }
             }
         });
     }
 
-    /// Sends settles on their own (the flusher).
-    async fn send_settles(&self, settled: Vec<(SlotId, bool)>) {
-        if self.cluster && settled.len() > 1 {
-            // One call per counter: a cluster refuses a script whose keys
-            // are in different slots.
-            let calls = settled.chunks(1).map(|one| self.settle_in_one_call(one));
-            futures_util::future::join_all(calls).await;
+    /// Sends refunds on their own (the flusher): one pipeline on a single
+    /// server; one call per counter in a cluster (their slots differ).
+    async fn send_refunds(&self, refunds: Vec<SlotId>) {
+        let one = |r: &[SlotId]| {
+            let mut pipe = Pipeline::with_capacity(r.len());
+            for s in r {
+                pipe.cmd("DECR").arg(&s.count_key);
+            }
+            // A lost refund costs little: the attempt stays counted until
+            // its window ends (strict); the error is logged and counted.
+            async move {
+                let _ = self.call::<Vec<i64>>("settle", Query::Pipe(&pipe)).await;
+            }
+        };
+        if self.cluster {
+            futures_util::future::join_all(refunds.chunks(1).map(one)).await;
         } else {
-            self.settle_in_one_call(&settled).await;
+            one(&refunds).await;
         }
-    }
-
-    async fn settle_in_one_call(&self, settled: &[(SlotId, bool)]) {
-        let mut cmd = self.settle.cmd(
-            settled.len(),
-            3 * settled.len(),
-            settled.len() * (self.key_len() + 3 * 20),
-        );
-        for (s, _) in settled {
-            cmd.arg(&s.count_key);
-        }
-        for (s, commit) in settled {
-            cmd.arg(&*s.id).arg(u8::from(*commit)).arg(s.window_ms);
-        }
-        // A lost settle costs little: an unsettled slot lapses after `hold`,
-        // and a lost commit under-counts one failure (logged, counted).
-        let _ = self.eval::<i64>("settle", &self.settle, cmd).await;
     }
 
     /// Takes one request from `client`'s shared rate state of `class`:
@@ -1388,7 +1169,7 @@ impl RedisStore {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key).arg(&value).arg("PX").arg(ms);
-        self.call::<()>("captcha_put", &cmd).await
+        self.call::<()>("captcha_put", Query::Cmd(&cmd)).await
     }
 
     /// Takes (reads and deletes: single use) the captcha of `token`.
@@ -1396,7 +1177,7 @@ impl RedisStore {
         let key = format!("{}:cap:{token}", self.prefix);
         let mut cmd = redis::cmd("GETDEL");
         cmd.arg(&key);
-        let v: Option<String> = self.call("captcha_take", &cmd).await?;
+        let v: Option<String> = self.call("captcha_take", Query::Cmd(&cmd)).await?;
         Ok(v.and_then(|v| {
             let (client, answer) = v.split_once(':')?;
             Some(Issued {
@@ -1408,35 +1189,50 @@ impl RedisStore {
         }))
     }
 
-    /// The state of a counter, for the admin API.
+    /// The state of a counter in its current window, for the admin API:
+    /// its count includes the attempts in flight (counted up front), which
+    /// are not told apart (`inflight` is `None`).
     pub async fn show(
         &self,
         counter: Counter,
         subject: Subject,
+        window: Duration,
     ) -> Result<Option<Shown>, StoreError> {
-        let ck = self.count_key(counter, subject);
-        let mut cmd = self.show.cmd(1, 0, self.key_len());
-        cmd.arg(&ck);
-        let r: Vec<i64> = self.eval("show", &self.show, cmd).await?;
-        let [count, ttl, inflight] = r[..] else {
-            return Err(StoreError::Reply);
-        };
-        if count < 0 && inflight == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Shown {
-            count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
-            inflight: u32::try_from(inflight.max(0)).unwrap_or(u32::MAX),
-            window_remaining_secs: u64::try_from(ttl.max(0)).unwrap_or(0).div_ceil(1000),
+        let now_ms = unix_ms();
+        let (key, end_ms) = self.window_key(counter, subject, window, now_ms);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&key);
+        let count: Option<i64> = self.call("show", Query::Cmd(&cmd)).await?;
+        // 0 (or below, refunds after an unblock): nothing counted.
+        Ok(count.filter(|&c| c > 0).map(|count| Shown {
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+            inflight: None,
+            window_remaining_secs: end_ms.saturating_sub(now_ms).div_ceil(1000),
         }))
     }
 
-    /// Forgets a counter's count (unblock); reservations in flight stay.
-    pub async fn clear(&self, counter: Counter, subject: Subject) -> Result<bool, StoreError> {
-        let mut cmd = self.clear.cmd(1, 0, self.key_len());
-        cmd.arg(self.count_key(counter, subject));
-        let n: i64 = self.eval("clear", &self.clear, cmd).await?;
-        Ok(n > 0)
+    /// Forgets a counter's count (unblock): its current window's, and the
+    /// one before (a replica whose clock is behind may still count there),
+    /// the attempts in flight with it. Set to 0 with the key's TTL kept,
+    /// not deleted: a refund in flight then lowers a key that still expires
+    /// (below 0: at most the refunded attempts more, in this window only),
+    /// where on a deleted key it would make one without a TTL. True if
+    /// there was a count.
+    pub async fn clear(
+        &self,
+        counter: Counter,
+        subject: Subject,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let now_ms = unix_ms();
+        let before = now_ms.saturating_sub(window_ms(window));
+        let mut pipe = Pipeline::with_capacity(2);
+        for at in [now_ms, before] {
+            let (key, _) = self.window_key(counter, subject, window, at);
+            pipe.cmd("SET").arg(key).arg("0").arg("XX").arg("KEEPTTL");
+        }
+        let set: Vec<Option<String>> = self.call("clear", Query::Pipe(&pipe)).await?;
+        Ok(set.iter().any(Option::is_some))
     }
 
     /// Opens fresh connections (the whole pool), sends `PING` on each and
@@ -1453,19 +1249,11 @@ impl RedisStore {
                 if i == 0 && !self.cluster {
                     // Scripts are per server: one load serves every connection.
                     // (A cluster node answers NOSCRIPT once, and EVAL loads it.)
-                    for lua in [
-                        &self.reserve,
-                        &self.settle,
-                        &self.show,
-                        &self.clear,
-                        &self.rate,
-                    ] {
-                        redis::cmd("SCRIPT")
-                            .arg("LOAD")
-                            .arg(lua.code)
-                            .query_async::<String>(&mut c)
-                            .await?;
-                    }
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(self.rate.code)
+                        .query_async::<String>(&mut c)
+                        .await?;
                 }
                 conns.push(c);
             }
@@ -1519,6 +1307,23 @@ fn window_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1000)
 }
 
+/// The window of `window_ms` that holds `now_ms`, aligned to the Unix
+/// epoch: its start and end (ms). Every replica finds the same window for
+/// the same instant, with no call to agree on it.
+fn aligned_window(now_ms: u64, window_ms: u64) -> (u64, u64) {
+    let w = window_ms.max(1);
+    let start = now_ms - now_ms % w;
+    (start, start.saturating_add(w))
+}
+
+/// This replica's wall clock, in Unix ms (0 before the epoch: a clock that
+/// wrong counts everything in one window, never less strictly).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1547,17 +1352,47 @@ mod tests {
     fn slot(n: u32) -> SlotId {
         SlotId {
             count_key: format!("k{n}"),
-            id: format!("0-{n}").into(),
-            window_ms: 60_000,
+            window_end: Instant::now() + Duration::from_secs(60),
         }
     }
 
-    /// A settle queued after a reservation took the queue is due
+    /// A failure is counted already: its settle sends nothing. Nor does a
+    /// refund whose window is over (the key it would reach counts no more).
+    #[test]
+    fn only_refunds_within_their_window_are_queued() {
+        let s = Settler::default();
+        s.settle(slot(0), true);
+        assert_eq!(s.due(), None, "a counted failure queues nothing");
+        let over = SlotId {
+            count_key: "k".into(),
+            window_end: Instant::now(),
+        };
+        s.settle(over, false);
+        assert_eq!(s.due(), None, "a refund after its window queues nothing");
+        s.settle(slot(1), false);
+        assert_eq!(s.take().len(), 1, "a refund in its window is queued");
+    }
+
+    #[test]
+    fn windows_are_aligned_to_the_epoch_and_cover_every_instant() {
+        assert_eq!(aligned_window(0, 60_000), (0, 60_000));
+        assert_eq!(aligned_window(59_999, 60_000), (0, 60_000));
+        assert_eq!(aligned_window(60_000, 60_000), (60_000, 120_000));
+        assert_eq!(
+            aligned_window(1_764_903_123_456, 300_000),
+            (1_764_903_000_000, 1_764_903_300_000)
+        );
+        // A zero window (never configured so: window_ms floors at 1 s) cannot divide by zero.
+        assert_eq!(aligned_window(5, 0), (5, 6));
+        assert_eq!(aligned_window(u64::MAX, 1000).1, u64::MAX);
+    }
+
+    /// A refund queued after a reservation took the queue is due
     /// [`FLUSH_AFTER`] after it arrived (the next reservation carries it
-    /// first), not when the flusher's timer, started by an earlier settle,
+    /// first), not when the flusher's timer, started by an earlier refund,
     /// fires; the rest of a queue larger than one call keeps its older time.
     #[test]
-    fn a_settle_is_due_a_flush_after_its_own_arrival() {
+    fn a_refund_is_due_a_flush_after_its_own_arrival() {
         let s = Settler::default();
         assert_eq!(s.due(), None, "nothing queued, nothing due");
         let before = Instant::now();
@@ -1568,18 +1403,18 @@ mod tests {
         assert_eq!(s.due(), None, "taken by a reservation");
 
         let later = Instant::now();
-        s.settle(slot(1), true);
+        s.settle(slot(1), false);
         s.settle(slot(2), false);
         let due = s.due().expect("due once queued");
         assert!(due >= later + FLUSH_AFTER, "its own arrival's: {due:?}");
         assert!(due >= first);
 
-        // SETTLE_BATCH + 10 queued in all.
-        for n in 3..(SETTLE_BATCH as u32 + 11) {
+        // REFUND_BATCH + 10 queued in all.
+        for n in 3..(REFUND_BATCH as u32 + 11) {
             s.settle(slot(n), false);
         }
-        assert_eq!(s.due(), Some(due), "the oldest settle's time");
-        assert_eq!(s.take().len(), SETTLE_BATCH);
+        assert_eq!(s.due(), Some(due), "the oldest refund's time");
+        assert_eq!(s.take().len(), REFUND_BATCH);
         assert_eq!(s.due(), Some(due), "the rest: no later than before");
         assert_eq!(s.take().len(), 10);
         assert_eq!(s.due(), None);
