@@ -1002,42 +1002,59 @@ impl RedisStore {
     ) -> impl std::future::Future<Output = Result<Vec<i64>, StoreError>> + Send + '_ {
         let pipe = self.reserve_pipe(&refunds, groups.clone());
         let counters: usize = groups.map(|g| g.counters.len()).sum();
+        let skip = refunds.len();
         // A refund this call carried is not sent again if it fails: the
         // attempt then stays counted until its window ends (strict, never
         // lenient; counted in `poolgate_store_errors_total`).
         drop(refunds);
         async move {
-            let reply: Vec<i64> = self.call("reserve", Query::Pipe(&pipe)).await?;
-            if reply.len() != counters {
+            let reply: Vec<Value> = self.call("reserve", Query::Pipe(&pipe)).await?;
+            if reply.len() != skip + 2 * counters {
                 return Err(StoreError::Reply);
             }
-            Ok(reply)
+            // Each counter's `SET` then `INCR`: the `INCR`'s count is kept.
+            reply[skip..]
+                .chunks_exact(2)
+                .map(|r| match r[1] {
+                    Value::Int(n) => Ok(n),
+                    _ => Err(StoreError::Reply),
+                })
+                .collect()
         }
     }
 
     /// The pipeline for `groups`, refunding `refunds` first: the one place
     /// its commands are laid out. Per counter, `SET key 0 PX ttl NX` (the
     /// key exists, with its TTL, before it is counted: never a count without
-    /// one) and `INCR key`, whose reply is the only one kept.
+    /// one) and `INCR key`. Every reply is read, none marked ignored (the
+    /// `redis` crate keeps those in a hashed set, ~1,800 instructions a
+    /// login); each command is sized once.
     fn reserve_pipe<'g>(
         &self,
         refunds: &[SlotId],
-        groups: impl Iterator<Item = &'g Group>,
+        groups: impl Iterator<Item = &'g Group> + Clone,
     ) -> Pipeline {
-        let mut pipe = Pipeline::with_capacity(refunds.len() + 8);
+        let counters: usize = groups.clone().map(|g| g.counters.len()).sum();
+        let mut pipe = Pipeline::with_capacity(refunds.len() + 2 * counters);
+        let key_room = self.key_len() + 8;
         for r in refunds {
-            pipe.cmd("DECR").arg(&r.count_key).ignore();
+            let mut cmd = Cmd::with_capacity(2, key_room);
+            cmd.arg("DECR").arg(&r.count_key);
+            pipe.add_command(cmd);
         }
         for g in groups {
             for c in &g.counters {
-                pipe.cmd("SET")
+                let mut set = Cmd::with_capacity(6, key_room + 32);
+                set.arg("SET")
                     .arg(&c.key)
                     .arg("0")
                     .arg("PX")
                     .arg(c.ttl_ms)
-                    .arg("NX")
-                    .ignore();
-                pipe.cmd("INCR").arg(&c.key);
+                    .arg("NX");
+                pipe.add_command(set);
+                let mut incr = Cmd::with_capacity(2, key_room);
+                incr.arg("INCR").arg(&c.key);
+                pipe.add_command(incr);
             }
         }
         pipe
@@ -1111,7 +1128,9 @@ impl RedisStore {
         let one = |r: &[SlotId]| {
             let mut pipe = Pipeline::with_capacity(r.len());
             for s in r {
-                pipe.cmd("DECR").arg(&s.count_key);
+                let mut cmd = Cmd::with_capacity(2, self.key_len() + 8);
+                cmd.arg("DECR").arg(&s.count_key);
+                pipe.add_command(cmd);
             }
             // A lost refund costs little: the attempt stays counted until
             // its window ends (strict); the error is logged and counted.
