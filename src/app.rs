@@ -399,6 +399,13 @@ impl App {
             std::time::Duration::from_secs(10),
             shutdown_rx.clone(),
         )));
+        if let Some(shared) = store.shared() {
+            tasks.push(tokio::spawn(shared.clone().run_keyer_check(
+                store.account_keyer().fingerprint(),
+                metrics.account_key_fingerprints.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(refresher.run(shutdown_rx)));
         tracing::info!(%proxy_addr, %admin_addr, upstream = %cfg.upstream.url, source = source_kind.as_str(), "poolgate listening");
         let reloader = Reloader {

@@ -224,6 +224,9 @@ pub struct Metrics {
     /// `poolgate_account_keys_keyed`: 1 when account counter keys are a keyed
     /// hash, 0 when Redis holds unkeyed ones (no account key secret).
     pub account_keys_keyed: IntGauge,
+    /// `poolgate_account_key_fingerprints`: how many account keyers the
+    /// replicas sharing this Redis announced lately (1 when they agree).
+    pub account_key_fingerprints: IntGauge,
     /// The series every request updates, looked up once ([`Hot`]).
     hot: Arc<Hot>,
 }
@@ -471,6 +474,14 @@ impl Metrics {
                 IntGauge::new(
                     "poolgate_account_keys_keyed",
                     "1 when account counter keys are a keyed hash (memory store, or Redis with an account key secret); 0 when Redis holds unkeyed ones.",
+                )
+                .expect("valid metric"),
+            ),
+            account_key_fingerprints: register(
+                r,
+                IntGauge::new(
+                    "poolgate_account_key_fingerprints",
+                    "Distinct account keyers (secrets) the replicas sharing this Redis announced in the last 2 minutes: 1 when they agree, more while replicas count accounts apart; 0 without Redis or before the first announcement.",
                 )
                 .expect("valid metric"),
             ),

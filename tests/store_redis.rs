@@ -168,10 +168,25 @@ async fn account_keys_in_redis_are_keyed_by_the_replicas_shared_secret() {
     let toml = store_toml(&redis, "tk", "");
     let secret = "one secret, every replica: 32 b.";
     let other = "another secret, some other pool.";
+    // Each replica announces its keyer's fingerprint when it starts: the two
+    // with one secret see one keyer, the third (started once they have
+    // announced) sees two.
+    let keyers = |admin| admin_metric(admin, "poolgate_account_key_fingerprints", &[]);
     let mut stacks = Vec::new();
     for s in [secret, secret, other] {
         let setup = Setup::new(pool.clone()).toml(&toml).trusted().env(VAR, s);
-        stacks.push(setup.start().await);
+        let stack = setup.start().await;
+        let want = if s == secret { 1.0 } else { 2.0 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while keyers(stack.admin()).await != want {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never saw {want} keyer(s)",
+                stacks.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stacks.push(stack);
     }
     let account = "+8613800000000";
     for i in 0..3 {

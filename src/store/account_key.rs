@@ -83,6 +83,15 @@ impl AccountKeyer {
         matches!(self.0, Kind::Keyed(_))
     }
 
+    /// Names this keyer without revealing it: 16 hex digits of the key of
+    /// a fixed label (a keyed keyer's is a PRF output, which tells nothing
+    /// of its secret). Replicas sharing a Redis announce it, so replicas
+    /// given different secrets (which count accounts apart) are noticed.
+    pub fn fingerprint(&self) -> String {
+        let k = self.key("poolgate account keyer fingerprint v1").get();
+        format!("{:016x}", (k >> 64) as u64)
+    }
+
     /// The key of a normalised identifier (made once per request, beside
     /// body extraction: [`crate::extract::Identifier::account_key`]).
     pub fn key(&self, normalised: &str) -> AccountKey {
@@ -249,6 +258,20 @@ mod tests {
         let mut h = SipHasher24::new_with_key(&key);
         h.write(b"bob@example.com");
         assert_eq!(k.key("Bob@Example.COM").get(), u128::from(h.finish128()));
+    }
+
+    #[test]
+    fn fingerprints_tell_keyers_apart_and_agree_for_one_secret() {
+        let a = AccountKeyer::from_secret("a secret of at least 16 bytes");
+        let b = AccountKeyer::from_secret("another secret of 16 bytes +");
+        assert_eq!(
+            a.fingerprint(),
+            AccountKeyer::from_secret("a secret of at least 16 bytes").fingerprint()
+        );
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), AccountKeyer::unkeyed().fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert!(a.fingerprint().bytes().all(|c| c.is_ascii_hexdigit()));
     }
 
     #[test]

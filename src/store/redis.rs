@@ -92,6 +92,12 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(1);
 /// Most refunds one call carries.
 const REFUND_BATCH: usize = 256;
 
+/// How often a replica announces its account keyer ([`RedisStore::run_keyer_check`]).
+pub const KEYERS_EVERY: Duration = Duration::from_secs(30);
+
+/// How long an announced keyer counts as a live replica's.
+pub const KEYERS_LIVE_FOR: Duration = Duration::from_secs(120);
+
 /// The version of the counters' key layout, in their names
 /// (`<prefix>:v3:{<counter>:<subject>}:<window start>`): a replica never
 /// reads a key another layout wrote (during a rolling upgrade the two
@@ -1252,6 +1258,80 @@ impl RedisStore {
         }
         let set: Vec<Option<String>> = self.call("clear", Query::Pipe(&pipe)).await?;
         Ok(set.iter().any(Option::is_some))
+    }
+
+    /// Announces this replica's account keyer (its fingerprint) in
+    /// `<prefix>:v3:keyers` (fingerprint → when last announced, Unix ms) and
+    /// returns how many distinct fingerprints were announced within
+    /// [`KEYERS_LIVE_FOR`], this one included: more than one means replicas
+    /// with different account key secrets, which count accounts apart. The
+    /// fingerprints of replicas gone longer than that are dropped.
+    pub async fn announce_keyer(&self, fingerprint: &str) -> Result<usize, StoreError> {
+        let key = format!("{}:{KEY_VERSION}:keyers", self.prefix);
+        let now_ms = unix_ms();
+        let live_ms = window_ms(KEYERS_LIVE_FOR);
+        let mut pipe = Pipeline::with_capacity(3);
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg(fingerprint)
+            .arg(now_ms)
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(2 * live_ms).ignore();
+        pipe.cmd("HGETALL").arg(&key);
+        let (seen,): (std::collections::HashMap<String, u64>,) =
+            self.call("keyers", Query::Pipe(&pipe)).await?;
+        let cutoff = now_ms.saturating_sub(live_ms);
+        let gone: Vec<&String> = seen
+            .iter()
+            .filter(|(_, &t)| t < cutoff)
+            .map(|(f, _)| f)
+            .collect();
+        if !gone.is_empty() {
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(&key).arg(gone);
+            self.call::<i64>("keyers", Query::Cmd(&cmd)).await?;
+        }
+        Ok(seen.values().filter(|&&t| t >= cutoff).count())
+    }
+
+    /// Announces `fingerprint` now and every [`KEYERS_EVERY`] until
+    /// `shutdown`, keeping `gauge` (`poolgate_account_key_fingerprints`) at
+    /// the count of keyers seen; logs a warning when replicas disagree, and
+    /// when they agree again. A failed announcement (Redis down) leaves the
+    /// gauge as it was.
+    pub async fn run_keyer_check(
+        self: Arc<Self>,
+        fingerprint: String,
+        gauge: prometheus::IntGauge,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut last = 0;
+        loop {
+            match self.announce_keyer(&fingerprint).await {
+                Ok(n) => {
+                    gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+                    if n > 1 && last <= 1 {
+                        tracing::warn!(
+                            keyers = n,
+                            "replicas sharing this redis key account counters with different \
+                             secrets (POOLGATE_ACCOUNT_KEY_SECRET), so they count accounts apart \
+                             and an attacker spreading over them gets more tries; give every \
+                             replica the same secret (see docs/redis.md)"
+                        );
+                    } else if n == 1 && last > 1 {
+                        tracing::info!(
+                            "replicas sharing this redis key account counters alike again"
+                        );
+                    }
+                    last = n;
+                }
+                Err(e) => tracing::debug!(error = %e, "account keyer announcement failed"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(KEYERS_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 
     /// Opens fresh connections (the whole pool), sends `PING` on each and
