@@ -924,6 +924,20 @@ async fn a_burst_on_one_worker_is_reserved_in_fewer_calls_than_logins() {
     );
     let scripts = command_calls(&c, "evalsha").await + command_calls(&c, "eval").await;
     assert_eq!(scripts, 0, "no script on the login path");
+    // Once the denied are refunded, the client's window counts the five
+    // failures; and every key written expires (a count never lives without
+    // a TTL, refunds included).
+    let ip = redis.keys("burst:v3:{login_ip:*").await;
+    let [ip] = &ip[..] else {
+        panic!("one client window: {ip:?}");
+    };
+    wait_for_count(&c, ip, 5, "the 27 denied are refunded").await;
+    let keys = redis.keys("burst:*").await;
+    assert!(!keys.is_empty());
+    for k in &keys {
+        let ttl: i64 = query(&c, &["PTTL", k]).await;
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
     s.shutdown().await;
 }
 
