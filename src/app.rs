@@ -542,5 +542,8 @@ impl App {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The drained requests' last refunds, which the workers' runtimes
+        // (now stopped) had no turn left to send.
+        self.store.flush().await;
     }
 }

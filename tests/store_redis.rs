@@ -976,6 +976,42 @@ async fn a_dropped_waiter_s_granted_slot_is_released() {
     );
 }
 
+/// A refund queued as a proxy worker's runtime stops (the last requests of
+/// a shutdown) is not lost: the flusher that would have sent it ran on that
+/// runtime, and the shutdown sends what is left.
+#[tokio::test(flavor = "current_thread")]
+async fn refunds_left_when_a_worker_stops_are_sent_at_shutdown() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let s = direct_store(&redis, "stop").await;
+    let c = redis.conn().await.expect("a connection");
+    let before = unix_ms();
+    // A worker of its own: reserves, the request succeeds (a refund is
+    // queued), and the worker's runtime stops at once.
+    let worker = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async {
+                let slot = held(
+                    s.reserve(&[harness::redis::login_ip_ask(6, 5)], false)
+                        .await
+                        .expect("answers"),
+                );
+                poolgate::store::Slot::settle_all([(slot, false)]);
+            });
+        })
+    };
+    worker.join().expect("the worker ran");
+    let (key, _) = the_window_key(&redis, "stop", 6, 60_000, (before, unix_ms())).await;
+    s.flush_refunds().await;
+    assert_eq!(count_of(&c, &key).await, 0, "the success is refunded");
+}
+
 /// Redis down: every request of a batch gets an error promptly, all of one
 /// kind; behind the breaker every one is answered by the local fallback.
 #[tokio::test(flavor = "current_thread")]

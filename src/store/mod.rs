@@ -370,6 +370,17 @@ impl Store {
         }
     }
 
+    /// Sends what the shared store still has queued (the refunds of the
+    /// last requests), unless its breaker keeps it out: the end of a
+    /// shutdown, once the requests have drained.
+    pub async fn flush(&self) {
+        if let Backend::Shared(f) = &self.backend {
+            if f.shared_in_use() {
+                f.redis().flush_refunds().await;
+            }
+        }
+    }
+
     /// See [`CounterStore::reserve`].
     pub fn reserve<'a>(
         &'a self,

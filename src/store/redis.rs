@@ -13,7 +13,7 @@
 //! captcha); a denied one is refunded at once. A replica that dies with an
 //! attempt in flight leaves it counted as a failure until its window ends
 //! (fail closed). Only Redis's native commands run: no script for a login,
-//! whose server cost is a third of the Lua layout's (docs/redis.md).
+//! whose server cost is under half the Lua layout's (docs/redis.md).
 //!
 //! Windows are fixed and aligned to the wall clock: a counter's window of
 //! `w` ms is `[n·w, (n+1)·w)` in Unix time, read on the replica's clock, and
@@ -29,7 +29,9 @@
 //!   `INCR`): the window's end plus `hold`, so a refund sent before the
 //!   window ends always finds it, and Redis forgets it soon after;
 //! - `<p>:{rl:<class>:<client>}`: a client's GCRA state (`rate_limit.shared`);
-//! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL.
+//! - `<p>:cap:<token>`: a captcha's client key and answer, with the captcha TTL;
+//! - `<p>:v3:keyers`: each replica's account keyer fingerprint and when it
+//!   was last announced ([`RedisStore::run_keyer_check`]).
 //!
 //! On a single server, all the counters a request needs are reserved in one
 //! pipelined write (one round trip), and so are those of every request a
@@ -1126,6 +1128,20 @@ impl RedisStore {
                 }
             }
         });
+    }
+
+    /// Sends every refund still queued (at shutdown, after the requests
+    /// drained: the flusher ran on a proxy worker's runtime, which has
+    /// stopped). A refund lost here would leave a successful login counted
+    /// as a failure until its window ends.
+    pub async fn flush_refunds(&self) {
+        loop {
+            let batch = self.settler.take();
+            if batch.is_empty() {
+                return;
+            }
+            self.send_refunds(batch).await;
+        }
     }
 
     /// Sends refunds on their own (the flusher): one pipeline on a single
