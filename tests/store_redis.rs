@@ -163,8 +163,9 @@ async fn account_keys_in_redis_are_keyed_by_the_replicas_shared_secret() {
     let Some(redis) = RedisServer::start().await else {
         return;
     };
-    let pool =
-        json!({"loginPasswordFailCheck": check(3, 60), "loginFailStrategy": "block-account"});
+    // The per-IP check too (never reached), so clients' keys are written.
+    let pool = json!({"loginPasswordFailCheck": check(3, 60),
+        "loginFailCheck": check(100, 60), "loginFailStrategy": "block-account"});
     let toml = store_toml(&redis, "tk", "");
     let secret = "one secret, every replica: 32 b.";
     let other = "another secret, some other pool.";
@@ -222,6 +223,17 @@ async fn account_keys_in_redis_are_keyed_by_the_replicas_shared_secret() {
         "{keys}"
     );
     assert!(!keys.contains("8613800000000"), "{keys}");
+    // Clients are keyed too: no key names an address the logins came from
+    // (198.51.100.0-2 and .9-.10, IPv4-mapped, in hex).
+    for i in [0u8, 1, 2, 9, 10] {
+        let ip = std::net::IpAddr::from([198, 51, 100, i]);
+        let raw = format!("{:032x}", poolgate::client_ip::client_key(ip, 64));
+        assert!(!keys.contains(&raw), "{ip} in {keys}");
+    }
+    assert!(
+        keys.contains("{login_ip:"),
+        "the clients are counted: {keys}"
+    );
     shutdown_all(stacks).await;
 }
 

@@ -10,6 +10,8 @@
 //! secret for Redis. Redis without a secret keeps the unkeyed SHA-256 it used
 //! before, so an upgrade neither stops on a missing setting nor forgets every
 //! account's count; the gateway warns at start until the secret is set.
+//! The same secret keys clients' addresses in Redis's key names
+//! ([`AccountKeyer::client`]).
 
 use std::hash::Hasher as _;
 
@@ -45,8 +47,13 @@ enum Kind {
     /// SipHash-2-4 with a 128-bit output under a secret key: a PRF, so
     /// without the key a counter key tells nothing of its account, and no
     /// two accounts can be aimed at one key. A designed keyed hash from a
-    /// well-kept crate rather than a construction of our own.
-    Keyed(SipHasher24),
+    /// well-kept crate rather than a construction of our own. Clients (IP
+    /// addresses, for Redis's keys) are hashed under a second key derived
+    /// apart, so the two kinds of key never meet.
+    Keyed {
+        account: SipHasher24,
+        client: SipHasher24,
+    },
     /// The first 128 bits of the identifier's SHA-256: the same everywhere
     /// without a secret, collision-free, but anyone holding a key can test
     /// candidate identifiers against it.
@@ -56,20 +63,29 @@ enum Kind {
 impl AccountKeyer {
     /// Keyed with a random key: for a store no other process reads.
     pub fn random() -> AccountKeyer {
-        AccountKeyer(Kind::Keyed(SipHasher24::new_with_key(&rand::random())))
+        AccountKeyer(Kind::Keyed {
+            account: SipHasher24::new_with_key(&rand::random()),
+            client: SipHasher24::new_with_key(&rand::random()),
+        })
     }
 
     /// Keyed with a secret every replica sharing the store is given. The
     /// hash key is derived from it (any length in, 128 bits out), labelled
     /// so the secret's other uses never meet this one.
     pub fn from_secret(secret: &str) -> AccountKeyer {
-        let d = Sha256::new()
-            .chain_update(b"poolgate account key v1\0")
-            .chain_update(secret.as_bytes())
-            .finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&d[..16]);
-        AccountKeyer(Kind::Keyed(SipHasher24::new_with_key(&key)))
+        let derive = |label: &[u8]| {
+            let d = Sha256::new()
+                .chain_update(label)
+                .chain_update(secret.as_bytes())
+                .finalize();
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&d[..16]);
+            SipHasher24::new_with_key(&key)
+        };
+        AccountKeyer(Kind::Keyed {
+            account: derive(b"poolgate account key v1\0"),
+            client: derive(b"poolgate client key v1\0"),
+        })
     }
 
     /// Unkeyed SHA-256: Redis without a configured secret (the keys poolgate
@@ -80,7 +96,21 @@ impl AccountKeyer {
 
     /// Whether keys are keyed (a Redis dump does not tell accounts).
     pub fn is_keyed(&self) -> bool {
-        matches!(self.0, Kind::Keyed(_))
+        matches!(self.0, Kind::Keyed { .. })
+    }
+
+    /// The key a client (its 128-bit client key: an IPv4 address or an
+    /// IPv6 prefix) is kept under in Redis: keyed with the secret, so a
+    /// dump is not a list of the pool's users' addresses; unchanged
+    /// without one. (The memory store keeps client keys as they are.)
+    pub fn client(&self, key: u128) -> u128 {
+        match self.0 {
+            Kind::Keyed { mut client, .. } => {
+                client.write(&key.to_be_bytes());
+                u128::from(client.finish128())
+            }
+            Kind::Unkeyed => key,
+        }
     }
 
     /// Names this keyer without revealing it: 16 hex digits of the key of
@@ -96,7 +126,7 @@ impl AccountKeyer {
     /// body extraction: [`crate::extract::Identifier::account_key`]).
     pub fn key(&self, normalised: &str) -> AccountKey {
         AccountKey(match self.0 {
-            Kind::Keyed(mut h) => {
+            Kind::Keyed { account: mut h, .. } => {
                 lowercased(normalised, |b| h.write(b));
                 u128::from(h.finish128())
             }
@@ -109,7 +139,7 @@ impl std::fmt::Debug for AccountKeyer {
     /// Never the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
-            Kind::Keyed(_) => "AccountKeyer(keyed)",
+            Kind::Keyed { .. } => "AccountKeyer(keyed)",
             Kind::Unkeyed => "AccountKeyer(unkeyed)",
         })
     }
@@ -254,10 +284,28 @@ mod tests {
             assert_eq!(&bytes, want, "length {n}");
         }
         // And the keyer feeds it the lowercased identifier, nothing else.
-        let k = AccountKeyer(Kind::Keyed(SipHasher24::new_with_key(&key)));
+        let k = AccountKeyer(Kind::Keyed {
+            account: SipHasher24::new_with_key(&key),
+            client: SipHasher24::new_with_key(&[0; 16]),
+        });
         let mut h = SipHasher24::new_with_key(&key);
         h.write(b"bob@example.com");
         assert_eq!(k.key("Bob@Example.COM").get(), u128::from(h.finish128()));
+    }
+
+    #[test]
+    fn client_keys_are_keyed_apart_from_accounts_with_a_secret_only() {
+        let ip = 0xffff_c633_6407u128;
+        let a = AccountKeyer::from_secret("a secret of at least 16 bytes");
+        let b = AccountKeyer::from_secret("another secret of 16 bytes +");
+        assert_eq!(
+            a.client(ip),
+            AccountKeyer::from_secret("a secret of at least 16 bytes").client(ip)
+        );
+        assert_ne!(a.client(ip), ip);
+        assert_ne!(a.client(ip), b.client(ip));
+        assert_ne!(a.client(ip), a.client(ip + 1));
+        assert_eq!(AccountKeyer::unkeyed().client(ip), ip, "unkeyed: as before");
     }
 
     #[test]

@@ -80,7 +80,8 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// The key as a number (the memory store's map key; in hex, Redis's).
+    /// The key as a number (the memory store's map key; Redis names a
+    /// client by its keyed form, [`AccountKeyer::client`]).
     #[inline]
     pub fn key(self) -> u128 {
         match self {
@@ -319,15 +320,18 @@ impl Store {
         let local = Arc::new(MemoryStore::new(guards, rate));
         Ok(match cfg {
             StoreConfig::Redis(r) => {
-                let redis = RedisStore::new(r, hold, metrics.clone())?.with_rates(rate);
+                let keyer = r
+                    .account_key_secret
+                    .as_ref()
+                    .map_or_else(AccountKeyer::unkeyed, |s| {
+                        AccountKeyer::from_secret(s.expose())
+                    });
+                let redis = RedisStore::new(r, hold, metrics.clone())?
+                    .with_rates(rate)
+                    .with_keyer(keyer);
                 Store {
                     backend: Backend::Shared(Fallback::new(redis, local, r, metrics)),
-                    keyer: r
-                        .account_key_secret
-                        .as_ref()
-                        .map_or_else(AccountKeyer::unkeyed, |s| {
-                            AccountKeyer::from_secret(s.expose())
-                        }),
+                    keyer,
                 }
             }
             StoreConfig::Memory => Store {

@@ -80,7 +80,7 @@ use tokio::sync::oneshot;
 
 use super::counters::Shown;
 use super::ratelimit::{RateLimits, SharedQuota};
-use super::{Ask, Counter, Issued, Reservation, Slot, Subject};
+use super::{AccountKeyer, Ask, Counter, Issued, Reservation, Slot, Subject};
 use crate::config::{RateLimitConfig, RedisConfig};
 use crate::metrics::Metrics;
 use crate::routes::RouteKind;
@@ -591,6 +591,8 @@ pub struct RedisStore {
     /// request may be in flight, so its refund finds the key.
     hold_ms: u64,
     rate: Lua,
+    /// Keys clients in key names ([`Self::with_keyer`]).
+    keyer: AccountKeyer,
     metrics: Metrics,
     /// `poolgate_store_duration_seconds` of the calls made per request,
     /// looked up once (not per call).
@@ -645,6 +647,7 @@ impl RedisStore {
                 .unwrap_or(u64::MAX)
                 .max(1000),
             rate: Lua::new(RATE),
+            keyer: AccountKeyer::unkeyed(),
             reserve_duration: metrics.store_duration.with_label_values(&["reserve"]),
             settle_duration: metrics.store_duration.with_label_values(&["settle"]),
             rate_duration: metrics.store_duration.with_label_values(&["rate_limit"]),
@@ -653,6 +656,22 @@ impl RedisStore {
             flusher: AtomicBool::new(false),
             rates: RateLimits::new(&RateLimitConfig::default()),
         })
+    }
+
+    /// Keys clients (IP addresses) in Redis's key names with `keyer`'s
+    /// secret, as accounts are (unchanged without a secret).
+    pub fn with_keyer(mut self, keyer: AccountKeyer) -> Self {
+        self.keyer = keyer;
+        self
+    }
+
+    /// The number a subject is named by in Redis: an account's key, or a
+    /// client's keyed with the secret ([`AccountKeyer::client`]).
+    fn subject_key(&self, subject: Subject) -> u128 {
+        match subject {
+            Subject::Client(k) => self.keyer.client(k),
+            Subject::Account(a) => a.get(),
+        }
     }
 
     /// Keeps the rate limits of `rate` in Redis where `rate_limit.shared` asks for it.
@@ -831,7 +850,7 @@ impl RedisStore {
         k.push_str(":{");
         k.push_str(counter.as_str());
         k.push(':');
-        push_hex(&mut k, subject.key(), 32);
+        push_hex(&mut k, self.subject_key(subject), 32);
         k.push_str("}:");
         k.push_str(itoa::Buffer::new().format(start_ms));
         k
@@ -917,7 +936,11 @@ impl RedisStore {
                         limit: a.limit.limit,
                         ttl_ms: left_ms.saturating_add(self.hold_ms),
                         left_ms,
-                        window_end: now + Duration::from_millis(left_ms),
+                        // No window is that long (30 days at most), but an
+                        // `Instant` must not overflow: then no refund is sent.
+                        window_end: now
+                            .checked_add(Duration::from_millis(left_ms))
+                            .unwrap_or(now),
                     }
                 })
                 .collect(),
@@ -1182,7 +1205,7 @@ impl RedisStore {
         key.push_str(":{rl:");
         key.push_str(class);
         key.push(':');
-        push_hex(&mut key, client, 32);
+        push_hex(&mut key, self.keyer.client(client), 32);
         key.push('}');
         let interval_us = u64::try_from(interval.as_micros())
             .unwrap_or(u64::MAX)
