@@ -47,9 +47,9 @@
 //! cluster each counter is reserved in a pipeline of its own (its slot's),
 //! sent together.
 //!
-//! Subjects are the client key in hex, or the account's keyed hash
-//! ([`super::AccountKeyer`]: no e-mail address or phone number is written
-//! to Redis).
+//! Subjects are the account's key, or the client key keyed with the same
+//! secret ([`super::AccountKeyer`]), in hex: no e-mail address or phone
+//! number is written to Redis, and with a secret no client address either.
 //!
 //! One round trip per guarded request (or batch): a refund is queued, and
 //! the next reservation's pipeline carries it (refunds first); one no
@@ -1069,9 +1069,7 @@ impl RedisStore {
         let mut pipe = Pipeline::with_capacity(refunds.len() + 2 * counters);
         let key_room = self.key_len() + 8;
         for r in refunds {
-            let mut cmd = Cmd::with_capacity(2, key_room);
-            cmd.arg("DECR").arg(&r.count_key);
-            pipe.add_command(cmd);
+            pipe.add_command(self.refund_cmd(r));
         }
         for g in groups {
             for c in &g.counters {
@@ -1167,15 +1165,21 @@ impl RedisStore {
         }
     }
 
+    /// The refund of one counted attempt (`DECR`), for the reservations'
+    /// pipeline and the flusher's alike.
+    fn refund_cmd(&self, s: &SlotId) -> Cmd {
+        let mut cmd = Cmd::with_capacity(2, self.key_len() + 8);
+        cmd.arg("DECR").arg(&s.count_key);
+        cmd
+    }
+
     /// Sends refunds on their own (the flusher): one pipeline on a single
     /// server; one call per counter in a cluster (their slots differ).
     async fn send_refunds(&self, refunds: Vec<SlotId>) {
         let one = |r: &[SlotId]| {
             let mut pipe = Pipeline::with_capacity(r.len());
             for s in r {
-                let mut cmd = Cmd::with_capacity(2, self.key_len() + 8);
-                cmd.arg("DECR").arg(&s.count_key);
-                pipe.add_command(cmd);
+                pipe.add_command(self.refund_cmd(s));
             }
             // A lost refund costs little: the attempt stays counted until
             // its window ends (strict); the error is logged and counted.
