@@ -509,24 +509,39 @@ async fn direct_store(
     redis: &RedisServer,
     prefix: &str,
 ) -> std::sync::Arc<poolgate::store::RedisStore> {
-    let s = store_of(&poolgate::config::RedisConfig {
-        url: poolgate::config::Secret::new(redis.url()),
-        key_prefix: prefix.into(),
-        ..poolgate::config::RedisConfig::default()
-    });
+    direct_store_with(redis, prefix, poolgate::metrics::Metrics::new()).await
+}
+
+/// [`direct_store`], counting its calls in `metrics`.
+async fn direct_store_with(
+    redis: &RedisServer,
+    prefix: &str,
+    metrics: poolgate::metrics::Metrics,
+) -> std::sync::Arc<poolgate::store::RedisStore> {
+    let s = store_with(
+        &poolgate::config::RedisConfig {
+            url: poolgate::config::Secret::new(redis.url()),
+            key_prefix: prefix.into(),
+            ..poolgate::config::RedisConfig::default()
+        },
+        metrics,
+    );
     s.ping().await.expect("redis answers");
     s
 }
 
 /// A store on `cfg`, holding a slot 30 s (not connected yet).
 fn store_of(cfg: &poolgate::config::RedisConfig) -> std::sync::Arc<poolgate::store::RedisStore> {
+    store_with(cfg, poolgate::metrics::Metrics::new())
+}
+
+/// [`store_of`], counting its calls in `metrics`.
+fn store_with(
+    cfg: &poolgate::config::RedisConfig,
+    metrics: poolgate::metrics::Metrics,
+) -> std::sync::Arc<poolgate::store::RedisStore> {
     std::sync::Arc::new(
-        poolgate::store::RedisStore::new(
-            cfg,
-            Duration::from_secs(30),
-            poolgate::metrics::Metrics::new(),
-        )
-        .expect("a store"),
+        poolgate::store::RedisStore::new(cfg, Duration::from_secs(30), metrics).expect("a store"),
     )
 }
 
@@ -844,19 +859,7 @@ async fn the_reservations_of_one_event_loop_turn_share_one_pipeline() {
         return;
     };
     let metrics = poolgate::metrics::Metrics::new();
-    let s = std::sync::Arc::new(
-        poolgate::store::RedisStore::new(
-            &poolgate::config::RedisConfig {
-                url: poolgate::config::Secret::new(redis.url()),
-                key_prefix: "batch".into(),
-                ..poolgate::config::RedisConfig::default()
-            },
-            Duration::from_secs(30),
-            metrics.clone(),
-        )
-        .expect("a store"),
-    );
-    s.ping().await.expect("redis answers");
+    let s = direct_store_with(&redis, "batch", metrics.clone()).await;
     let c = redis.conn().await.expect("a connection");
     let _: () = query(&c, &["CONFIG", "RESETSTAT"]).await;
     let before = unix_ms();
